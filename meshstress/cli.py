@@ -1,0 +1,43 @@
+"""The `meshstress` command line: a thin front over the library."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from meshstress.errors import MeshstressError
+
+
+class Group(click.Group):
+    """A click group that turns MeshstressError into one line and its exit code."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except MeshstressError as exc:
+            click.echo(f"meshstress: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="meshstress")
+def cli() -> None:
+    """Stress-test mesh networks on one Linux host."""
+
+
+def _register() -> None:
+    from meshstress.lab import lab
+
+    cli.add_command(lab)
+
+
+_register()
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()
