@@ -1,0 +1,128 @@
+"""The topology model: nodes, point-to-point links and shared-medium segments.
+
+Pure Python. Values are already parsed into SI units (seconds, fractions, bits/s);
+parsing and validation of files live in meshstress.topofile, generators in
+meshstress.generators.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+LINK_MODELS = ("veth", "segment")
+ROUTINGS = ("none", "batman-adv", "babeld", "batmand", "static")
+DEFAULT_PREFIX = "10.201.0.0/16"
+
+
+@dataclass(frozen=True)
+class Impairment:
+    """What one direction of a link (or a segment member's egress) does to packets."""
+
+    loss: float = 0.0  # fraction 0..1
+    delay: float = 0.0  # seconds
+    jitter: float = 0.0  # seconds
+    rate: int | None = None  # bits per second; None = unlimited
+
+    def is_ideal(self) -> bool:
+        return self.loss == 0 and self.delay == 0 and self.jitter == 0 and self.rate is None
+
+
+@dataclass
+class Node:
+    name: str  # usable as an interface-name fragment: [A-Za-z0-9_-], 1..15 chars
+    label: str | None = None  # a human name, e.g. meshnet-lab's node name
+    settings: dict[str, Any] = field(default_factory=dict)  # per-node routing etc.
+    pos: tuple[float, float] | None = None
+
+
+@dataclass
+class Link:
+    """A point-to-point link a<->b; `ab` impairs a->b, `ba` impairs b->a."""
+
+    a: str
+    b: str
+    ab: Impairment = Impairment()
+    ba: Impairment = Impairment()
+    model: str = "veth"  # "veth" or "segment" (a two-member bridge)
+    kind: str | None = None  # free label (meshnet-lab "type": wifi, vpn, other)
+
+
+@dataclass
+class Segment:
+    """A shared medium: one transmission by a member reaches every other member."""
+
+    name: str
+    members: list[str]
+    egress: Impairment = Impairment()  # applied at each member's transmit side
+
+
+@dataclass
+class Topology:
+    name: str
+    nodes: list[Node]
+    links: list[Link] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    prefix: str = DEFAULT_PREFIX  # node addresses are taken from here, in node order
+    routing: str = "none"
+    routing_settings: dict[str, Any] = field(default_factory=dict)
+    source: str = "<memory>"  # the file it came from, for messages
+
+    # --- derived views -------------------------------------------------------
+
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+    def adjacency(self) -> dict[str, set[str]]:
+        """Who hears whom directly: link endpoints and every pair within a segment."""
+        adj: dict[str, set[str]] = {n.name: set() for n in self.nodes}
+        for link in self.links:
+            adj[link.a].add(link.b)
+            adj[link.b].add(link.a)
+        for seg in self.segments:
+            for m in seg.members:
+                adj[m].update(x for x in seg.members if x != m)
+        return adj
+
+    def degree(self) -> dict[str, int]:
+        return {name: len(peers) for name, peers in self.adjacency().items()}
+
+    def hops_from(self, source: str) -> dict[str, int]:
+        """Breadth-first hop counts from `source` to every reachable node."""
+        adj = self.adjacency()
+        dist = {source: 0}
+        queue = deque([source])
+        while queue:
+            u = queue.popleft()
+            for v in adj[u]:
+                if v not in dist:
+                    dist[v] = dist[u] + 1
+                    queue.append(v)
+        return dist
+
+    def is_connected(self) -> bool:
+        if not self.nodes:
+            return True
+        return len(self.hops_from(self.nodes[0].name)) == len(self.nodes)
+
+    def diameter(self) -> int | None:
+        """Longest shortest path in hops; None if the graph is not connected."""
+        best = 0
+        for n in self.nodes:
+            dist = self.hops_from(n.name)
+            if len(dist) != len(self.nodes):
+                return None
+            best = max(best, max(dist.values()))
+        return best
+
+    def addresses(self) -> dict[str, ipaddress.IPv4Interface]:
+        """Each node's address: the prefix's hosts in node order (.1, .2, ...)."""
+        net = ipaddress.IPv4Network(self.prefix, strict=False)
+        hosts = net.hosts()
+        out: dict[str, ipaddress.IPv4Interface] = {}
+        for node in self.nodes:
+            ip = next(hosts)
+            out[node.name] = ipaddress.IPv4Interface(f"{ip}/{net.prefixlen}")
+        return out
