@@ -12,7 +12,7 @@ from meshstress.errors import MeshstressError
 class Group(click.Group):
     """A click group that turns MeshstressError into one line and its exit code."""
 
-    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+    def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except MeshstressError as exc:
@@ -28,8 +28,10 @@ def cli() -> None:
 
 def _register() -> None:
     from meshstress.lab import lab
+    from meshstress.topo_cli import topo
 
     cli.add_command(lab)
+    cli.add_command(topo)
 
 
 _register()
