@@ -1,0 +1,135 @@
+"""qemu command line (pure) and the KVM usability probe."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshstress.lab.guest import ERR_PORT, OUT_PORT
+from meshstress.lab.initramfs import ROOT_TAG, XCHG_TAG
+
+QEMU = "qemu-system-x86_64"
+KERNEL_CMDLINE = (
+    "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init 8250.nr_uarts=1 "
+    "i8042.noaux i8042.nokbd i8042.nopnp mitigations=off tsc=reliable no_timer_check "
+    "random.trust_cpu=on"
+)
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """Everything the qemu command line depends on."""
+
+    vmlinuz: str
+    initrd: str
+    xchg_dir: str
+    out_sock: str
+    err_sock: str
+    console_log: str
+    shares: list[tuple[str, str]] = field(default_factory=list)  # (tag, host path), writable
+    mem_mb: int = 2048
+    cpus: int = 2
+    kvm: bool = False
+    qemu: str = QEMU
+    cmdline: str = KERNEL_CMDLINE
+
+
+def opt_escape(value: str) -> str:
+    """qemu option values escape ',' by doubling it."""
+    return value.replace(",", ",,")
+
+
+def virtfs(path: str, tag: str, readonly: bool) -> str:
+    ro = ",readonly=on" if readonly else ""
+    return (
+        f"local,path={opt_escape(path)},mount_tag={tag},security_model=none{ro},multidevs=remap"
+    )
+
+
+def qemu_argv(spec: VmSpec) -> list[str]:
+    """The full qemu argv for one lab run."""
+    accel = ["-accel", "kvm", "-cpu", "host"] if spec.kvm else [
+        "-accel", "tcg,thread=multi", "-cpu", "max"
+    ]  # fmt: skip
+    argv = [
+        spec.qemu,
+        "-nodefaults",
+        "-no-user-config",
+        "-display", "none",
+        "-monitor", "none",
+        "-no-reboot",
+        "-machine", "pc",
+        *accel,
+        "-smp", str(spec.cpus),
+        "-m", f"{spec.mem_mb}M",
+        "-kernel", spec.vmlinuz,
+        "-initrd", spec.initrd,
+        "-append", spec.cmdline,
+        "-serial", f"file:{spec.console_log}",
+        "-virtfs", virtfs("/", ROOT_TAG, readonly=True),
+        "-virtfs", virtfs(spec.xchg_dir, XCHG_TAG, readonly=False),
+    ]  # fmt: skip
+    for tag, path in spec.shares:
+        argv += ["-virtfs", virtfs(path, tag, readonly=False)]
+    argv += [
+        "-device", "virtio-serial-pci",
+        "-chardev", f"socket,id=msout,path={opt_escape(spec.out_sock)}",
+        "-device", f"virtserialport,chardev=msout,name={OUT_PORT}",
+        "-chardev", f"socket,id=mserr,path={opt_escape(spec.err_sock)}",
+        "-device", f"virtserialport,chardev=mserr,name={ERR_PORT}",
+    ]  # fmt: skip
+    return argv
+
+
+def qemu_binary() -> str | None:
+    return shutil.which(QEMU)
+
+
+def _probe_cache() -> Path:
+    return Path("/run/meshstress/lab/kvm-probe.json" if os.geteuid() == 0 else
+                f"/tmp/meshstress-kvm-probe-{os.geteuid()}.json")  # fmt: skip
+
+
+def kvm_usable(qemu: str) -> bool:
+    """True if /dev/kvm exists and qemu really starts a vCPU with it (result cached per boot)."""
+    if os.environ.get("MESHSTRESS_LAB_ACCEL") in ("tcg", "kvm"):
+        return os.environ["MESHSTRESS_LAB_ACCEL"] == "kvm"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    cache = _probe_cache()
+    try:
+        return bool(json.loads(cache.read_text())["kvm"])
+    except (OSError, ValueError, KeyError):
+        pass
+    ok = _probe_kvm(qemu)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"kvm": ok}))
+    except OSError:
+        pass
+    return ok
+
+
+def _probe_kvm(qemu: str) -> bool:
+    """Boot nothing with KVM for a moment: a stock kernel's MSR failure aborts qemu at once."""
+    argv = [qemu, "-nodefaults", "-no-user-config", "-display", "none", "-accel", "kvm",
+            "-cpu", "host", "-m", "64M", "-machine", "pc"]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return False
+            time.sleep(0.1)
+        return True
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

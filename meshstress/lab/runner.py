@@ -1,0 +1,390 @@
+"""Boot the lab VM, run one command inside, relay its output, return its exit code."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import BinaryIO
+
+import psutil
+
+from meshstress.errors import CapabilityError, MeshstressError
+from meshstress.lab import guest, kernel, qemu
+from meshstress.lab.initramfs import build_initramfs, find_busybox
+
+DEFAULT_MEM_MB = 2048
+DEFAULT_CPUS = 2
+DEFAULT_TIMEOUT = 3600.0
+TIMEOUT_EXIT = 124
+SHARE_TAG = "share0"
+# Never shared writable: the guest is root and would write straight into the host's system.
+_SYSTEM_DIRS = frozenset(
+    {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root",
+     "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var"}
+)  # fmt: skip
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while the lab was running."""
+
+
+def state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/run/meshstress/lab")
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(base) / f"meshstress-lab-{os.geteuid()}"
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def default_share(cwd: str) -> str | None:
+    """The directory shared writable by default: the git work tree holding cwd, else cwd.
+
+    None if that would be a system directory (the guest runs as root).
+    """
+    path = Path(os.path.abspath(cwd))
+    for cand in (path, *path.parents):
+        if (cand / ".git").exists():
+            path = cand
+            break
+    return None if not is_safe_share(str(path)) else str(path)
+
+
+def is_safe_share(path: str) -> bool:
+    p = os.path.normpath(os.path.abspath(path))
+    return p not in _SYSTEM_DIRS and not p.startswith(("/proc/", "/sys/", "/dev/"))
+
+
+def timeout_message(timeout: float) -> str:
+    return f"meshstress lab: timed out after {timeout:g} s; guest killed"
+
+
+# ---------------------------------------------------------------- availability
+
+
+def lab_available(kernel_package: str = kernel.DEFAULT_KERNEL_PACKAGE) -> tuple[bool, str]:
+    """(True, description) if the lab can run here, else (False, the missing capability)."""
+    exe = qemu.qemu_binary()
+    if exe is None:
+        return False, f"{qemu.QEMU} not installed (apt-get install qemu-system-x86)"
+    try:
+        find_busybox()
+    except CapabilityError as exc:
+        return False, str(exc)
+    k = kernel.cached_kernel(kernel_package)
+    if k is None:
+        if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+            return False, f"no kernel cached for {kernel_package} and apt-get/dpkg-deb missing"
+        if kernel._apt_candidate(kernel_package) is None:
+            return False, f"no kernel cached for {kernel_package} and apt can't fetch it"
+        return True, f"{kernel_package} fetchable with apt"
+    return True, f"{k.package} {k.version} cached"
+
+
+# ---------------------------------------------------------------- process/state handling
+
+
+@dataclass
+class _Run:
+    rundir: Path
+    state_file: Path
+    timeout: float | None
+    proc: subprocess.Popen[bytes] | None = None
+    listeners: list[socket.socket] = field(default_factory=list)
+    conns: dict[int, tuple[socket.socket, BinaryIO]] = field(default_factory=dict)
+    started_at: float | None = None  # host monotonic time when the guest reported COMMAND start
+
+    @property
+    def xchg(self) -> Path:
+        return self.rundir / "x"
+
+
+def _write_state(run: _Run) -> None:
+    assert run.proc is not None
+    try:
+        ctime = psutil.Process(run.proc.pid).create_time()
+    except psutil.Error:
+        ctime = 0.0
+    data = {
+        "qemu_pid": run.proc.pid,
+        "qemu_create_time": ctime,
+        "owner_pid": os.getpid(),
+        "owner_create_time": psutil.Process().create_time(),
+        "rundir": str(run.rundir),
+    }
+    tmp = run.state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, run.state_file)
+
+
+def _pid_matches(pid: int, create_time: float) -> psutil.Process | None:
+    try:
+        p = psutil.Process(pid)
+        if abs(p.create_time() - create_time) < 0.01:
+            return p
+    except psutil.Error:
+        pass
+    return None
+
+
+def _stop(p: psutil.Process) -> None:
+    with contextlib.suppress(psutil.Error):
+        p.terminate()
+        try:
+            p.wait(2)
+        except psutil.TimeoutExpired:
+            p.kill()
+            p.wait(2)
+
+
+def reap_stale() -> list[str]:
+    """Kill qemus and remove run dirs left by lab runs whose owner died (by recorded PID)."""
+    sdir = state_dir()
+    cleaned: list[str] = []
+    for sf in sorted(sdir.glob("run-*.json")):
+        try:
+            data = json.loads(sf.read_text())
+            owner = _pid_matches(int(data["owner_pid"]), float(data["owner_create_time"]))
+        except (OSError, ValueError, KeyError):
+            continue
+        if owner is not None:
+            continue
+        q = _pid_matches(int(data.get("qemu_pid", 0)), float(data.get("qemu_create_time", 0)))
+        if q is not None:
+            _stop(q)
+        rundir = Path(data.get("rundir", ""))
+        if rundir.parent == sdir and rundir.name.startswith("run-"):
+            shutil.rmtree(rundir, ignore_errors=True)
+        sf.unlink(missing_ok=True)
+        cleaned.append(sf.name)
+    return cleaned
+
+
+@contextlib.contextmanager
+def _signals() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into an exception so `finally` blocks clean up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _teardown(run: _Run, keep: bool) -> None:
+    if run.proc is not None:
+        if run.proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                _stop(psutil.Process(run.proc.pid))
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            run.proc.wait(5)
+    for conn, _ in run.conns.values():
+        conn.close()
+    for s in run.listeners:
+        s.close()
+    run.state_file.unlink(missing_ok=True)
+    if keep:
+        print(f"meshstress lab: run directory kept at {run.rundir}", file=sys.stderr)
+    else:
+        shutil.rmtree(run.rundir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _listen(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.listen(1)
+    s.setblocking(False)
+    return s
+
+
+def _console_tail(run: _Run, n: int = 15) -> str:
+    try:
+        lines = (run.rundir / "console.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+def _relay(run: _Run, out: BinaryIO, err: BinaryIO, deadline: float | None) -> bool:
+    """Copy guest output until qemu exits. False if the deadline passed first."""
+    assert run.proc is not None
+    sel = selectors.DefaultSelector()
+    targets = {run.listeners[0].fileno(): out, run.listeners[1].fileno(): err}
+    for s in run.listeners:
+        sel.register(s, selectors.EVENT_READ, ("listen", s))
+    while True:
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        exited = run.proc.poll() is not None
+        if run.started_at is None and (run.xchg / "started").exists():
+            run.started_at = time.monotonic()
+        wait = 0.2 if not exited else 0.0
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline - time.monotonic()))
+        events = sel.select(wait)
+        for key, _ in events:
+            kind, sock = key.data
+            if kind == "listen":
+                conn, _ = sock.accept()
+                conn.setblocking(False)
+                sel.register(conn, selectors.EVENT_READ, ("conn", conn))
+                run.conns[conn.fileno()] = (conn, targets[sock.fileno()])
+                continue
+            target = run.conns[sock.fileno()][1]
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            if data:
+                target.write(data)
+                target.flush()
+            else:
+                sel.unregister(sock)
+        if exited and not events:
+            sel.close()
+            return True
+
+
+def _prepare(
+    run: _Run,
+    argv: Sequence[str],
+    cwd: str,
+    env: Mapping[str, str],
+    k: kernel.Kernel,
+    share: str | None,
+) -> list[tuple[str, str]]:
+    run.xchg.mkdir(mode=0o700)
+    shares = [(SHARE_TAG, share)] if share else []
+    (run.xchg / "boot.conf").write_text(guest.boot_conf(k.bind_mounts(), shares))
+    (run.xchg / "stage2.sh").write_text(guest.stage2_script(argv, cwd))
+    (run.xchg / "env").write_bytes(guest.env_file(env))
+    return shares
+
+
+def run_in_lab(
+    argv: Sequence[str],
+    *,
+    cwd: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    mem: int = DEFAULT_MEM_MB,
+    cpus: int = DEFAULT_CPUS,
+    kernel_package: str = kernel.DEFAULT_KERNEL_PACKAGE,
+    share: str | None | bool = True,
+    stdout: BinaryIO | None = None,
+    stderr: BinaryIO | None = None,
+    keep: bool = False,
+    timings: dict[str, float] | None = None,
+) -> int:
+    """Run argv inside the lab VM and return its exit code (124 on timeout).
+
+    cwd/env default to the caller's. share=True shares the git work tree holding cwd (else cwd)
+    writable at the same path; a path shares that directory; False/None shares nothing.
+    stdout/stderr are binary streams (default: this process's). timings, if given, receives
+    'boot' (seconds from call until COMMAND started, as seen from the host) and 'total'.
+    """
+    t0 = time.monotonic()
+    if not argv:
+        raise MeshstressError("lab run: no command given")
+    exe = qemu.qemu_binary()
+    if exe is None:
+        raise CapabilityError(f"{qemu.QEMU} not installed (apt-get install qemu-system-x86)")
+    cwd = os.path.abspath(cwd or os.getcwd())
+    env = dict(os.environ if env is None else env)
+    share_path = default_share(cwd) if share is True else (share or None)
+    if share_path is not None and not is_safe_share(share_path):
+        raise MeshstressError(f"lab run: refusing to share system directory {share_path} writable")
+    out = stdout if stdout is not None else sys.stdout.buffer
+    err = stderr if stderr is not None else sys.stderr.buffer
+    k = kernel.fetch_kernel(kernel_package)
+    initrd = build_initramfs(k)
+    sdir = state_dir()
+    sdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    reap_stale()
+    rundir = Path(tempfile.mkdtemp(prefix="run-", dir=sdir))
+    run = _Run(rundir, rundir.with_suffix(".json"), timeout)
+    deadline = None if not timeout else t0 + timeout
+    with _signals():
+        try:
+            shares = _prepare(run, argv, cwd, env, k, share_path)
+            run.listeners = [_listen(rundir / "out.sock"), _listen(rundir / "err.sock")]
+            spec = qemu.VmSpec(
+                vmlinuz=str(k.vmlinuz),
+                initrd=str(initrd),
+                xchg_dir=str(run.xchg),
+                out_sock=str(rundir / "out.sock"),
+                err_sock=str(rundir / "err.sock"),
+                console_log=str(rundir / "console.log"),
+                shares=shares,
+                mem_mb=mem,
+                cpus=cpus,
+                kvm=qemu.kvm_usable(exe),
+                qemu=exe,
+            )
+            with open(rundir / "qemu.log", "wb") as qlog:
+                run.proc = subprocess.Popen(
+                    qemu.qemu_argv(spec),
+                    stdin=subprocess.DEVNULL,
+                    stdout=qlog,
+                    stderr=qlog,
+                    start_new_session=True,
+                )
+            _write_state(run)
+            finished = _relay(run, out, err, deadline)
+            if not finished:
+                err.flush()
+                print(timeout_message(timeout or 0), file=sys.stderr, flush=True)
+                return TIMEOUT_EXIT
+            return _result(run, t0, timings)
+        finally:
+            _teardown(run, keep)
+
+
+def _result(run: _Run, t0: float, timings: dict[str, float] | None) -> int:
+    total = time.monotonic() - t0
+    if timings is not None:
+        timings["total"] = total
+        if run.started_at is not None:
+            timings["boot"] = run.started_at - t0
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # guest uptime when COMMAND started + host time spent before qemu ran
+            timings["guest_uptime_at_start"] = float(
+                (run.xchg / "started").read_text().split()[0]
+            )
+    rc_file = run.xchg / "rc"
+    if rc_file.is_file():
+        return int(rc_file.read_text().strip() or "1")
+    why = ""
+    for f in ("init-error", "qemu.log"):
+        p = run.xchg / f if f == "init-error" else run.rundir / f
+        with contextlib.suppress(OSError):
+            why = why or p.read_text(errors="replace").strip().splitlines()[-1]
+    tail = _console_tail(run)
+    if tail:
+        print(tail, file=sys.stderr)
+    raise MeshstressError(f"lab: the guest stopped before COMMAND finished: {why or 'no result'}")
