@@ -1,0 +1,357 @@
+"""Apply a Plan to the kernel through netlink, and tear a run down again.
+
+Everything here has side effects; what to make is decided in meshstress.plan.
+The state file is written before the first object exists, so an interrupted build
+is undone by `down`/`clean` like a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
+from typing import Any
+
+import psutil
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from meshstress import netns
+from meshstress.errors import MeshstressError
+from meshstress.plan import OBJECT_RE, Plan, run_prefix
+from meshstress.state import ProcessRecord, RunState
+
+HUB_SYSCTLS = {"net.ipv6.conf.default.disable_ipv6": "1", "net.ipv6.conf.all.disable_ipv6": "1"}
+
+
+class Interrupted(BaseException):
+    """SIGTERM during a build or a run: unwound like Ctrl-C, so `finally` cleans up."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _index(sock: IPRoute, ifname: str) -> int:
+    found = sock.link_lookup(ifname=ifname)
+    if not found:
+        raise MeshstressError(f"interface {ifname} vanished while building")
+    return int(found[0])
+
+
+def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = None) -> None:
+    """Create every namespace, bridge, veth, address and route of the plan.
+
+    On any error or interrupt the caller tears down using `state`, which already
+    lists every namespace before the first one is made."""
+    say = progress or (lambda msg: None)
+    state.namespaces = [ns.name for ns in plan.namespaces]
+    state.host_links = [plan.witness] if plan.witness else []
+    state.node_ns = dict(plan.node_ns)
+    state.node_addresses = dict(plan.node_addresses)
+    state.interfaces = {
+        node: [
+            {"ifname": i.ifname, "peer": i.peer_node, "segment": i.segment}
+            for i in plan.interfaces(node)
+        ]
+        for node in plan.node_ns
+    }
+    state.save()
+    netns.raise_fd_limit()
+    fds: dict[str, int] = {}
+    socks: dict[str, IPRoute] = {}
+    root = IPRoute(groups=0)
+    with netns.NetnsFactory() as factory:
+        try:
+            say(f"namespaces: {len(plan.namespaces)}")
+            for spec in plan.namespaces:
+                sysctls = plan.sysctls if spec.node is not None else HUB_SYSCTLS
+                fds[spec.name] = factory.create(spec.name, sysctls)
+
+            def sock(ns: str) -> IPRoute:
+                if ns not in socks:
+                    socks[ns] = factory.netlink(fds[ns])
+                return socks[ns]
+
+            bridge_index: dict[str, int] = {}
+            for br in plan.bridges:
+                s = sock(br.ns)
+                # ageing 0: the bridge learns nothing and floods every frame to every
+                # port, as a radio channel reaches every member.
+                s.link(
+                    "add",
+                    ifname=br.ifname,
+                    kind="bridge",
+                    br_ageing_time=0,
+                    br_forward_delay=0,
+                    br_stp_state=0,
+                    br_mcast_snooping=0,
+                    state="up",
+                )
+                bridge_index[br.ns] = _index(s, br.ifname)
+                s.link("set", index=1, state="up")
+
+            say(f"veth pairs: {len(plan.veths)}")
+            for v in plan.veths:
+                kwargs: dict[str, Any] = {}
+                if v.master_a:
+                    kwargs["master"] = bridge_index[v.a.ns]
+                if v.mtu:
+                    kwargs["mtu"] = v.mtu
+                peer: dict[str, Any] = {"ifname": v.b.ifname, "net_ns_fd": fds[v.b.ns]}
+                if v.mtu:
+                    peer["mtu"] = v.mtu
+                root.link(
+                    "add",
+                    ifname=v.a.ifname,
+                    kind="veth",
+                    net_ns_fd=fds[v.a.ns],
+                    state="up",
+                    peer=peer,
+                    **kwargs,
+                )
+            if plan.witness:
+                root.link(
+                    "add",
+                    ifname=plan.witness,
+                    kind="veth",
+                    peer={"ifname": plan.witness + "p", "net_ns_fd": fds[plan.witness_ns]},
+                )
+
+            say("addresses and routes")
+            peers_up: dict[str, list[str]] = {}
+            for v in plan.veths:
+                peers_up.setdefault(v.b.ns, []).append(v.b.ifname)
+            addrs: dict[str, list[tuple[str, str]]] = {}
+            for a in plan.addresses:
+                addrs.setdefault(a.ns, []).append((a.ifname, a.address))
+            routes: dict[str, list[tuple[str, str, str | None]]] = {}
+            for r in plan.routes:
+                routes.setdefault(r.ns, []).append((r.ifname, r.dst, r.gateway))
+            for spec in plan.namespaces:
+                if spec.node is None:
+                    continue
+                s = sock(spec.name)
+                index = {link.get_attr("IFLA_IFNAME"): link["index"] for link in s.get_links()}
+                s.link("set", index=index["lo"], state="up")
+                for ifname in peers_up.get(spec.name, []):
+                    s.link("set", index=index[ifname], state="up")
+                for ifname, address in addrs.get(spec.name, []):
+                    ip, plen = address.split("/")
+                    s.addr("add", index=index[ifname], address=ip, prefixlen=int(plen))
+                for ifname, dst, gateway in routes.get(spec.name, []):
+                    kw: dict[str, Any] = {"dst": dst, "oif": index[ifname]}
+                    if gateway:
+                        kw["gateway"] = gateway
+                    else:
+                        kw["scope"] = 253  # link
+                    s.route("add", **kw)
+                s.close()
+                del socks[spec.name]
+        finally:
+            for s in socks.values():
+                s.close()
+            for fd in fds.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            root.close()
+    state.status = "up"
+    state.save()
+
+
+# --- teardown ------------------------------------------------------------------
+
+
+def stop_processes(records: Sequence[ProcessRecord], timeout: float = 3.0) -> list[int]:
+    """Stop recorded processes (and their children) by PID; never by name.
+
+    A PID is only ours if its create time matches the record, so a recycled PID is
+    left alone. Returns the PIDs that were signalled."""
+    procs: list[psutil.Process] = []
+    for rec in records:
+        try:
+            p = psutil.Process(rec.pid)
+            if abs(p.create_time() - rec.create_time) > 0.05:
+                continue
+            procs.extend(p.children(recursive=True))
+            procs.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+    return [p.pid for p in procs]
+
+
+def wait_host_links_gone(names: Sequence[str], timeout: float) -> list[str]:
+    """Poll the host namespace until none of `names` exists; return those left."""
+    deadline = time.monotonic() + timeout
+    with IPRoute(groups=0) as ipr:
+        while True:
+            present = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+            left = [n for n in names if n in present]
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.005)
+
+
+def delete_host_links(names: Sequence[str]) -> None:
+    with IPRoute(groups=0) as ipr:
+        for name in names:
+            for index in ipr.link_lookup(ifname=name):
+                with contextlib.suppress(NetlinkError):
+                    ipr.link("del", index=index)
+
+
+def teardown(state: RunState, wait: bool = True, timeout: float = 60.0) -> list[str]:
+    """Undo a run: processes, namespaces, host links, files, then the state file.
+
+    With `wait`, returns only when the kernel has destroyed the run's namespaces and
+    their links (the witness veth in the host namespace is gone). Returns problems."""
+    problems: list[str] = []
+    state.status = "tearing-down"
+    with contextlib.suppress(OSError):
+        state.save()
+    stop_processes(state.processes)
+    for name in state.namespaces:
+        try:
+            netns.delete(name)
+        except OSError as exc:
+            problems.append(f"namespace {name}: {exc}")
+    if wait and state.host_links:
+        left = wait_host_links_gone(state.host_links, timeout)
+        if left:
+            problems.append(
+                f"the kernel had not destroyed the run's namespaces after {timeout:.0f}s "
+                f"(still present: {', '.join(left)}); a process may still hold one"
+            )
+    delete_host_links(state.host_links)
+    for path in state.files:
+        shutil.rmtree(path, ignore_errors=True)
+    state.remove()
+    return problems
+
+
+def sweep(run_ids: Sequence[str] | None) -> list[str]:
+    """Remove meshstress objects by prefix: namespaces and host links whose names start
+    with ms-RUN- (any run if `run_ids` is None). Nothing without the prefix is touched."""
+    removed: list[str] = []
+
+    def ours(name: str) -> bool:
+        m = OBJECT_RE.match(name)
+        return bool(m) and (run_ids is None or m.group(1) in run_ids)  # type: ignore[union-attr]
+
+    for name in netns.list_names():
+        if ours(name):
+            netns.delete(name)
+            removed.append(name)
+    with IPRoute(groups=0) as ipr:
+        for link in ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            if ours(name):
+                with contextlib.suppress(NetlinkError):
+                    ipr.link("del", index=link["index"])
+                removed.append(name)
+    return removed
+
+
+# --- a live mesh ---------------------------------------------------------------
+
+
+class Mesh:
+    """A live run: namespaces by node name, netlink sockets and processes inside them."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+        self._factory: netns.NetnsFactory | None = None
+        self._socks: dict[str, IPRoute] = {}
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self.state.node_ns)
+
+    @property
+    def prefix(self) -> str:
+        return run_prefix(self.state.run_id)
+
+    def ns(self, node: str) -> str:
+        try:
+            return self.state.node_ns[node]
+        except KeyError:
+            raise MeshstressError(f"no node {node!r} in run {self.state.run_id}") from None
+
+    def address(self, node: str) -> str:
+        return self.state.node_addresses[node].split("/")[0]
+
+    def netlink(self, node: str) -> IPRoute:
+        """A cached rtnetlink socket inside the node's namespace."""
+        if node not in self._socks:
+            if self._factory is None:
+                self._factory = netns.NetnsFactory()
+            fd = os.open(netns.path(self.ns(node)), os.O_RDONLY)
+            try:
+                self._socks[node] = self._factory.netlink(fd)
+            finally:
+                os.close(fd)
+        return self._socks[node]
+
+    def popen(self, node: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        name = self.ns(node)
+        return subprocess.Popen(list(argv), preexec_fn=lambda: netns.enter_for_exec(name), **kwargs)
+
+    def run(
+        self, node: str, argv: Sequence[str], **kwargs: Any
+    ) -> subprocess.CompletedProcess[Any]:
+        name = self.ns(node)
+        return subprocess.run(list(argv), preexec_fn=lambda: netns.enter_for_exec(name), **kwargs)
+
+    def record_process(
+        self,
+        proc: subprocess.Popen[Any] | int,
+        node: str | None,
+        role: str,
+        argv: Sequence[str] = (),
+    ) -> ProcessRecord:
+        pid = proc if isinstance(proc, int) else proc.pid
+        rec = ProcessRecord(
+            pid=pid,
+            create_time=psutil.Process(pid).create_time(),
+            node=node,
+            role=role,
+            argv=list(argv),
+        )
+        self.state.processes.append(rec)
+        self.state.save()
+        return rec
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            s.close()
+        self._socks.clear()
+        if self._factory is not None:
+            self._factory.close()
+            self._factory = None
+
+    def __enter__(self) -> Mesh:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
