@@ -27,11 +27,15 @@ def cli() -> None:
 
 
 def _register() -> None:
+    from meshstress import hostcli
     from meshstress.lab import lab
     from meshstress.topo_cli import topo
 
     cli.add_command(lab)
     cli.add_command(topo)
+    for command in hostcli.COMMANDS:
+        cli.add_command(command)
+    cli.add_command(hostcli.exec_, name="exec")
 
 
 _register()

@@ -1,0 +1,328 @@
+"""`meshstress up/down/status/exec/clean/doctor`: the host mesh from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from meshstress import build, netns, plan, state
+from meshstress.errors import CapabilityError, MeshstressError
+from meshstress.topology import Topology
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise CapabilityError("this needs root (network namespaces): run it with sudo")
+
+
+def load_topology(path: str, routing: str | None, prefix: str | None) -> Topology:
+    from meshstress import topofile
+
+    topo = topofile.load(path)
+    if routing:
+        topo.routing = routing
+    if prefix:
+        import ipaddress
+
+        from meshstress.errors import InputError
+
+        try:
+            net = ipaddress.IPv4Network(prefix, strict=False)
+        except ValueError as exc:
+            raise InputError("--prefix", "prefix", str(exc)) from None
+        if net.num_addresses - 2 < len(topo.nodes):
+            raise InputError("--prefix", "prefix", f"{prefix} has too few addresses")
+        topo.prefix = str(net)
+    return topo
+
+
+def pick_run(run_id: str | None) -> state.RunState:
+    if run_id:
+        st = state.load(run_id)
+        if st is None:
+            raise MeshstressError(f"no run {run_id!r} (see `meshstress status`)")
+        return st
+    runs = state.all_runs()
+    if not runs:
+        raise MeshstressError("no run is up (start one with `meshstress up TOPOLOGY`)")
+    if len(runs) > 1:
+        ids = ", ".join(r.run_id for r in runs)
+        raise MeshstressError(f"several runs are up ({ids}): pick one with --run")
+    return runs[0]
+
+
+def bring_up(
+    topo: Topology,
+    run_id: str | None = None,
+    *,
+    wait: bool = True,
+    timeout: float = 120.0,
+    say: Any = None,
+) -> tuple[state.RunState, dict[str, Any]]:
+    """Build the mesh and start routing. On any failure or interrupt, undo everything."""
+    say = say or (lambda msg: None)
+    run_id = run_id or plan.new_run_id()
+    if state.load(run_id) is not None or any(
+        n.startswith(plan.run_prefix(run_id)) for n in netns.list_names()
+    ):
+        raise MeshstressError(f"run {run_id!r} exists already; `meshstress down --run {run_id}`")
+    backend = _backend(topo)
+    if backend is not None:
+        missing = backend.missing()
+        if missing:
+            raise CapabilityError(f"routing {topo.routing}: {missing}")
+    p = plan.make_plan(
+        topo,
+        run_id,
+        l3=backend.l3 if backend else True,
+        mtu=backend.mtu if backend else None,
+    )
+    st = state.RunState(run_id=run_id, topology=topo.name, source=topo.source, routing=topo.routing)
+    info: dict[str, Any] = {
+        "run": run_id,
+        "nodes": len(topo.nodes),
+        "links": len(topo.links),
+        "segments": len(topo.segments),
+        "routing": topo.routing,
+    }
+    try:
+        with build.sigterm_as_interrupt():
+            t0 = time.monotonic()
+            build.apply(p, st, progress=say)
+            info["setup_s"] = round(time.monotonic() - t0, 3)
+            if backend is not None:
+                mesh = build.Mesh(st)
+                try:
+                    t1 = time.monotonic()
+                    backend.start(mesh, topo)
+                    st.save()
+                    if wait:
+                        from meshstress.routing.converge import wait_converged
+
+                        res = wait_converged(mesh, backend, timeout)
+                        info["converged"] = res.converged
+                        info["convergence_s"] = round(res.seconds, 3)
+                        if not res.converged:
+                            info["missing_pairs"] = len(res.missing_pairs)
+                    info["routing_start_s"] = round(time.monotonic() - t1, 3)
+                finally:
+                    mesh.close()
+    except BaseException:
+        say("interrupted or failed: tearing down what was built")
+        build.teardown(st, timeout=30)
+        raise
+    return st, info
+
+
+def _backend(topo: Topology) -> Any:
+    if topo.routing == "none":
+        return None
+    try:
+        from meshstress.routing import get_backend
+    except ImportError:
+        raise CapabilityError(f"routing {topo.routing!r} is not available in this build") from None
+    return get_backend(topo.routing, topo.routing_settings)
+
+
+def _echo_err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+@click.command()
+@click.argument("topology", type=click.Path(dir_okay=False))
+@click.option(
+    "--routing",
+    type=click.Choice(["none", "static", "babeld", "batmand", "batman-adv"]),
+    help="Routing backend (overrides the file's topology.routing).",
+)
+@click.option("--run", "run_id", help="Run id (1-6 lowercase letters/digits); random by default.")
+@click.option("--prefix", help="Address prefix for the nodes, e.g. 10.201.0.0/16.")
+@click.option("--wait/--no-wait", default=True, help="Wait for routing to converge.")
+@click.option("--timeout", default=120.0, show_default=True, help="Convergence timeout (s).")
+@click.option("--dry-run", is_flag=True, help="Print the plan as JSON; create nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def up(
+    topology: str,
+    routing: str | None,
+    run_id: str | None,
+    prefix: str | None,
+    wait: bool,
+    timeout: float,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Build the mesh described by TOPOLOGY (.toml or meshnet-lab .json)."""
+    topo = load_topology(topology, routing, prefix)
+    if run_id is not None and not plan.RUN_ID_RE.match(run_id):
+        from meshstress.errors import InputError
+
+        raise InputError("--run", "run", "use 1-6 lowercase letters or digits")
+    if dry_run:
+        p = plan.make_plan(topo, run_id or "dry")
+        click.echo(json.dumps(p.to_json(), indent=1))
+        return
+    require_root()
+    st, info = bring_up(topo, run_id, wait=wait, timeout=timeout, say=_echo_err)
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    msg = (
+        f"run {st.run_id}: {info['nodes']} nodes, {info['links']} links, "
+        f"{info['segments']} segments up in {info['setup_s']:.2f} s"
+    )
+    if "convergence_s" in info:
+        verdict = "converged" if info["converged"] else "NOT converged"
+        msg += f"; {topo.routing} {verdict} in {info['convergence_s']:.2f} s"
+    click.echo(msg)
+    click.echo(f"  meshstress exec NODE -- CMD     (nodes: {_sample(list(st.node_ns))})")
+    click.echo(f"  meshstress down --run {st.run_id}")
+
+
+def _sample(names: Sequence[str], n: int = 5) -> str:
+    names = list(names)
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
+@click.command()
+@click.option("--run", "run_id", help="Which run (default: the only one).")
+@click.option("--all", "all_runs", is_flag=True, help="Tear down every recorded run.")
+def down(run_id: str | None, all_runs: bool) -> None:
+    """Tear a run down: processes, namespaces, links, files."""
+    require_root()
+    runs = state.all_runs() if all_runs else [pick_run(run_id)]
+    for st in runs:
+        t0 = time.monotonic()
+        problems = build.teardown(st)
+        for p in problems:
+            _echo_err(f"meshstress: {p}")
+        click.echo(f"run {st.run_id}: down in {time.monotonic() - t0:.2f} s")
+        if problems:
+            sys.exit(1)
+
+
+@click.command()
+@click.option("--run", "run_id", help="Only this run.")
+@click.option("--json", "as_json", is_flag=True)
+def status(run_id: str | None, as_json: bool) -> None:
+    """Show the runs that are up."""
+    runs = [pick_run(run_id)] if run_id else state.all_runs()
+    present = set(netns.list_names())
+    rows = []
+    for st in runs:
+        alive = 0
+        import psutil
+
+        for rec in st.processes:
+            try:
+                if abs(psutil.Process(rec.pid).create_time() - rec.create_time) < 0.05:
+                    alive += 1
+            except psutil.NoSuchProcess:
+                pass
+        rows.append(
+            {
+                "run": st.run_id,
+                "topology": st.topology,
+                "status": st.status,
+                "routing": st.routing,
+                "nodes": len(st.node_ns),
+                "namespaces_present": sum(1 for n in st.namespaces if n in present),
+                "namespaces": len(st.namespaces),
+                "processes_alive": alive,
+                "processes": len(st.processes),
+                "age_s": round(time.time() - st.created, 1),
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    if not rows:
+        click.echo("no runs")
+        return
+    for r in rows:
+        click.echo(
+            f"{r['run']}: {r['topology']} {r['status']}, {r['nodes']} nodes, "
+            f"namespaces {r['namespaces_present']}/{r['namespaces']}, routing "
+            f"{r['routing']}, processes {r['processes_alive']}/{r['processes']}, "
+            f"up {r['age_s']} s"
+        )
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--run", "run_id", help="Which run (default: the only one).")
+@click.argument("node")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(run_id: str | None, node: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside NODE's network namespace: meshstress exec n0 -- ping n2."""
+    require_root()
+    st = pick_run(run_id)
+    ns = build.Mesh(st).ns(node)
+    argv = list(command)
+    # Node names stand for their addresses: `meshstress exec n0 -- ping n5`.
+    argv = [
+        st.node_addresses[a].split("/")[0] if a in st.node_addresses and i > 0 else a
+        for i, a in enumerate(argv)
+    ]
+    netns.enter_for_exec(ns)
+    try:
+        os.execvp(argv[0], argv)
+    except FileNotFoundError:
+        _echo_err(f"meshstress: {argv[0]}: command not found")
+        sys.exit(127)
+
+
+@click.command()
+@click.option(
+    "--all",
+    "sweep_all",
+    is_flag=True,
+    help="Also sweep every ms-* object with no state file (and the VM lab's).",
+)
+def clean(sweep_all: bool) -> None:
+    """Remove what runs left behind: by state file, then by prefix."""
+    require_root()
+    runs = state.all_runs()
+    for st in runs:
+        problems = build.teardown(st, timeout=15)
+        for p in problems:
+            _echo_err(f"meshstress: {p}")
+        click.echo(f"run {st.run_id}: removed")
+    removed = build.sweep(None if sweep_all else [r.run_id for r in runs])
+    for name in removed:
+        click.echo(f"swept {name}")
+    if sweep_all:
+        from meshstress.lab import runner
+
+        for name in runner.reap_stale():
+            click.echo(f"lab: removed {name}")
+    if not runs and not removed:
+        click.echo("nothing to clean")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(as_json: bool) -> None:
+    """What this host can do, and how to get what it lacks."""
+    from meshstress import doctor as doc
+
+    checks = doc.run_checks()
+    if as_json:
+        click.echo(json.dumps(doc.as_json(checks), indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="meshstress doctor")
+    for col in ("capability", "ok", "detail", "remedy"):
+        table.add_column(col)
+    for c in checks:
+        table.add_row(c.name, "[green]yes[/]" if c.ok else "[red]no[/]", c.detail, c.remedy)
+    Console().print(table)
+
+
+COMMANDS = [up, down, status, clean, doctor]
