@@ -205,7 +205,9 @@ def initramfs_entries(busybox: bytes, modules: list[tuple[str, bytes]]) -> list[
         fname = f"{i:02d}-{path.rsplit('/', 1)[-1]}"
         order.append(fname)
         entries.append(CpioEntry(f"lib/modules/{fname}", stat.S_IFREG | 0o644, data))
-    entries.append(CpioEntry("modules", stat.S_IFREG | 0o644, "".join(o + "\n" for o in order).encode()))
+    entries.append(
+        CpioEntry("modules", stat.S_IFREG | 0o644, "".join(o + "\n" for o in order).encode())
+    )
     entries.append(CpioEntry("init", stat.S_IFREG | 0o755, init_script().encode()))
     return entries
 

@@ -137,7 +137,12 @@ def entry_name(package: str, version: str) -> str:
 
 def _run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        argv, cwd=cwd, capture_output=True, text=True, check=False, env={**os.environ, "LC_ALL": "C"}
+        argv,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "LC_ALL": "C"},
     )
 
 
@@ -162,7 +167,7 @@ def _arch() -> str:
 
 
 def _download(package: str, version: str, dest: Path) -> Path:
-    """A .deb for package=version in dest: from apt's archive cache if there, else apt-get download."""
+    """A .deb for package=version: from apt's archive cache if there, else downloaded."""
     name = deb_filename(package, version, _arch())
     cached = APT_ARCHIVES / name
     if cached.is_file():
@@ -212,7 +217,7 @@ def _load_alias(package: str) -> Kernel | None:
 
 def _save_alias(package: str, k: Kernel) -> None:
     path = _alias_path(package)
-    tmp = path.with_suffix(".tmp%d" % os.getpid())
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(
         json.dumps(
             {"package": k.package, "version": k.version, "release": k.release, "root": str(k.root)}
@@ -232,9 +237,10 @@ def _unpack(debs: list[Path], root: Path, release: str) -> None:
         if res.returncode != 0:
             raise CapabilityError(f"dpkg-deb -x {deb.name} failed: {res.stderr.strip()}")
     # Debian's kmod (30) reads <base>/lib/modules; a merged-/usr package may ship usr/lib/modules.
-    if not (root / "lib" / "modules" / release).is_dir() and (
-        root / "usr" / "lib" / "modules" / release
-    ).is_dir():
+    if (
+        not (root / "lib" / "modules" / release).is_dir()
+        and (root / "usr" / "lib" / "modules" / release).is_dir()
+    ):
         (root / "lib").mkdir(exist_ok=True)
         os.symlink("../usr/lib/modules", root / "lib" / "modules")
     res = _run(["depmod", "-b", str(root), release])

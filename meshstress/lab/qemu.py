@@ -46,9 +46,7 @@ def opt_escape(value: str) -> str:
 
 def virtfs(path: str, tag: str, readonly: bool) -> str:
     ro = ",readonly=on" if readonly else ""
-    return (
-        f"local,path={opt_escape(path)},mount_tag={tag},security_model=none{ro},multidevs=remap"
-    )
+    return f"local,path={opt_escape(path)},mount_tag={tag},security_model=none{ro},multidevs=remap"
 
 
 def qemu_argv(spec: VmSpec) -> list[str]:

@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import BinaryIO
@@ -286,6 +286,10 @@ def _prepare(
     return shares
 
 
+class _BootFailed(MeshstressError):
+    """The guest stopped before COMMAND started (nothing ran, so a retry is safe)."""
+
+
 def run_in_lab(
     argv: Sequence[str],
     *,
@@ -306,7 +310,8 @@ def run_in_lab(
     cwd/env default to the caller's. share=True shares the git work tree holding cwd (else cwd)
     writable at the same path; a path shares that directory; False/None shares nothing.
     stdout/stderr are binary streams (default: this process's). timings, if given, receives
-    'boot' (seconds from call until COMMAND started, as seen from the host) and 'total'.
+    'boot' (seconds from the call until COMMAND started, seen from the host) and 'total'.
+    A guest that dies before COMMAND starts is booted once more.
     """
     t0 = time.monotonic()
     if not argv:
@@ -326,65 +331,85 @@ def run_in_lab(
     sdir = state_dir()
     sdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     reap_stale()
-    rundir = Path(tempfile.mkdtemp(prefix="run-", dir=sdir))
-    run = _Run(rundir, rundir.with_suffix(".json"), timeout)
+    base = qemu.VmSpec(
+        vmlinuz=str(k.vmlinuz),
+        initrd=str(initrd),
+        xchg_dir="",
+        out_sock="",
+        err_sock="",
+        console_log="",
+        mem_mb=mem,
+        cpus=cpus,
+        kvm=qemu.kvm_usable(exe),
+        qemu=exe,
+    )
     deadline = None if not timeout else t0 + timeout
     with _signals():
-        try:
-            shares = _prepare(run, argv, cwd, env, k, share_path)
-            run.listeners = [_listen(rundir / "out.sock"), _listen(rundir / "err.sock")]
-            spec = qemu.VmSpec(
-                vmlinuz=str(k.vmlinuz),
-                initrd=str(initrd),
-                xchg_dir=str(run.xchg),
-                out_sock=str(rundir / "out.sock"),
-                err_sock=str(rundir / "err.sock"),
-                console_log=str(rundir / "console.log"),
-                shares=shares,
-                mem_mb=mem,
-                cpus=cpus,
-                kvm=qemu.kvm_usable(exe),
-                qemu=exe,
-            )
-            with open(rundir / "qemu.log", "wb") as qlog:
-                run.proc = subprocess.Popen(
-                    qemu.qemu_argv(spec),
-                    stdin=subprocess.DEVNULL,
-                    stdout=qlog,
-                    stderr=qlog,
-                    start_new_session=True,
+        for attempt in (1, 2):
+            rundir = Path(tempfile.mkdtemp(prefix="run-", dir=sdir))
+            run = _Run(rundir, rundir.with_suffix(".json"), timeout)
+            try:
+                shares = _prepare(run, argv, cwd, env, k, share_path)
+                spec = replace(
+                    base,
+                    xchg_dir=str(run.xchg),
+                    out_sock=str(rundir / "out.sock"),
+                    err_sock=str(rundir / "err.sock"),
+                    console_log=str(rundir / "console.log"),
+                    shares=shares,
                 )
-            _write_state(run)
-            finished = _relay(run, out, err, deadline)
-            if not finished:
-                err.flush()
-                print(timeout_message(timeout or 0), file=sys.stderr, flush=True)
-                return TIMEOUT_EXIT
-            return _result(run, t0, timings)
-        finally:
-            _teardown(run, keep)
+                if not _boot(run, spec, out, err, deadline):
+                    err.flush()
+                    print(timeout_message(timeout or 0), file=sys.stderr, flush=True)
+                    return TIMEOUT_EXIT
+                return _result(run, t0, timings)
+            except _BootFailed as exc:
+                if attempt == 2:
+                    raise
+                print(f"meshstress lab: {exc}; booting again", file=sys.stderr, flush=True)
+            finally:
+                _teardown(run, keep)
+    raise AssertionError("unreachable")
+
+
+def _boot(
+    run: _Run, spec: qemu.VmSpec, out: BinaryIO, err: BinaryIO, deadline: float | None
+) -> bool:
+    """Start qemu and relay its output until it exits. False if the deadline passed first."""
+    run.listeners = [_listen(Path(spec.out_sock)), _listen(Path(spec.err_sock))]
+    with open(run.rundir / "qemu.log", "wb") as qlog:
+        run.proc = subprocess.Popen(
+            qemu.qemu_argv(spec),
+            stdin=subprocess.DEVNULL,
+            stdout=qlog,
+            stderr=qlog,
+            start_new_session=True,
+        )
+    _write_state(run)
+    return _relay(run, out, err, deadline)
+
+
+def _failure_reason(run: _Run) -> str:
+    for p in (run.xchg / "init-error", run.rundir / "qemu.log"):
+        with contextlib.suppress(OSError, IndexError):
+            return p.read_text(errors="replace").strip().splitlines()[-1]
+    return f"qemu exit status {run.proc.returncode if run.proc else '?'}"
 
 
 def _result(run: _Run, t0: float, timings: dict[str, float] | None) -> int:
-    total = time.monotonic() - t0
     if timings is not None:
-        timings["total"] = total
+        timings["total"] = time.monotonic() - t0
         if run.started_at is not None:
             timings["boot"] = run.started_at - t0
         with contextlib.suppress(OSError, ValueError, IndexError):
-            # guest uptime when COMMAND started + host time spent before qemu ran
-            timings["guest_uptime_at_start"] = float(
-                (run.xchg / "started").read_text().split()[0]
-            )
+            timings["guest_uptime_at_start"] = float((run.xchg / "started").read_text().split()[0])
     rc_file = run.xchg / "rc"
     if rc_file.is_file():
         return int(rc_file.read_text().strip() or "1")
-    why = ""
-    for f in ("init-error", "qemu.log"):
-        p = run.xchg / f if f == "init-error" else run.rundir / f
-        with contextlib.suppress(OSError):
-            why = why or p.read_text(errors="replace").strip().splitlines()[-1]
+    why = _failure_reason(run)
     tail = _console_tail(run)
     if tail:
         print(tail, file=sys.stderr)
-    raise MeshstressError(f"lab: the guest stopped before COMMAND finished: {why or 'no result'}")
+    if not (run.xchg / "started").exists():
+        raise _BootFailed(f"lab: the guest stopped before COMMAND started: {why}")
+    raise MeshstressError(f"lab: the guest stopped before COMMAND finished: {why}")
