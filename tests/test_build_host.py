@@ -1,0 +1,163 @@
+"""Build real meshes on the host (root): packets cross, and teardown leaves nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from meshstress import build, hostcli, netns, plan, state
+from meshstress.topology import Link, Node, Segment, Topology
+
+exe = [sys.executable, "-m", "meshstress.cli"]
+
+pytestmark = pytest.mark.network
+
+
+def line(n: int) -> Topology:
+    return Topology(
+        "line",
+        [Node(f"n{i}") for i in range(n)],
+        [Link(f"n{i}", f"n{i + 1}") for i in range(n - 1)],
+    )
+
+
+def ping(mesh: build.Mesh, src: str, dst: str, count: int = 1) -> bool:
+    r = mesh.run(
+        src,
+        ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", mesh.address(dst)],
+        capture_output=True,
+    )
+    return r.returncode == 0
+
+
+def host_links() -> set[str]:
+    from pyroute2 import IPRoute
+
+    with IPRoute(groups=0) as ipr:
+        return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+
+
+def leftovers(run_id: str) -> list[str]:
+    pre = plan.run_prefix(run_id)
+    left = [n for n in netns.list_names() if n.startswith(pre)]
+    left += [n for n in host_links() if n.startswith(pre)]
+    if state.load(run_id) is not None:
+        left.append("state file")
+    return left
+
+
+def test_line_of_three_direct_neighbours_reach_each_other(mesh_factory) -> None:
+    mesh = mesh_factory(line(3))
+    assert ping(mesh, "n0", "n1") and ping(mesh, "n1", "n2") and ping(mesh, "n2", "n1")
+    # no routing: the ends are two hops apart and must not reach each other
+    assert not ping(mesh, "n0", "n2")
+    links = {link.get_attr("IFLA_IFNAME") for link in mesh.netlink("n1").get_links()}
+    assert len([name for name in links if name.startswith(mesh.prefix + "i")]) == 2
+
+
+def rx_packets(mesh: build.Mesh, node: str) -> int:
+    total = 0
+    for link in mesh.netlink(node).get_links():
+        if link.get_attr("IFLA_IFNAME").startswith(mesh.prefix):
+            total += link.get_attr("IFLA_STATS64")["rx_packets"]
+    return total
+
+
+def test_shared_segment_of_five_every_member_hears_every_transmission(mesh_factory) -> None:
+    names = [f"n{i}" for i in range(5)]
+    mesh = mesh_factory(
+        Topology("seg5", [Node(n) for n in names], segments=[Segment("air", names)])
+    )
+    for other in names[1:]:
+        assert ping(mesh, "n0", other), f"n0 cannot reach {other} on the segment"
+    assert ping(mesh, "n4", "n2")
+    # a unicast exchange between n0 and n1 also reaches n3: one medium, no learning
+    before = rx_packets(mesh, "n3")
+    assert ping(mesh, "n0", "n1", count=10)
+    assert rx_packets(mesh, "n3") - before >= 10
+
+
+def test_teardown_leaves_nothing_behind() -> None:
+    topo = line(4)
+    topo.segments.append(Segment("air", ["n0", "n2", "n3"]))
+    st, _ = hostcli.bring_up(topo)
+    try:
+        assert len([n for n in netns.list_names() if n.startswith(plan.run_prefix(st.run_id))]) == 5
+        assert st.host_links[0] in host_links()
+    finally:
+        problems = build.teardown(st)
+    assert problems == []
+    assert leftovers(st.run_id) == []
+
+
+def test_a_failed_build_is_undone(monkeypatch) -> None:
+    real = build.IPRoute
+    calls = {"n": 0}
+
+    class Failing:
+        """The real socket, except that the third veth fails."""
+
+        def __init__(self, **kw):
+            self.inner = real(**kw)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.inner.close()
+
+        def link(self, command, **kw):
+            if command == "add" and kw.get("kind") == "veth":
+                calls["n"] += 1
+                if calls["n"] == 3:
+                    raise RuntimeError("injected failure")
+            return self.inner.link(command, **kw)
+
+    monkeypatch.setattr(build, "IPRoute", Failing)
+    run_id = plan.new_run_id()
+    with pytest.raises(RuntimeError, match="injected"):
+        hostcli.bring_up(line(6), run_id)
+    assert leftovers(run_id) == []
+
+
+def test_cli_up_exec_status_down(tmp_path) -> None:
+    topo = tmp_path / "l3.toml"
+    topo.write_text(
+        'nodes = ["a", "b", "c"]\n[topology]\nname = "l3"\n'
+        '[[links]]\na = "a"\nb = "b"\n[[links]]\na = "b"\nb = "c"\n'
+    )
+    run_id = plan.new_run_id()
+    up = subprocess.run([*exe, "up", str(topo), "--run", run_id], capture_output=True, text=True)
+    try:
+        assert up.returncode == 0, up.stderr
+        ex = subprocess.run(
+            [*exe, "exec", "--run", run_id, "a", "--", "ping", "-c1", "-W1", "b"],
+            capture_output=True,
+            text=True,
+        )
+        assert ex.returncode == 0 and "1 received" in ex.stdout
+        st = subprocess.run(
+            [*exe, "status", "--run", run_id, "--json"], capture_output=True, text=True
+        )
+        assert '"namespaces_present": 3' in st.stdout
+    finally:
+        down = subprocess.run([*exe, "down", "--run", run_id], capture_output=True, text=True)
+    assert down.returncode == 0, down.stderr
+    assert leftovers(run_id) == []
+
+
+def test_cli_bad_file_exits_2_with_one_line_and_creates_nothing(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('nodes = ["a", "b"]\n[[links]]\na = "a"\nb = "zz"\n')
+    before = set(netns.list_names())
+    r = subprocess.run([*exe, "up", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert (
+        len(r.stderr.strip().splitlines()) == 1 and str(bad) in r.stderr and "links[0]" in r.stderr
+    )
+    assert set(netns.list_names()) == before
