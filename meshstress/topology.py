@@ -8,6 +8,7 @@ meshstress.generators.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,22 @@ from typing import Any
 LINK_MODELS = ("veth", "segment")
 ROUTINGS = ("none", "batman-adv", "babeld", "batmand", "static")
 DEFAULT_PREFIX = "10.201.0.0/16"
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,14}")
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a node (or segment) name, or None if it can.
+
+    Allowed: 1-15 characters of [A-Za-z0-9_-], not starting with '-'."""
+    if not name:
+        return "is empty"
+    if len(name) > 15:
+        return f"is {len(name)} characters long (at most 15)"
+    if name.startswith("-"):
+        return "must not start with '-'"
+    if not NAME_RE.fullmatch(name):
+        return "may only contain letters, digits, '_' and '-'"
+    return None
 
 
 @dataclass(frozen=True)

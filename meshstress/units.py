@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 _NUM = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
 _NUM_UNIT = re.compile(rf"^\s*({_NUM})\s*([a-zA-Z%]*)\s*$")
@@ -56,7 +57,10 @@ def _split(value: object, what: str) -> tuple[float, str]:
     if isinstance(value, bool):
         raise ValueError(f"expected a {what}, got a boolean")
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ValueError(f"{what} {value!r} is too large") from None
         unit = ""
     elif isinstance(value, str):
         m = _NUM_UNIT.match(value)
@@ -127,24 +131,54 @@ def parse_size(value: object) -> int:
     return round(number * factor)
 
 
+def _shortest(candidates: list[str], parse: Callable[[str], float], value: float) -> str:
+    """The first candidate that parses back to exactly `value`."""
+    for text in candidates:
+        try:
+            if parse(text) == value:
+                return text
+        except ValueError:
+            continue
+    raise ValueError(f"cannot spell {value!r} exactly")
+
+
+def _num(x: float) -> str:
+    """A number as text: integral values without '.0', others as repr (exact)."""
+    if x == int(x) and abs(x) < 1e15:
+        return str(int(x))
+    return repr(x)
+
+
 def format_duration(seconds: float) -> str:
-    """0.02 -> '20ms': the shortest exact spelling, the inverse of parse_duration."""
+    """0.02 -> '20ms': the shortest spelling that parse_duration reads back exactly."""
     if seconds == 0:
         return "0ms"
-    for unit, factor in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        n = seconds / factor
-        if n >= 1 and abs(n - round(n)) < 1e-9:
-            return f"{round(n)}{unit}"
-    return f"{seconds * 1e3:g}ms"
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"cannot format duration {seconds!r}")
+    candidates = [
+        f"{_num(seconds / factor)}{unit}"
+        for unit, factor in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9))
+    ]
+    # the shortest text; between equals, a whole number, then the larger unit
+    ordered = sorted(
+        candidates, key=lambda c: (len(c), not re.fullmatch(r"[0-9]+[a-z]+", c))
+    ) + [f"{seconds!r}s"]
+    return _shortest(ordered, parse_duration, seconds)
 
 
 def format_fraction(fraction: float) -> str:
-    """0.05 -> '5%'."""
-    return f"{fraction * 100:.10g}%"
+    """0.05 -> '5%': a spelling that parse_fraction reads back exactly."""
+    if not math.isfinite(fraction) or not 0 <= fraction <= 1:
+        raise ValueError(f"cannot format fraction {fraction!r}")
+    pct = fraction * 100
+    candidates = [f"{_num(round(pct, digits))}%" for digits in range(16)] + [f"{_num(pct)}%"]
+    return _shortest([*candidates, _num(fraction), repr(fraction)], parse_fraction, fraction)
 
 
 def format_rate(bits: int) -> str:
     """10_000_000 -> '10mbit'."""
+    if bits <= 0:
+        raise ValueError(f"cannot format rate {bits!r}: rates are positive")
     for unit, factor in (("gbit", 10**9), ("mbit", 10**6), ("kbit", 10**3)):
         if bits % factor == 0:
             return f"{bits // factor}{unit}"
