@@ -159,10 +159,13 @@ def format_duration(seconds: float) -> str:
         f"{_num(seconds / factor)}{unit}"
         for unit, factor in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9))
     ]
-    # the shortest text; between equals, a whole number, then the larger unit
-    ordered = sorted(
-        candidates, key=lambda c: (len(c), not re.fullmatch(r"[0-9]+[a-z]+", c))
-    ) + [f"{seconds!r}s"]
+    # a whole number of up to 6 digits in the largest unit, else the shortest text
+    whole = [
+        f"{round(seconds / factor)}{unit}"
+        for unit, factor in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9))
+        if 1 <= round(seconds / factor) < 10**6
+    ]
+    ordered = whole + sorted(candidates, key=len) + [f"{seconds!r}s"]
     return _shortest(ordered, parse_duration, seconds)
 
 
