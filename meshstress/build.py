@@ -36,7 +36,7 @@ class Interrupted(BaseException):
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted(f"signal {signum}")
+        raise Interrupted(f"terminated by signal {signum}")
 
     old = signal.signal(signal.SIGTERM, handler)
     try:

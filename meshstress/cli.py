@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from meshstress.build import Interrupted
 from meshstress.errors import MeshstressError
 
 
@@ -18,6 +19,12 @@ class Group(click.Group):
         except MeshstressError as exc:
             click.echo(f"meshstress: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("meshstress: interrupted; what was built has been removed", err=True)
+            sys.exit(130)
+        except Interrupted as exc:
+            click.echo(f"meshstress: {exc}; what was built has been removed", err=True)
+            sys.exit(143)
 
 
 @click.group(cls=Group)
