@@ -594,3 +594,11 @@ def test_meshnet_random_tq(raw: list[tuple[int, int, Any, Any]]) -> None:
             assert 0 <= imp.loss <= 1
             expected = 0.0 if q is None else 1 - q
             assert math.isclose(imp.loss, expected)
+
+
+def test_documented_example_loads() -> None:
+    doc = (ROOT / "docs" / "topology.md").read_text()
+    block = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    t = topofile.loads_toml(block, "village.toml")
+    assert t.name == "village" and len(t.nodes) == 3 and len(t.segments) == 1
+    assert t.links[0].ab.loss == 0.2 and t.links[0].ba.delay == 0.03
