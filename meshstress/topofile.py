@@ -81,6 +81,8 @@ def loads_toml(text: str, source: str = "<memory>") -> Topology:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(source, "toml", f"syntax error: {_one_line(str(exc))}") from None
+    except RecursionError:
+        raise InputError(source, "toml", "syntax error: nested too deeply") from None
     return _from_toml_data(data, source)
 
 
@@ -103,6 +105,8 @@ def loads_meshnet_json(text: str, source: str = "<memory>", name: str | None = N
         raise InputError(source, "json", f"syntax error: {_one_line(str(exc))}") from None
     except RecursionError:
         raise InputError(source, "json", "syntax error: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+        raise InputError(source, "json", f"cannot read: {_one_line(str(exc))}") from None
     return meshnet_to_topology(data, source, name)
 
 

@@ -602,3 +602,76 @@ def test_documented_example_loads() -> None:
     t = topofile.loads_toml(block, "village.toml")
     assert t.name == "village" and len(t.nodes) == 3 and len(t.segments) == 1
     assert t.links[0].ab.loss == 0.2 and t.links[0].ba.delay == 0.03
+
+
+def test_deep_nesting_is_an_input_error() -> None:
+    with pytest.raises(InputError) as info:
+        topofile.loads_toml("a = " + "[" * 100_000, "deep.toml")
+    assert info.value.field == "toml"
+    with pytest.raises(InputError) as info:
+        topofile.loads_meshnet_json('{"nodes": [{"id": ' + "9" * 5000 + "}]}", "big.json")
+    assert info.value.field == "json"
+
+
+_KEYS = st.sampled_from(
+    [
+        "topology",
+        "nodes",
+        "links",
+        "segments",
+        "routing",
+        "name",
+        "a",
+        "b",
+        "loss",
+        "delay",
+        "rate",
+        "jitter",
+        "model",
+        "prefix",
+        "a_to_b",
+        "pos",
+        "label",
+        "id",
+        "source",
+        "target",
+        "source_tq",
+        "target_tq",
+        "x",
+        "y",
+        "type",
+        "link_model",
+        "zz",
+    ]
+)
+_LEAVES = st.one_of(
+    st.sampled_from(["a", "b", "c", "5%", "10ms", "1mbit", "veth", "segment", "none", "", "-x"]),
+    st.integers(-3, 3),
+    st.floats(),
+    st.booleans(),
+    st.datetimes().map(lambda d: d),
+    st.none(),
+)
+_TREES = st.recursive(
+    _LEAVES,
+    lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(_KEYS, kids, max_size=5)),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(_KEYS, _TREES, max_size=6))
+def test_structured_garbage_only_raises_input_error(data: dict[str, Any]) -> None:
+    no_none = json.loads(json.dumps(data, default=str).replace("null", '"x"'))
+    for convert in (
+        lambda: topofile._from_toml_data(no_none, "s.toml"),
+        lambda: topofile.meshnet_to_topology(data, "s.json"),
+    ):
+        try:
+            t = convert()
+        except InputError as exc:
+            assert "\n" not in str(exc)
+            continue
+        assert t.nodes
+        # anything that loads can be written and read back
+        assert topofile.loads_toml(topofile.dumps_toml(t), t.source) == t
