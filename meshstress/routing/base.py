@@ -1,0 +1,186 @@
+"""The Backend interface shared by every routing backend, and helpers they share."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from meshstress import state as state_mod
+from meshstress.build import stop_processes
+from meshstress.routing import settings as st
+
+if TYPE_CHECKING:
+    from meshstress.build import Mesh
+    from meshstress.topology import Topology
+
+RT_PROTO_STATIC = 4
+RTN_UNICAST = 1
+MAIN_TABLE = 254
+LOCAL_TABLE = 255
+
+
+class Route(NamedTuple):
+    """One node's route to one destination node."""
+
+    next_hop: str | None  # the neighbour node packets go to (== dst when direct); None unknown
+    metric: float | None = None  # backend's metric: hops (static), babel metric, tq, ...
+
+
+class Backend:
+    """A routing backend. Subclasses set name, l3, mtu, FIELDS and implement start().
+
+    l3: whether make_plan should put the node address (/32) and neighbour host routes
+        on every mesh interface. Backends with l3=False address the nodes themselves.
+    mtu: the veth MTU the backend needs (None: the kernel default).
+    """
+
+    name = "none"
+    l3 = True
+    mtu: int | None = None
+    role = ""  # ProcessRecord.role of this backend's processes ("" = none)
+    FIELDS: tuple[st.Field, ...] = ()
+
+    def __init__(self, settings: dict[str, Any] | None = None, source: str = "topology") -> None:
+        self.source = source
+        self.settings = st.validate(self.FIELDS, settings, backend=self.name, source=source)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.settings}>"
+
+    # --- settings --------------------------------------------------------------
+
+    def node_settings(self, topo: Topology) -> dict[str, dict[str, Any]]:
+        """Each node's effective settings: the topology's, overridden by node.settings.routing.
+
+        Raises InputError naming nodes.<name>.routing.<field>."""
+        out = {}
+        for node in topo.nodes:
+            out[node.name] = st.validate(
+                self.FIELDS,
+                node.settings.get("routing"),
+                backend=self.name,
+                source=self.source if self.source != "topology" else topo.source,
+                prefix=f"nodes.{node.name}.routing",
+                node=True,
+                base=self.settings,
+            )
+        return out
+
+    # --- capability, lifecycle ---------------------------------------------------
+
+    def missing(self) -> str | None:
+        """What the host lacks to run this backend (a sentence with the remedy), or None."""
+        return None
+
+    def start(self, mesh: Mesh, topo: Topology) -> None:
+        """Configure routing on a freshly applied mesh; record every process started."""
+
+    def stop(self, mesh: Mesh) -> None:
+        """Stop this backend's recorded processes by PID and forget them."""
+        if not self.role:
+            return
+        mine = [p for p in mesh.state.processes if p.role == self.role]
+        stop_processes(mine)
+        mesh.state.processes = [p for p in mesh.state.processes if p.role != self.role]
+        mesh.state.save()
+
+    # --- observation -----------------------------------------------------------
+
+    def routes(self, mesh: Mesh, node: str) -> dict[str, Route]:
+        """node's routes to the other nodes: {dst_node: Route(next_hop_node, metric)}."""
+        return kernel_routes(mesh, node)
+
+    def known(self, mesh: Mesh, node: str) -> set[str]:
+        """The nodes `node` has a route (or originator entry) for: convergence's first test."""
+        return set(self.routes(mesh, node))
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def addr_to_node(mesh: Mesh) -> dict[str, str]:
+    return {mesh.address(n): n for n in mesh.nodes}
+
+
+def node_prefixlen(mesh: Mesh) -> int:
+    any_addr = next(iter(mesh.state.node_addresses.values()))
+    return ipaddress.IPv4Interface(any_addr).network.prefixlen
+
+
+def mesh_ifnames(mesh: Mesh, node: str) -> list[str]:
+    return [i["ifname"] for i in mesh.state.interfaces.get(node, [])]
+
+
+def if_peers(mesh: Mesh, node: str) -> dict[str, str | None]:
+    return {i["ifname"]: i.get("peer") for i in mesh.state.interfaces.get(node, [])}
+
+
+def ifindex_map(mesh: Mesh, node: str) -> dict[str, int]:
+    ipr = mesh.netlink(node)
+    return {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
+
+
+def kernel_routes(mesh: Mesh, node: str) -> dict[str, Route]:
+    """Host routes (/32) to other nodes in any table of the node's namespace.
+
+    A route with a gateway goes to the node owning that address; one without goes
+    straight to the destination (the neighbour's host route). When several tables or
+    priorities hold a route, policy tables (a daemon's) win over main, then the lowest
+    priority, as the kernel's lookup would with the usual rule order."""
+    owners = addr_to_node(mesh)
+    me = mesh.address(node)
+    best: dict[str, tuple[tuple[int, int], Route]] = {}
+    for msg in mesh.netlink(node).route("dump", family=2):
+        if msg["dst_len"] != 32 or msg["type"] != RTN_UNICAST:
+            continue
+        dst = msg.get_attr("RTA_DST")
+        table = msg.get_attr("RTA_TABLE") or msg["table"]
+        if dst == me or dst not in owners or table == LOCAL_TABLE:
+            continue
+        gateway = msg.get_attr("RTA_GATEWAY")
+        if gateway is None:
+            multipath = msg.get_attr("RTA_MULTIPATH")
+            if multipath:
+                gateway = multipath[0].get_attr("RTA_GATEWAY")
+        if gateway is not None:
+            next_hop = owners.get(gateway)
+        else:
+            next_hop = owners[dst]
+        priority = msg.get_attr("RTA_PRIORITY") or 0
+        rank = (1 if table == MAIN_TABLE else 0, priority)
+        dst_node = owners[dst]
+        if dst_node not in best or rank < best[dst_node][0]:
+            best[dst_node] = (rank, Route(next_hop, float(priority)))
+    return {dst: route for dst, (_, route) in best.items()}
+
+
+def run_dir(mesh: Mesh) -> str:
+    return os.path.join(state_mod.STATE_DIR, mesh.state.run_id)
+
+
+def node_dir(mesh: Mesh, node: str) -> str:
+    """/run/meshstress/<run_id>/<node>/, made on first use; the run dir is in state.files."""
+    top = run_dir(mesh)
+    path = os.path.join(top, node)
+    os.makedirs(path, exist_ok=True)
+    if top not in mesh.state.files:
+        mesh.state.files.append(top)
+        mesh.state.save()
+    return path
+
+
+def which(program: str) -> str | None:
+    return shutil.which(program) or next(
+        (p for d in ("/usr/sbin", "/sbin") if os.access(p := f"{d}/{program}", os.X_OK)), None
+    )
+
+
+def check_output(mesh: Mesh, node: str, argv: list[str], timeout: float = 10.0) -> str:
+    proc = mesh.run(node, argv, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(argv)} in {node} failed ({proc.returncode}): {proc.stderr.strip()}"
+        )
+    return str(proc.stdout)

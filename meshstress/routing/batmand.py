@@ -1,0 +1,86 @@
+"""batmand (B.A.T.M.A.N. layer 3, userspace) in every node namespace.
+
+batmand wants one address prefix across all mesh interfaces (with a /24 per link it
+fails multi-hop with "Network is unreachable"), so this backend asks make_plan for
+l3=False and itself puts the node's address with the topology's prefix length (a /16
+by default, with its broadcast address, which batmand sends OGMs to) on every mesh
+interface. Every instance uses /run/batmand.socket, so each runs in a private mount
+namespace with its node dir (/run/meshstress/<run>/<node>/) bind-mounted on /run."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+from typing import TYPE_CHECKING
+
+from meshstress import netns
+from meshstress.routing import settings as st
+from meshstress.routing.base import Backend, ifindex_map, mesh_ifnames, node_dir, which
+
+if TYPE_CHECKING:
+    from meshstress.build import Mesh
+    from meshstress.topology import Topology
+
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_BIND = 4096
+
+
+def batmand_argv(binary: str, interfaces: list[str], orig_interval: float) -> list[str]:
+    """One node's batmand command line (foreground, so its PID is the daemon's). Pure."""
+    return [binary, "--no-detach", "-o", str(round(orig_interval * 1000)), *interfaces]
+
+
+def _private_run(ns_name: str, directory: str) -> None:
+    """preexec_fn: join the node's netns, then a private mount ns with `directory` on /run."""
+    netns.enter_for_exec(ns_name)
+    libc = netns._libc
+    netns._check(libc.unshare(netns.CLONE_NEWNS), "unshare mount namespace")
+    netns._check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+    netns._check(libc.mount(directory.encode(), b"/run", None, MS_BIND, None), "bind /run")
+
+
+class BatmandBackend(Backend):
+    name = "batmand"
+    l3 = False  # the backend puts address/prefixlen (one prefix) on every mesh interface
+    role = "batmand"
+    FIELDS = (
+        st.Field("orig_interval", st.duration(0.02, 60), 1.0, doc="originator interval (-o, ms)"),
+    )
+
+    def missing(self) -> str | None:
+        if which("batmand") is None:
+            return "batmand not installed (apt-get install batmand)"
+        return None
+
+    def start(self, mesh: Mesh, topo: Topology) -> None:
+        per_node = self.node_settings(topo)
+        binary = which("batmand") or "batmand"
+        for node in mesh.nodes:
+            ifnames = mesh_ifnames(mesh, node)
+            if not ifnames:
+                continue
+            iface = ipaddress.IPv4Interface(mesh.state.node_addresses[node])
+            ipr = mesh.netlink(node)
+            index = ifindex_map(mesh, node)
+            for ifname in ifnames:
+                ipr.addr(
+                    "add",
+                    index=index[ifname],
+                    address=str(iface.ip),
+                    prefixlen=iface.network.prefixlen,
+                    broadcast=str(iface.network.broadcast_address),
+                )
+            directory = node_dir(mesh, node)
+            argv = batmand_argv(binary, ifnames, per_node[node]["orig_interval"])
+            ns_name = mesh.ns(node)
+            with open(os.path.join(directory, "batmand.log"), "ab") as log:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    preexec_fn=lambda: _private_run(ns_name, directory),  # noqa: B023
+                )
+            mesh.record_process(proc, node, self.role, argv)
