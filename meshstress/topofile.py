@@ -135,6 +135,8 @@ def _show(value: object) -> str:
 
 
 def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int):
@@ -166,7 +168,10 @@ class _Ctx:
         for key in table:
             if key not in allowed:
                 where = f"{field}.{key}" if field else key
-                raise self.fail(where, f"unknown key (allowed: {', '.join(allowed)})")
+                hint = ""
+                if field in ("topology", "routing") and key in ("nodes", "links", "segments"):
+                    hint = f"; a root key like {key} = [...] must come before the first [table]"
+                raise self.fail(where, f"unknown key (allowed: {', '.join(allowed)}){hint}")
 
     def string(self, value: object, field: str) -> str:
         if not isinstance(value, str):
@@ -197,9 +202,12 @@ class _Ctx:
         table = self.table(value, field)
         for key, item in table.items():
             if isinstance(item, dict | list):
+                hint = ""
+                if field == "routing" and key in ("nodes", "links", "segments"):
+                    hint = f"; a root key like {key} = [...] must come before the first [table]"
                 raise self.fail(
                     f"{field}.{key}",
-                    f"expected a scalar (string, number, boolean), got {_type_name(item)}",
+                    f"expected a scalar (string, number, boolean), got {_type_name(item)}{hint}",
                 )
             if isinstance(item, float) and math.isnan(item):
                 raise self.fail(f"{field}.{key}", "nan is not a usable setting")

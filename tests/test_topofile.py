@@ -675,3 +675,10 @@ def test_structured_garbage_only_raises_input_error(data: dict[str, Any]) -> Non
         assert t.nodes
         # anything that loads can be written and read back
         assert topofile.loads_toml(topofile.dumps_toml(t), t.source) == t
+
+
+@pytest.mark.parametrize("table", ["topology", "routing"])
+def test_misplaced_root_key_gets_a_hint(table: str) -> None:
+    err = load_err(f'[{table}]\nnodes = ["a"]\n')
+    assert err.field == f"{table}.nodes"
+    assert "must come before the first [table]" in err.message
