@@ -1,9 +1,249 @@
-"""batman-adv placeholder (filled in below)."""
+"""batman-adv (kernel, layer 2): a bat0 per node namespace enslaving its mesh veths.
 
-from meshstress.routing.base import Backend
+make_plan gets l3=False and mtu=1560 (room for batman-adv's header); the node address
+goes on bat0 with the topology's prefix length, so every node shares one L2 segment.
+The routing algorithm is a module parameter read when bat0 is created, so it is
+written (per node if nodes differ) just before each bat0. Mesh settings are applied
+with batctl inside the namespace; tables are read with `batctl meshif bat0 oj`/`nj`.
+Works only where the kernel has batman-adv: the VM lab (`meshstress lab run`)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shlex
+import subprocess
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from meshstress.routing import settings as st
+from meshstress.routing.base import Backend, Route, ifindex_map, mesh_ifnames, which
+
+if TYPE_CHECKING:
+    from meshstress.build import Mesh
+    from meshstress.topology import Topology
+
+MESHIF = "bat0"
+ALGO_PARAM = "/sys/module/batman_adv/parameters/routing_algo"
+MISSING_MODULE = "batman-adv kernel module missing (use `meshstress lab run`)"
+
+
+class Originator(NamedTuple):
+    orig: str  # originator MAC
+    next_hop: str  # neighbour MAC the route goes through
+    ifname: str  # outgoing hard interface
+    metric: float | None  # tq (BATMAN_IV, 0..255) or throughput (BATMAN_V, kbit/s)
+    last_seen: float | None  # seconds
+    best: bool
+
+
+class Neighbour(NamedTuple):
+    address: str
+    ifname: str
+    metric: float | None  # BATMAN_V: throughput kbit/s; BATMAN_IV: None
+    last_seen: float | None
+
+
+def parse_originators_json(text: str) -> list[Originator]:
+    """`batctl meshif bat0 originators_json` output -> Originators. Pure."""
+    out = []
+    for e in json.loads(text or "[]"):
+        metric = e.get("tq", e.get("throughput"))
+        seen = e.get("last_seen_msecs")
+        out.append(
+            Originator(
+                orig=e["orig_address"].lower(),
+                next_hop=(e.get("neigh_address") or e.get("router") or "").lower(),
+                ifname=e.get("hard_ifname", ""),
+                metric=None if metric is None else float(metric),
+                last_seen=None if seen is None else seen / 1000.0,
+                best=bool(e.get("best", False)),
+            )
+        )
+    return out
+
+
+def parse_neighbours_json(text: str) -> list[Neighbour]:
+    out = []
+    for e in json.loads(text or "[]"):
+        seen = e.get("last_seen_msecs")
+        metric = e.get("throughput", e.get("tq"))
+        out.append(
+            Neighbour(
+                address=e["neigh_address"].lower(),
+                ifname=e.get("hard_ifname", ""),
+                metric=None if metric is None else float(metric),
+                last_seen=None if seen is None else seen / 1000.0,
+            )
+        )
+    return out
+
+
+_MAC = r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}"
+# BATMAN_IV:  * 8a:..:01    0.480s   (255) 8a:..:02 [ ms-x-i0 ]
+# BATMAN_V:   * 8a:..:01    0.480s (   1.0) 8a:..:02 [ ms-x-i0 ]
+_ORIG_LINE = re.compile(
+    rf"^\s*(?P<best>\*)?\s*(?P<orig>{_MAC})\s+(?P<seen>[0-9.]+)s\s+"
+    rf"\(\s*(?P<metric>[0-9.]+)\)\s+(?P<nh>{_MAC})\s+\[\s*(?P<if>[^\]\s]+)\s*\]"
+)
+
+
+def parse_originators_table(text: str) -> list[Originator]:
+    """`batctl meshif bat0 originators -H` (text table, with or without the header). Pure."""
+    out = []
+    for line in text.splitlines():
+        m = _ORIG_LINE.match(line)
+        if m:
+            out.append(
+                Originator(
+                    orig=m["orig"].lower(),
+                    next_hop=m["nh"].lower(),
+                    ifname=m["if"],
+                    metric=float(m["metric"]),
+                    last_seen=float(m["seen"]),
+                    best=bool(m["best"]),
+                )
+            )
+    return out
+
+
+def settings_commands(cfg: dict[str, Any]) -> list[list[str]]:
+    """batctl commands applying one node's mesh settings. Pure."""
+    cmds = [
+        ["meshif", MESHIF, "orig_interval", str(round(cfg["orig_interval"] * 1000))],
+        ["meshif", MESHIF, "bridge_loop_avoidance", str(int(cfg["bridge_loop_avoidance"]))],
+        ["meshif", MESHIF, "distributed_arp_table", str(int(cfg["distributed_arp_table"]))],
+        ["meshif", MESHIF, "aggregation", str(int(cfg["aggregation"]))],
+    ]
+    if cfg["hop_penalty"] is not None:
+        cmds.append(["meshif", MESHIF, "hop_penalty", str(cfg["hop_penalty"])])
+    return cmds
+
+
+def module_loaded() -> bool:
+    if os.path.exists("/sys/module/batman_adv"):
+        return True
+    modprobe = which("modprobe")
+    if modprobe and os.path.isdir(f"/lib/modules/{os.uname().release}"):
+        subprocess.run([modprobe, "-q", "batman-adv"], check=False, capture_output=True)
+    return os.path.exists("/sys/module/batman_adv")
 
 
 class BatmanAdvBackend(Backend):
     name = "batman-adv"
-    l3 = False
+    l3 = False  # the node address goes on bat0
     mtu = 1560
+    role = ""  # no processes: the kernel does the routing
+    FIELDS = (
+        st.Field(
+            "algorithm",
+            st.choice("BATMAN_IV", "BATMAN_V", aliases={"iv": "BATMAN_IV", "v": "BATMAN_V"}),
+            "BATMAN_IV",
+        ),
+        st.Field("orig_interval", st.duration(0.02, 60), 1.0, doc="OGM interval"),
+        st.Field("hop_penalty", st.integer(0, 255), None, doc="kernel default 30"),
+        st.Field("bridge_loop_avoidance", st.boolean, False),
+        st.Field("distributed_arp_table", st.boolean, True),
+        st.Field("aggregation", st.boolean, True),
+    )
+
+    def __init__(self, settings: dict[str, Any] | None = None, source: str = "topology") -> None:
+        super().__init__(settings, source)
+        self._macs: dict[str, str] = {}
+
+    def missing(self) -> str | None:
+        if not module_loaded():
+            return MISSING_MODULE
+        if which("batctl") is None:
+            return "batctl not installed (apt-get install batctl)"
+        return None
+
+    def start(self, mesh: Mesh, topo: Topology) -> None:
+        per_node = self.node_settings(topo)
+        batctl = which("batctl") or "batctl"
+        for node in mesh.nodes:
+            cfg = per_node[node]
+            ifnames = mesh_ifnames(mesh, node)
+            _select_algorithm(cfg["algorithm"])
+            ipr = mesh.netlink(node)
+            ipr.link("add", ifname=MESHIF, kind="batadv")
+            index = ifindex_map(mesh, node)
+            script = "; ".join(
+                shlex.join([batctl, *c]) + " >/dev/null" for c in settings_commands(cfg)
+            )
+            proc = mesh.run(node, ["sh", "-ec", script], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"batctl settings in {node} failed: {proc.stderr.strip()}")
+            for ifname in ifnames:
+                ipr.link("set", index=index[ifname], master=index[MESHIF])
+            ipr.link("set", index=index[MESHIF], state="up")
+            iface = ipaddress.IPv4Interface(mesh.state.node_addresses[node])
+            ipr.addr(
+                "add",
+                index=index[MESHIF],
+                address=str(iface.ip),
+                prefixlen=iface.network.prefixlen,
+                broadcast=str(iface.network.broadcast_address),
+            )
+        mesh.state.extra["batman_adv"] = {"meshif": MESHIF}
+        mesh.state.save()
+
+    def stop(self, mesh: Mesh) -> None:
+        """Delete every bat0 (the namespaces' teardown would do it too)."""
+        for node in mesh.nodes:
+            ipr = mesh.netlink(node)
+            for idx in ipr.link_lookup(ifname=MESHIF):
+                ipr.link("del", index=idx)
+        mesh.state.extra.pop("batman_adv", None)
+        mesh.state.save()
+
+    # --- tables --------------------------------------------------------------
+
+    def mac_owners(self, mesh: Mesh) -> dict[str, str]:
+        """MAC of every mesh interface (and bat0) -> node; cached (MACs do not change)."""
+        if not self._macs:
+            for node in mesh.nodes:
+                for link in mesh.netlink(node).get_links():
+                    name = link.get_attr("IFLA_IFNAME")
+                    if name == MESHIF or name in mesh_ifnames(mesh, node):
+                        self._macs[link.get_attr("IFLA_ADDRESS").lower()] = node
+        return self._macs
+
+    def _batctl(self, mesh: Mesh, node: str, query: str) -> str:
+        proc = mesh.run(
+            node,
+            [which("batctl") or "batctl", "meshif", MESHIF, query],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if proc.returncode != 0:
+            return "[]"
+        return str(proc.stdout)
+
+    def originators(self, mesh: Mesh, node: str) -> list[Originator]:
+        return parse_originators_json(self._batctl(mesh, node, "originators_json"))
+
+    def neighbours(self, mesh: Mesh, node: str) -> list[Neighbour]:
+        return parse_neighbours_json(self._batctl(mesh, node, "neighbors_json"))
+
+    def routes(self, mesh: Mesh, node: str) -> dict[str, Route]:
+        owners = self.mac_owners(mesh)
+        out = {}
+        for o in self.originators(mesh, node):
+            dst = owners.get(o.orig)
+            if o.best and dst is not None and dst != node:
+                out[dst] = Route(owners.get(o.next_hop), o.metric)
+        return out
+
+
+def _select_algorithm(algo: str) -> None:
+    try:
+        with open(ALGO_PARAM) as f:
+            if f.read().strip() == algo:
+                return
+        with open(ALGO_PARAM, "w") as f:
+            f.write(algo)
+    except OSError:
+        subprocess.run([which("batctl") or "batctl", "ra", algo], check=True, capture_output=True)
