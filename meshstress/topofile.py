@@ -197,26 +197,37 @@ class _Ctx:
         except (ValueError, OverflowError) as exc:
             raise self.fail(field, str(exc)) from None
 
-    def scalars(self, value: object, field: str) -> dict[str, Any]:
-        """A free-form settings table: string keys, scalar values (checked by backends)."""
+    def scalars(self, value: object, field: str, nested: bool = True) -> dict[str, Any]:
+        """A free-form settings table: scalar values (checked later by the backends).
+
+        With `nested`, a key named after a routing backend (e.g. `babeld`) may hold
+        a table of scalars: settings for that backend only."""
         table = self.table(value, field)
+        out: dict[str, Any] = {}
         for key, item in table.items():
+            where = f"{field}.{key}"
+            if isinstance(item, dict) and nested and key in ROUTINGS:
+                out[key] = self.scalars(item, where, nested=False)
+                continue
             if isinstance(item, dict | list):
                 hint = ""
                 if field == "routing" and key in ("nodes", "links", "segments"):
                     hint = f"; a root key like {key} = [...] must come before the first [table]"
+                elif isinstance(item, dict) and nested:
+                    hint = f" (tables are allowed only for backends: {', '.join(ROUTINGS)})"
                 raise self.fail(
-                    f"{field}.{key}",
+                    where,
                     f"expected a scalar (string, number, boolean), got {_type_name(item)}{hint}",
                 )
             if isinstance(item, float) and math.isnan(item):
-                raise self.fail(f"{field}.{key}", "nan is not a usable setting")
+                raise self.fail(where, "nan is not a usable setting")
             if not isinstance(item, str | int | float | bool):
                 raise self.fail(
-                    f"{field}.{key}",
+                    where,
                     f"expected a string, number or boolean, got {_type_name(item)}",
                 )
-        return dict(table)
+            out[key] = item
+        return out
 
     def impairment(
         self, table: dict[str, Any], field: str, base: Impairment | None = None

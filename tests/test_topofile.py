@@ -445,7 +445,14 @@ scalars = st.one_of(
     st.floats(allow_nan=False),
     st.booleans(),
 )
-settings_tables = st.dictionaries(st.text(min_size=1, max_size=8), scalars, max_size=3)
+flat_settings = st.dictionaries(st.text(min_size=1, max_size=8), scalars, max_size=3)
+settings_tables = st.builds(
+    lambda flat, nested: {**flat, **nested},
+    flat_settings,
+    st.dictionaries(
+        st.sampled_from(["babeld", "batman-adv", "batmand"]), flat_settings, max_size=2
+    ),
+)
 impairments = st.builds(
     Impairment,
     loss=st.floats(0, 1),
@@ -682,3 +689,21 @@ def test_misplaced_root_key_gets_a_hint(table: str) -> None:
     err = load_err(f'[{table}]\nnodes = ["a"]\n')
     assert err.field == f"{table}.nodes"
     assert "must come before the first [table]" in err.message
+
+
+def test_backend_blocks_in_routing_settings() -> None:
+    t = topofile.loads_toml(
+        'nodes = ["a", { name = "b", routing = { babeld = { hello_interval = "2s" } } }]\n'
+        '[routing]\nhello_interval = "1s"\n[routing.babeld]\nupdate_interval = "4s"\n'
+        '[routing.batman-adv]\norig_interval = "500ms"\n',
+        "r.toml",
+    )
+    assert t.routing_settings == {
+        "hello_interval": "1s",
+        "babeld": {"update_interval": "4s"},
+        "batman-adv": {"orig_interval": "500ms"},
+    }
+    assert t.nodes[1].settings == {"routing": {"babeld": {"hello_interval": "2s"}}}
+    assert topofile.loads_toml(topofile.dumps_toml(t), "r.toml") == t
+    err = load_err('nodes = ["a"]\n[routing.babeld.deeper]\nx = 1\n')
+    assert err.field == "routing.babeld.deeper"
