@@ -80,7 +80,12 @@ def loads_toml(text: str, source: str = "<memory>") -> Topology:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise InputError(source, "toml", f"syntax error: {_one_line(str(exc))}") from None
+        message = _one_line(str(exc))
+        if "end of document" in message:
+            line = text.count("\n") + 1
+            column = len(text) - text.rfind("\n")
+            message += f" (line {line}, column {column})"
+        raise InputError(source, "toml", f"syntax error: {message}") from None
     except RecursionError:
         raise InputError(source, "toml", "syntax error: nested too deeply") from None
     return _from_toml_data(data, source)

@@ -145,7 +145,7 @@ BASE = 'nodes = ["a", "b", "c"]\n'
     ("text", "field", "words"),
     [
         # syntax
-        ("nodes = [\n", "toml", "end of document"),
+        ("nodes = [\n", "toml", "end of document) (line 2, column 1)"),
         ('nodes = ["a"]\nnodes = ["b"]\n', "toml", "syntax error"),
         # unknown keys at every level
         (BASE + "[topologgy]\n", "topologgy", "unknown key"),
