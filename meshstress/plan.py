@@ -2,7 +2,8 @@
 
 A run id like "a1b2" gives the prefix "ms-a1b2-". Node N lives in namespace
 "ms-a1b2-N"; a shared segment's bridge lives in its own hub namespace
-"ms-a1b2-~S" (node names cannot contain "~", so hubs never collide with nodes).
+"ms-a1b2-~S" (names cannot contain "~", so hubs never collide with nodes); a
+link with model "segment" gets the hub "ms-a1b2-~~K" for link index K.
 Interfaces inside a namespace are "ms-a1b2-iK" (node side) and "ms-a1b2-pK"
 (bridge ports), K counting per namespace. One witness veth end in the host's own
 namespace, "ms-a1b2-w", disappears only when the kernel has destroyed the last
@@ -170,7 +171,7 @@ def make_plan(topo: Topology, run_id: str, *, l3: bool = True, mtu: int | None =
 
     for index, link in enumerate(topo.links):
         if link.model == "segment":
-            lseg = f"l{index}"
+            lseg = f"~{index}"  # segment names cannot contain "~": no clash
             hub_ns = hub(lseg)
             for me, other, egress in ((link.a, link.b, link.ab), (link.b, link.a, link.ba)):
                 plan.veths.append(

@@ -101,3 +101,12 @@ def test_state_round_trips_through_its_file(tmp_path, monkeypatch) -> None:
     assert [r.run_id for r in state.all_runs()] == ["rt"]
     back.remove()
     assert state.load("rt") is None
+
+
+def test_a_segment_named_like_a_link_hub_does_not_clash() -> None:
+    topo = line(2)
+    topo.links[0].model = "segment"
+    topo.segments.append(Segment("l0", ["n0", "n1"]))
+    p = make_plan(topo, "c")
+    hubs = [ns.name for ns in p.namespaces if ns.node is None]
+    assert len(hubs) == len(set(hubs)) == 2
