@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from meshstress.build import Mesh
     from meshstress.topology import Topology
 
-RT_PROTO_STATIC = 4
+# pyroute2 adds routes as proto static (4) by default, the builder's included; our
+# static backend marks its routes with a protocol number nobody else uses.
+RT_PROTO_MESHSTRESS = 233
 RTN_UNICAST = 1
 MAIN_TABLE = 254
 LOCAL_TABLE = 255

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
-from meshstress.routing.base import RT_PROTO_STATIC, Backend, ifindex_map
+from meshstress.routing.base import RT_PROTO_MESHSTRESS, Backend, ifindex_map
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
@@ -68,7 +68,7 @@ def neighbour_interfaces(mesh: Mesh) -> dict[tuple[str, str], str]:
 
 
 class StaticBackend(Backend):
-    """Hop-count shortest paths installed once (proto static, priority = hops). Needs l3:
+    """Hop-count shortest paths installed once (proto 233, priority = hops). Needs l3:
     the builder's neighbour host routes make the gateways reachable on-link."""
 
     name = "static"
@@ -92,24 +92,26 @@ class StaticBackend(Backend):
                     dst=f"{mesh.address(dst)}/32",
                     gateway=mesh.address(next_hop),
                     oif=index[facing[(node, next_hop)]],
-                    proto=RT_PROTO_STATIC,
+                    proto=RT_PROTO_MESHSTRESS,
                     priority=hops,
                 )
         mesh.state.extra["static_routes"] = len(hops_cache)
         mesh.state.save()
 
     def stop(self, mesh: Mesh) -> None:
-        """Remove the routes start() installed (proto static); the neighbour routes stay."""
+        """Remove the routes start() installed (proto 233); the neighbour routes stay."""
         owners = {mesh.address(n) for n in mesh.nodes}
         for node in mesh.nodes:
             ipr = mesh.netlink(node)
             for msg in ipr.route("dump", family=2):
-                if msg["proto"] == RT_PROTO_STATIC and msg.get_attr("RTA_DST") in owners:
+                if msg["proto"] == RT_PROTO_MESHSTRESS and msg.get_attr("RTA_DST") in owners:
                     ipr.route(
                         "del",
-                        dst=f"{msg.get_attr('RTA_DST')}/32",
+                        dst=msg.get_attr("RTA_DST"),
+                        dst_len=32,
+                        gateway=msg.get_attr("RTA_GATEWAY"),
+                        oif=msg.get_attr("RTA_OIF"),
                         priority=msg.get_attr("RTA_PRIORITY") or 0,
-                        proto=RT_PROTO_STATIC,
                         table=msg.get_attr("RTA_TABLE") or 254,
                     )
         mesh.state.extra.pop("static_routes", None)

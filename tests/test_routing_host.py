@@ -1,0 +1,163 @@
+"""Routing backends on the host (root): pings cross two hops, babeld reroutes around a
+cut link, and a clean stop leaves no routing process."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psutil
+import pytest
+
+from meshstress import generators, netns, plan, state
+from meshstress.build import Mesh, apply, teardown
+from meshstress.routing import Backend, ConvergenceResult, get_backend, wait_converged
+from meshstress.routing.probe import ping_pairs
+from meshstress.routing.static import neighbour_interfaces
+from meshstress.topology import Topology
+
+pytestmark = pytest.mark.network
+
+Routed = tuple[Mesh, Backend, ConvergenceResult]
+
+
+@pytest.fixture
+def routed() -> Iterator[Callable[..., Routed]]:
+    """Bring a topology up with a backend as `meshstress up` does; tear down in finally."""
+    made: list[tuple[state.RunState, Mesh | None]] = []
+
+    def make(
+        topo: Topology, routing: str, settings: dict[str, Any] | None = None, timeout: float = 60
+    ) -> Routed:
+        backend = get_backend(routing, settings or {})
+        if msg := backend.missing():
+            if os.environ.get("MESHSTRESS_REQUIRE", "") not in ("", "0"):
+                pytest.fail(msg)
+            pytest.skip(msg)
+        run_id = plan.new_run_id()
+        st = state.RunState(run_id=run_id, topology=topo.name)
+        made.append((st, None))
+        p = plan.make_plan(topo, run_id, l3=backend.l3, mtu=backend.mtu)
+        apply(p, st)
+        st.routing = backend.name
+        mesh = Mesh(st)
+        made[-1] = (st, mesh)
+        backend.start(mesh, topo)
+        return mesh, backend, wait_converged(mesh, backend, timeout)
+
+    try:
+        yield make
+    finally:
+        for st, mesh in made:
+            if mesh is not None:
+                mesh.close()
+            teardown(st, timeout=30)
+            pre = plan.run_prefix(st.run_id)
+            assert not [n for n in netns.list_names() if n.startswith(pre)]
+
+
+def ping_ttl(mesh: Mesh, src: str, dst: str) -> int | None:
+    """TTL of the reply to one ping from src to dst (None: no reply)."""
+    r = mesh.run(
+        src,
+        ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", mesh.address(dst)],
+        capture_output=True,
+        text=True,
+    )
+    m = re.search(r"ttl=(\d+)", r.stdout)
+    return int(m.group(1)) if r.returncode == 0 and m else None
+
+
+def alive(pids: list[tuple[int, float]]) -> list[int]:
+    out = []
+    for pid, created in pids:
+        try:
+            if abs(psutil.Process(pid).create_time() - created) < 0.05:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("routing", ["static", "babeld", "batmand"])
+def test_line_ends_reach_each_other_over_two_hops(routed, routing: str) -> None:
+    mesh, backend, result = routed(generators.line(3), routing, timeout=40)
+    assert result.converged, str(result)
+    print(f"\n{routing}: line3 {result}")
+    # the route from each end to the other goes through the middle node
+    assert backend.routes(mesh, "n0")["n2"].next_hop == "n1"
+    assert backend.routes(mesh, "n2")["n0"].next_hop == "n1"
+    # the reply crossed one router: n2 answers with TTL 64, n1 forwards it once
+    assert ping_ttl(mesh, "n0", "n2") == 63
+    assert ping_ttl(mesh, "n2", "n0") == 63
+
+
+@pytest.mark.parametrize("routing", ["babeld", "batmand"])
+def test_stop_leaves_no_routing_process(routed, routing: str) -> None:
+    mesh, backend, result = routed(generators.line(3), routing, timeout=40)
+    assert result.converged, str(result)
+    records = [p for p in mesh.state.processes if p.role == backend.role]
+    assert len(records) == 3 and {r.node for r in records} == {"n0", "n1", "n2"}
+    pids = [(r.pid, r.create_time) for r in records]
+    assert len(alive(pids)) == 3
+    for r in records:  # each daemon runs inside its node's namespace
+        assert os.readlink(f"/proc/{r.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    backend.stop(mesh)
+    assert alive(pids) == []
+    assert not [p for p in mesh.state.processes if p.role == backend.role]
+    assert not [p for p in state.load(mesh.state.run_id).processes if p.role == backend.role]
+
+
+def test_teardown_stops_the_daemons_too(routed) -> None:
+    mesh, backend, result = routed(generators.line(2), "babeld", timeout=30)
+    pids = [(p.pid, p.create_time) for p in mesh.state.processes]
+    assert len(alive(pids)) == 2
+    mesh.close()
+    assert teardown(mesh.state, timeout=30) == []
+    assert alive(pids) == []
+
+
+def test_static_stop_removes_its_routes(routed) -> None:
+    mesh, backend, result = routed(generators.grid4(3, 3), "static")
+    assert result.converged and result.sweep_pairs == 72
+    assert backend.routes(mesh, "n0")["n8"].metric == 4  # priority = hops
+    backend.stop(mesh)
+    left = backend.routes(mesh, "n0")
+    assert set(left) == {"n1", "n3"}  # only the builder's neighbour routes remain
+    assert ping_pairs(mesh, [("n0", "n8")], timeout=0.5) == {("n0", "n8")}
+
+
+def test_without_routing_the_ends_never_converge(routed) -> None:
+    mesh, backend, result = routed(generators.line(3), "none", timeout=1.5)
+    assert not result.converged
+    assert set(result.missing_pairs) == {("n0", "n2"), ("n2", "n0")}
+
+
+def test_babeld_grid_reroutes_around_a_cut_link(routed) -> None:
+    mesh, backend, result = routed(generators.grid4(3, 3), "babeld", timeout=60)
+    assert result.converged, str(result)
+    print(f"\nbabeld: grid 3x3 {result}")
+    src, dst = "n0", "n8"
+    old = backend.routes(mesh, src)[dst].next_hop
+    assert old in ("n1", "n3")
+    # cut the first link of the active path: n0's veth towards `old`, set down
+    ifname = neighbour_interfaces(mesh)[(src, old)]
+    ipr = mesh.netlink(src)
+    index = ipr.link_lookup(ifname=ifname)[0]
+    cut = time.monotonic()
+    ipr.link("set", index=index, state="down")
+    recovered = None
+    while time.monotonic() - cut < 30:
+        route = backend.routes(mesh, src).get(dst)
+        if route and route.next_hop not in (None, old):
+            if not ping_pairs(mesh, [(src, dst), (dst, src)], timeout=0.3, tries=1):
+                recovered = time.monotonic() - cut
+                break
+        time.sleep(0.05)
+    assert recovered is not None, "no reroute within 30 s"
+    print(f"babeld: reroute after cutting {src}-{old}: {recovered:.2f} s")
+    assert backend.routes(mesh, src)[dst].next_hop == ({"n1", "n3"} - {old}).pop()
+    assert ping_ttl(mesh, src, dst) == 64 - 3  # still 4 hops: 3 routers on the way back
