@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from meshstress import generators
 from meshstress.errors import InputError
 from meshstress.routing import BACKEND_NAMES, get_backend
+from meshstress.routing import genl_batadv as genl
 from meshstress.routing.babeld import babeld_argv
 from meshstress.routing.batman_adv import (
+    genl_values,
+    originator_from_genl,
     parse_neighbours_json,
     parse_originators_json,
     parse_originators_table,
@@ -337,3 +342,66 @@ def test_parse_neighbours_json() -> None:
     )
     assert n[0].address == "76:17:d5:c7:8f:bd" and n[0].metric is None
     assert n[0].last_seen == pytest.approx(0.044)
+
+
+def test_parse_batman_v_table_line() -> None:
+    line = " * 5e:80:2a:a4:9f:c3    0.516s (     9215.6)  de:54:6e:7c:f8:f3 [ms-ouvw-i0]"
+    (o,) = parse_originators_table(line)
+    assert o.metric == pytest.approx(9215.6) and o.next_hop == "de:54:6e:7c:f8:f3" and o.best
+
+
+# --- batman-adv generic netlink ------------------------------------------------
+
+
+def test_genl_set_mesh_message_matches_batctl() -> None:
+    # what `batctl meshif bat0 it 400` sends (strace in the lab), family 0x21, seq 7
+    attrs = genl.encode_attr("mesh_ifindex", 2) + genl.encode_attr("orig_interval", 400)
+    msg = genl.genl_message(0x21, genl.CMD_SET_MESH, attrs, genl.NLM_F_REQUEST | genl.NLM_F_ACK, 7)
+    assert msg[16:] == bytes.fromhex("0f01000008000300020000000800390090010000")
+    length, family, flags, seq, _ = struct.unpack_from("=IHHII", msg)
+    assert (length, family, flags, seq) == (36, 0x21, 5, 7)
+    # a u8 attribute is padded to 4 bytes
+    assert genl.encode_attr("bridge_loop_avoidance_enabled", 0) == bytes.fromhex("05002e0000000000")
+
+
+def test_genl_originator_decoding() -> None:
+    payload = (
+        genl.nla(genl.ATTR["orig_address"], bytes.fromhex("a275e7c4c51f"))
+        + genl.nla(genl.ATTR["neigh_address"], bytes.fromhex("7617d5c78fbd"))
+        + genl.nla(genl.ATTR["hard_ifindex"], struct.pack("=I", 3))
+        + genl.nla(genl.ATTR["last_seen_msecs"], struct.pack("=I", 580))
+        + genl.nla(genl.ATTR["tq"], b"\x05")
+        + genl.nla(genl.ATTR["flag_best"], b"")
+        + genl.nla(200, b"unknown")
+    )
+    entry = genl.decode_batadv(genl.parse_attrs(payload))
+    assert entry == {
+        "orig_address": "a2:75:e7:c4:c5:1f",
+        "neigh_address": "76:17:d5:c7:8f:bd",
+        "hard_ifindex": 3,
+        "last_seen_msecs": 580,
+        "tq": 5,
+        "flag_best": True,
+    }
+    o = originator_from_genl(entry, {3: "ms-x-i1"})
+    assert (
+        o
+        == parse_originators_json(
+            '[{"hard_ifname":"ms-x-i1","orig_address":"a2:75:e7:c4:c5:1f","best":true,'
+            '"last_seen_msecs":580,"neigh_address":"76:17:d5:c7:8f:bd","tq":5}]'
+        )[0]
+    )
+    header = struct.pack("=IHHII", 16 + 4 + len(payload), 0x21, 2, 9, 0)
+    done = struct.pack("=IHHII", 20, genl.NLMSG_DONE, 2, 9, 0) + b"\0" * 4
+    msgs = list(genl.split_messages(header + b"\x08\x01\x00\x00" + payload + done))
+    assert [(t, s) for t, s, _ in msgs] == [(0x21, 9), (genl.NLMSG_DONE, 9)]
+
+
+def test_genl_values_mirror_the_batctl_commands() -> None:
+    cfg = get_backend("batman-adv", {"orig_interval": "250ms", "aggregation": False}).settings
+    assert genl_values(cfg) == {
+        "orig_interval": 250,
+        "bridge_loop_avoidance_enabled": 0,
+        "distributed_arp_table_enabled": 1,
+        "aggregated_ogms_enabled": 0,
+    }

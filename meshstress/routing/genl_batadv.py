@@ -26,10 +26,11 @@ NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLA_TYPE_MASK = 0x3FFF
 
-# enum batadv_nl_commands / batadv_nl_attrs (include/uapi/linux/batman_adv.h)
-CMD_GET_ORIGINATORS = 10
-CMD_GET_NEIGHBORS = 11
-CMD_SET_MESH = 17
+# enum batadv_nl_commands / batadv_nl_attrs (include/uapi/linux/batman_adv.h; the
+# commands enum has aliases, GET_MESH_INFO = GET_MESH and GET_HARDIFS = GET_HARDIF)
+CMD_GET_ORIGINATORS = 8
+CMD_GET_NEIGHBORS = 9
+CMD_SET_MESH = 15
 ATTR = {
     "mesh_ifindex": 3,
     "hard_ifindex": 6,
