@@ -7,56 +7,24 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import psutil
 import pytest
 
-from meshstress import generators, netns, plan, state
-from meshstress.build import Mesh, apply, teardown
-from meshstress.routing import Backend, ConvergenceResult, get_backend, wait_converged
+from meshstress import generators, state
+from meshstress.build import Mesh, teardown
 from meshstress.routing.probe import ping_pairs
 from meshstress.routing.static import neighbour_interfaces
-from meshstress.topology import Topology
+from meshstress.routing.testing import Routed, missing_handler, routed_meshes
 
 pytestmark = pytest.mark.network
-
-Routed = tuple[Mesh, Backend, ConvergenceResult]
 
 
 @pytest.fixture
 def routed() -> Iterator[Callable[..., Routed]]:
     """Bring a topology up with a backend as `meshstress up` does; tear down in finally."""
-    made: list[tuple[state.RunState, Mesh | None]] = []
-
-    def make(
-        topo: Topology, routing: str, settings: dict[str, Any] | None = None, timeout: float = 60
-    ) -> Routed:
-        backend = get_backend(routing, settings or {})
-        if msg := backend.missing():
-            if os.environ.get("MESHSTRESS_REQUIRE", "") not in ("", "0"):
-                pytest.fail(msg)
-            pytest.skip(msg)
-        run_id = plan.new_run_id()
-        st = state.RunState(run_id=run_id, topology=topo.name)
-        made.append((st, None))
-        p = plan.make_plan(topo, run_id, l3=backend.l3, mtu=backend.mtu)
-        apply(p, st)
-        st.routing = backend.name
-        mesh = Mesh(st)
-        made[-1] = (st, mesh)
-        backend.start(mesh, topo)
-        return mesh, backend, wait_converged(mesh, backend, timeout)
-
-    try:
+    with routed_meshes(missing_handler(pytest.skip, pytest.fail)) as make:
         yield make
-    finally:
-        for st, mesh in made:
-            if mesh is not None:
-                mesh.close()
-            teardown(st, timeout=30)
-            pre = plan.run_prefix(st.run_id)
-            assert not [n for n in netns.list_names() if n.startswith(pre)]
 
 
 def ping_ttl(mesh: Mesh, src: str, dst: str) -> int | None:

@@ -29,10 +29,14 @@ class ConvergenceResult:
     missing_pairs: list[tuple[str, str]] = field(default_factory=list)
     polls: int = 0
     sweep_pairs: int = 0
+    tables_seconds: float | None = None  # when every table first listed every other node
 
     def __str__(self) -> str:
         if self.converged:
-            return f"converged in {self.seconds:.2f} s"
+            tables = ""
+            if self.tables_seconds is not None and self.seconds - self.tables_seconds > 0.05:
+                tables = f" (tables complete at {self.tables_seconds:.2f} s)"
+            return f"converged in {self.seconds:.2f} s{tables}"
         return (
             f"not converged after {self.seconds:.2f} s "
             f"({len(self.missing_pairs)} pairs missing, e.g. {self.missing_pairs[:3]})"
@@ -131,15 +135,20 @@ def wait_converged(
     polls = 0
     missing: list[tuple[str, str]] = []
     pairs = sweep_pairs(nodes)
+    tables_at: float | None = None
     while True:
         polls += 1
         known = {n: backend.known(mesh, n) for n in nodes}
         missing = missing_pairs(nodes, known)
+        if not missing and tables_at is None:
+            tables_at = time.monotonic() - t0
         if not missing and sweep:
             remaining = max(0.2, min(sweep_timeout, timeout - (time.monotonic() - t0)))
             missing = sorted(ping_pairs(mesh, pairs, timeout=remaining, tries=3))
         if not missing:
-            return ConvergenceResult(time.monotonic() - t0, True, [], polls, len(pairs))
+            return ConvergenceResult(time.monotonic() - t0, True, [], polls, len(pairs), tables_at)
         if time.monotonic() - t0 >= timeout:
-            return ConvergenceResult(time.monotonic() - t0, False, missing, polls, len(pairs))
+            return ConvergenceResult(
+                time.monotonic() - t0, False, missing, polls, len(pairs), tables_at
+            )
         time.sleep(poll)

@@ -1,0 +1,80 @@
+"""batman-adv in the VM lab (stock kernel):
+`meshstress lab run -- .venv/bin/python -m pytest -m kernel tests/test_routing_kernel.py`.
+
+Emulated and slow: few, lean tests. A missing batman-adv skips with the capability named
+(fails under MESHSTRESS_REQUIRE=1, as in CI)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from meshstress import generators
+from meshstress.build import Mesh
+from meshstress.routing.batman_adv import BatmanAdvBackend
+from meshstress.routing.probe import ping_pairs
+from meshstress.routing.testing import Routed, missing_handler, routed_meshes
+
+pytestmark = pytest.mark.kernel("batman-adv")
+
+
+@pytest.fixture
+def routed() -> Iterator[Callable[..., Routed]]:
+    with routed_meshes(missing_handler(pytest.skip, pytest.fail)) as make:
+        yield make
+
+
+def ping(mesh: Mesh, src: str, dst: str) -> bool:
+    r = mesh.run(
+        src,
+        ["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "2", mesh.address(dst)],
+        capture_output=True,
+    )
+    return r.returncode == 0
+
+
+def complete_tables(mesh: Mesh, backend: BatmanAdvBackend) -> dict[str, set[str]]:
+    owners = backend.mac_owners(mesh)
+    return {
+        n: {owners[o.orig] for o in backend.originators(mesh, n) if o.best and o.orig in owners}
+        for n in mesh.nodes
+    }
+
+
+@pytest.mark.parametrize("algorithm", ["BATMAN_IV", "BATMAN_V"])
+def test_line_ends_ping_over_two_hops(routed, algorithm: str) -> None:
+    mesh, backend, result = routed(generators.line(3), "batman-adv", {"algorithm": algorithm})
+    assert isinstance(backend, BatmanAdvBackend)
+    assert result.converged, str(result)
+    print(f"\nbatman-adv {algorithm}: line3 {result}")
+    assert backend.use_genl  # tables came over generic netlink, not a batctl per poll
+    tables = complete_tables(mesh, backend)
+    assert tables == {"n0": {"n1", "n2"}, "n1": {"n0", "n2"}, "n2": {"n0", "n1"}}
+    owners = backend.mac_owners(mesh)
+    # n0 hears only n1; its route to n2 goes through n1
+    assert {owners[n.address] for n in backend.neighbours(mesh, "n0")} == {"n1"}
+    assert backend.routes(mesh, "n0")["n2"].next_hop == "n1"
+    assert backend.routes(mesh, "n2")["n0"].next_hop == "n1"
+    assert ping(mesh, "n0", "n2") and ping(mesh, "n2", "n0")
+    # the settings reached the kernel (batctl reads them back over netlink)
+    out = mesh.run("n1", ["batctl", "meshif", "bat0", "bl"], capture_output=True, text=True)
+    assert out.stdout.strip() == "disabled"
+    algo = subprocess.run(["batctl", "ra"], capture_output=True, text=True).stdout
+    assert algorithm in algo
+
+
+def test_grid_5x5_converges(routed) -> None:
+    t0 = time.monotonic()
+    mesh, backend, result = routed(generators.grid4(5, 5), "batman-adv", timeout=120)
+    assert result.converged, str(result)
+    print(
+        f"\nbatman-adv BATMAN_IV: grid 5x5 {result} "
+        f"(build+start+converge {time.monotonic() - t0:.1f} s)"
+    )
+    assert all(len(v) == 24 for v in complete_tables(mesh, backend).values())
+    snap_route = backend.routes(mesh, "n0")["n24"]
+    assert snap_route.next_hop in ("n1", "n5")
+    assert not ping_pairs(mesh, [("n0", "n24"), ("n24", "n0")], timeout=3)
