@@ -64,16 +64,23 @@ def run_cmd(
     """
     timings: dict[str, float] = {}
     share_arg: str | bool | None = False if no_share else (share or True)
-    rc = runner.run_in_lab(
-        list(command),
-        timeout=timeout or None,
-        mem=mem,
-        cpus=cpus,
-        kernel_package=kernel_package,
-        share=share_arg,
-        keep=keep,
-        timings=timings,
-    )
+    try:
+        rc = runner.run_in_lab(
+            list(command),
+            timeout=timeout or None,
+            mem=mem,
+            cpus=cpus,
+            kernel_package=kernel_package,
+            share=share_arg,
+            keep=keep,
+            timings=timings,
+        )
+    except KeyboardInterrupt:
+        click.echo("meshstress lab: interrupted; guest stopped", err=True)
+        sys.exit(130)
+    except runner.LabTerminated as exc:
+        click.echo(f"meshstress lab: signal {exc.signum}; guest stopped", err=True)
+        sys.exit(128 + exc.signum)
     if verbose:
         parts = [f"{k}={v:.2f}s" for k, v in sorted(timings.items())]
         click.echo("meshstress lab: " + " ".join(parts), err=True)
@@ -109,6 +116,6 @@ def fetch_cmd(kernel_package: str, refresh: bool) -> None:
 
 @lab.command("clean")
 def clean_cmd() -> None:
-    """Stop qemus and remove run directories left by lab runs whose owner died."""
-    for name in runner.reap_stale():
+    """Stop qemus left by lab runs whose owner died; remove old kept run directories."""
+    for name in runner.reap_stale() + runner.remove_kept_rundirs():
         click.echo(f"removed {name}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import selectors
@@ -38,8 +39,12 @@ _SYSTEM_DIRS = frozenset(
 )  # fmt: skip
 
 
-class _Terminated(BaseException):
-    """SIGTERM arrived while the lab was running."""
+class LabTerminated(BaseException):
+    """SIGTERM or SIGHUP arrived while the lab was running (the guest was stopped)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def state_dir() -> Path:
@@ -175,6 +180,20 @@ def reap_stale() -> list[str]:
     return cleaned
 
 
+def remove_kept_rundirs(min_age: float = 60.0) -> list[str]:
+    """Remove run directories without a state file (kept with --keep, or left by a crash)."""
+    sdir = state_dir()
+    removed = []
+    for d in sorted(sdir.glob("run-*")):
+        if not d.is_dir() or d.with_suffix(".json").exists():
+            continue
+        with contextlib.suppress(OSError):
+            if time.time() - d.stat().st_mtime >= min_age:
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d.name)
+    return removed
+
+
 @contextlib.contextmanager
 def _signals() -> Iterator[None]:
     """Turn SIGTERM/SIGHUP into an exception so `finally` blocks clean up."""
@@ -183,7 +202,7 @@ def _signals() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise _Terminated(signum)
+        raise LabTerminated(signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -384,9 +403,17 @@ def _boot(
             stdout=qlog,
             stderr=qlog,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     _write_state(run)
     return _relay(run, out, err, deadline)
+
+
+def _die_with_parent() -> None:
+    """In the qemu child: get SIGKILL if meshstress itself dies (even by SIGKILL)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def _failure_reason(run: _Run) -> str:

@@ -134,7 +134,8 @@ def test_sigterm_stops_the_guest_and_cleans_up(state_dir: Path) -> None:
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
-    assert proc.returncode != 0
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert b"guest stopped" in proc.stderr.read() if proc.stderr else False
     assert_no_leftovers(state_dir, pids, before)
 
 
