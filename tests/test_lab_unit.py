@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
+import lzma
 import os
 import shlex
 import shutil
@@ -322,3 +324,28 @@ def test_doctor_probe_script_and_parse() -> None:
     assert report["checks"]["c"] == {"ok": False, "detail": "not reported"} and not report["ok"]
     table = doctor.render_table({**report, "lab": {"accel": "tcg"}})
     assert "a " in table and "NO" in table
+
+
+def test_default_kernel_package_follows_the_distribution() -> None:
+    debian = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\n'
+    ubuntu = 'NAME="Ubuntu"\nID=ubuntu\nID_LIKE=debian\n'
+    mint = 'ID=linuxmint\nID_LIKE="ubuntu debian"\n'
+    assert kernel.default_kernel_package(debian) == "linux-image-amd64"
+    assert kernel.default_kernel_package(ubuntu) == "linux-image-generic"
+    assert kernel.default_kernel_package(mint) == "linux-image-generic"
+    assert kernel.default_kernel_package("") == "linux-image-amd64"
+
+
+def test_module_packages_and_compressed_modules(tmp_path: Path) -> None:
+    deps = ["linux-image-6.8.0-1-generic", "linux-modules-extra-6.8.0-1-generic", "linux-firmware"]
+    assert kernel.module_packages_from_depends(deps) == ["linux-modules-extra-6.8.0-1-generic"]
+    (tmp_path / "a.ko.xz").write_bytes(lzma.compress(b"ELFxz"))
+    (tmp_path / "b.ko.gz").write_bytes(gzip.compress(b"ELFgz"))
+    (tmp_path / "c.ko").write_bytes(b"ELF")
+    assert initramfs.read_module(tmp_path / "a.ko.xz") == b"ELFxz"
+    assert initramfs.read_module(tmp_path / "b.ko.gz") == b"ELFgz"
+    assert initramfs.read_module(tmp_path / "c.ko") == b"ELF"
+    if shutil.which("zstd"):
+        subprocess.run(["zstd", "-q", str(tmp_path / "c.ko"), "-o", str(tmp_path / "d.ko.zst")],
+                       check=True)  # fmt: skip
+        assert initramfs.read_module(tmp_path / "d.ko.zst") == b"ELF"

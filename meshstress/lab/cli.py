@@ -19,9 +19,9 @@ def lab() -> None:
 _kernel_opt = click.option(
     "--kernel",
     "kernel_package",
-    default=kmod.DEFAULT_KERNEL_PACKAGE,
-    show_default=True,
-    help="Distribution kernel package (metapackage or versioned linux-image-*).",
+    default=None,
+    help="Distribution kernel package, metapackage or versioned linux-image-* "
+    "[default: linux-image-amd64 on Debian, linux-image-generic on Ubuntu].",
 )
 
 
@@ -48,7 +48,7 @@ _kernel_opt = click.option(
 @click.option("-v", "--verbose", is_flag=True, help="Print boot timing on stderr.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run_cmd(
-    kernel_package: str,
+    kernel_package: str | None,
     mem: int,
     cpus: int,
     timeout: float,
@@ -90,7 +90,7 @@ def run_cmd(
 @lab.command("doctor")
 @_kernel_opt
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def doctor_cmd(kernel_package: str, as_json: bool) -> None:
+def doctor_cmd(kernel_package: str | None, as_json: bool) -> None:
     """Boot the lab and report what its kernel offers."""
     from meshstress.lab.doctor import doctor, render_table
 
@@ -105,7 +105,7 @@ def doctor_cmd(kernel_package: str, as_json: bool) -> None:
 @lab.command("fetch")
 @_kernel_opt
 @click.option("--refresh", is_flag=True, help="Ask apt for the current version again.")
-def fetch_cmd(kernel_package: str, refresh: bool) -> None:
+def fetch_cmd(kernel_package: str | None, refresh: bool) -> None:
     """Download and unpack the lab kernel (and headers) into the cache."""
     from meshstress.lab.initramfs import build_initramfs
 

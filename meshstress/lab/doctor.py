@@ -67,7 +67,7 @@ def parse_probe(output: str, checks: dict[str, tuple[str, bool]] = CHECKS) -> di
     return {"ok": ok, "checks": results}
 
 
-def doctor(kernel_package: str = kernel.DEFAULT_KERNEL_PACKAGE) -> dict[str, Any]:
+def doctor(kernel_package: str | None = None) -> dict[str, Any]:
     """Boot the lab once and run every check inside it."""
     available, why = runner.lab_available(kernel_package)
     if not available:

@@ -10,9 +10,13 @@ exchange share. Everything per-run lives in the exchange share, so the image is 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
+import lzma
 import os
+import shutil
 import stat
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +216,24 @@ def initramfs_entries(busybox: bytes, modules: list[tuple[str, bytes]]) -> list[
     return entries
 
 
+def read_module(path: Path) -> bytes:
+    """A module's bytes, decompressed (busybox insmod loads plain .ko only)."""
+    data = path.read_bytes()
+    name = path.name
+    if name.endswith(".xz"):
+        return lzma.decompress(data)
+    if name.endswith(".gz"):
+        return gzip.decompress(data)
+    if name.endswith(".zst"):
+        if not shutil.which("zstd"):
+            raise CapabilityError(f"{name} is zstd-compressed and zstd is not installed")
+        res = subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=False)
+        if res.returncode != 0:
+            raise CapabilityError(f"zstd -d {name} failed")
+        return res.stdout
+    return data
+
+
 def build_initramfs(kernel: Kernel) -> Path:
     """The cached initramfs for `kernel` (rebuilt when busybox, modules or /init change)."""
     mdir = kernel.modules_dir
@@ -219,7 +241,7 @@ def build_initramfs(kernel: Kernel) -> Path:
     builtin = mdir / "modules.builtin"
     builtin_text = builtin.read_text() if builtin.is_file() else ""
     paths = resolve_modules(dep_text, builtin_text, BOOT_MODULES)
-    modules = [(p, (mdir / p).read_bytes()) for p in paths]
+    modules = [(module_name(p) + ".ko", read_module(mdir / p)) for p in paths]
     busybox = find_busybox().read_bytes()
     entries = initramfs_entries(busybox, modules)
     digest = hashlib.sha256()

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from meshstress.errors import CapabilityError
 
-DEFAULT_KERNEL_PACKAGE = "linux-image-amd64"
+DEFAULT_KERNEL_PACKAGE = "linux-image-amd64"  # Debian's; Ubuntu hosts get linux-image-generic
+UBUNTU_KERNEL_PACKAGE = "linux-image-generic"
 APT_ARCHIVES = Path("/var/cache/apt/archives")
 _PKG_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 
@@ -97,6 +98,30 @@ def parse_depends(show_text: str) -> list[str]:
             if name:
                 names.append(name)
     return names
+
+
+def default_kernel_package(os_release: str) -> str:
+    """The stock kernel metapackage for the host's distribution (/etc/os-release text)."""
+    ids: set[str] = set()
+    for line in os_release.splitlines():
+        key, _, value = line.partition("=")
+        if key in ("ID", "ID_LIKE"):
+            ids.update(value.strip().strip('"').split())
+    if "ubuntu" in ids:
+        return UBUNTU_KERNEL_PACKAGE
+    return DEFAULT_KERNEL_PACKAGE
+
+
+def host_default_kernel_package() -> str:
+    try:
+        return default_kernel_package(Path("/etc/os-release").read_text())
+    except OSError:
+        return DEFAULT_KERNEL_PACKAGE
+
+
+def module_packages_from_depends(depends: list[str]) -> list[str]:
+    """Separate module packages (Ubuntu: linux-modules-*, linux-modules-extra-*)."""
+    return [d for d in depends if d.startswith("linux-modules-")]
 
 
 def image_package_from_depends(package: str, depends: list[str]) -> str:
@@ -226,8 +251,9 @@ def _save_alias(package: str, k: Kernel) -> None:
     os.replace(tmp, path)
 
 
-def cached_kernel(package: str = DEFAULT_KERNEL_PACKAGE) -> Kernel | None:
+def cached_kernel(package: str | None = None) -> Kernel | None:
     """The cached kernel for `package` without touching apt, or None."""
+    package = package or host_default_kernel_package()
     return _load_alias(package)
 
 
@@ -249,9 +275,11 @@ def _unpack(debs: list[Path], root: Path, release: str) -> None:
 
 
 def fetch_kernel(
-    package: str = DEFAULT_KERNEL_PACKAGE, *, refresh: bool = False, headers: bool = True
+    package: str | None = None, *, refresh: bool = False, headers: bool = True
 ) -> Kernel:
-    """The kernel for `package`, fetched and unpacked into the cache if not there yet."""
+    """The kernel for `package` (default: the host distribution's stock kernel), fetched and
+    unpacked into the cache if not there yet."""
+    package = package or host_default_kernel_package()
     if not _PKG_NAME.match(package):
         raise CapabilityError(f"{package!r}: not a package name")
     if not refresh:
@@ -267,9 +295,13 @@ def fetch_kernel(
         version = _apt_candidate(package)
     if version is None:
         raise CapabilityError(f"no kernel cached and apt knows no package {package}")
-    image = image_package_from_depends(package, _apt_depends(package, version))
+    meta_deps = _apt_depends(package, version)
+    image = image_package_from_depends(package, meta_deps)
+    image_deps = meta_deps
     if image != package:
         version = _apt_candidate(image) or version
+        image_deps = _apt_depends(image, version)
+    extra = list(dict.fromkeys(module_packages_from_depends(meta_deps + image_deps)))
     release = release_of(image)
     kernels = cache_root() / "kernels"
     final = kernels / entry_name(image, version)
@@ -279,6 +311,10 @@ def fetch_kernel(
             _save_alias(package, k)
             return k
         pkgs = [(image, version)]
+        for mod in extra:
+            mver = _apt_candidate(mod)
+            if mver:
+                pkgs.append((mod, mver))
         if headers:
             hdr = f"linux-headers-{release}"
             hver = _apt_candidate(hdr)

@@ -82,7 +82,7 @@ def timeout_message(timeout: float) -> str:
 # ---------------------------------------------------------------- availability
 
 
-def lab_available(kernel_package: str = kernel.DEFAULT_KERNEL_PACKAGE) -> tuple[bool, str]:
+def lab_available(kernel_package: str | None = None) -> tuple[bool, str]:
     """(True, description) if the lab can run here, else (False, the missing capability)."""
     exe = qemu.qemu_binary()
     if exe is None:
@@ -91,6 +91,7 @@ def lab_available(kernel_package: str = kernel.DEFAULT_KERNEL_PACKAGE) -> tuple[
         find_busybox()
     except CapabilityError as exc:
         return False, str(exc)
+    kernel_package = kernel_package or kernel.host_default_kernel_package()
     k = kernel.cached_kernel(kernel_package)
     if k is None:
         if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
@@ -317,7 +318,7 @@ def run_in_lab(
     timeout: float | None = DEFAULT_TIMEOUT,
     mem: int = DEFAULT_MEM_MB,
     cpus: int = DEFAULT_CPUS,
-    kernel_package: str = kernel.DEFAULT_KERNEL_PACKAGE,
+    kernel_package: str | None = None,
     share: str | None | bool = True,
     stdout: BinaryIO | None = None,
     stderr: BinaryIO | None = None,
