@@ -74,6 +74,7 @@ def bring_up(
         raise MeshstressError(f"run {run_id!r} exists already; `meshstress down --run {run_id}`")
     backend = _backend(topo)
     if backend is not None:
+        backend.node_settings(topo)  # per-node settings are input too: validate before building
         missing = backend.missing()
         if missing:
             raise CapabilityError(f"routing {topo.routing}: {missing}")
@@ -127,7 +128,7 @@ def _backend(topo: Topology) -> Any:
         from meshstress.routing import get_backend
     except ImportError:
         raise CapabilityError(f"routing {topo.routing!r} is not available in this build") from None
-    return get_backend(topo.routing, topo.routing_settings)
+    return get_backend(topo.routing, topo.routing_settings, source=topo.source)
 
 
 def _echo_err(msg: str) -> None:
