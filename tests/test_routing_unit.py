@@ -8,7 +8,7 @@ import pytest
 
 from meshstress import generators
 from meshstress.errors import InputError
-from meshstress.routing import BACKEND_NAMES, get_backend
+from meshstress.routing import BACKEND_NAMES, get_backend, rtdump
 from meshstress.routing import genl_batadv as genl
 from meshstress.routing.babeld import babeld_argv
 from meshstress.routing.batman_adv import (
@@ -405,3 +405,31 @@ def test_genl_values_mirror_the_batctl_commands() -> None:
         "distributed_arp_table_enabled": 1,
         "aggregated_ogms_enabled": 0,
     }
+
+
+# --- raw rtnetlink route parsing -----------------------------------------------
+
+
+def test_parse_route_message() -> None:
+    rtmsg = struct.pack("=BBBBBBBBI", 2, 32, 0, 0, 254, 42, 0, 1, 0)
+    attrs = (
+        genl.nla(rtdump.RTA_TABLE, struct.pack("=I", 254))
+        + genl.nla(rtdump.RTA_DST, bytes([10, 201, 0, 9]))
+        + genl.nla(rtdump.RTA_PRIORITY, struct.pack("=I", 96))
+        + genl.nla(rtdump.RTA_GATEWAY, bytes([10, 201, 0, 2]))
+        + genl.nla(rtdump.RTA_OIF, struct.pack("=I", 3))
+    )
+    r = rtdump.parse_route(rtmsg + attrs)
+    assert r == rtdump.KRoute("10.201.0.9", 32, 254, 42, 1, "10.201.0.2", 3, 96)
+    # a multipath route: the first next hop's gateway
+    nh_attrs = genl.nla(rtdump.RTA_GATEWAY, bytes([10, 201, 0, 4]))
+    nexthop = struct.pack("=HBBi", 8 + len(nh_attrs), 0, 0, 5) + nh_attrs
+    mp = (
+        rtmsg
+        + genl.nla(rtdump.RTA_DST, bytes([10, 201, 0, 9]))
+        + genl.nla(rtdump.RTA_MULTIPATH, nexthop)
+    )
+    r = rtdump.parse_route(mp)
+    assert (r.gateway, r.oif, r.priority) == ("10.201.0.4", 5, 0)
+    req = rtdump.dump_request(1)
+    assert struct.unpack_from("=IHH", req) == (28, rtdump.RTM_GETROUTE, 0x301)

@@ -7,9 +7,11 @@ import os
 import shutil
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from meshstress import netns
 from meshstress import state as state_mod
 from meshstress.build import stop_processes
 from meshstress.routing import settings as st
+from meshstress.routing.rtdump import ipv4_routes
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
@@ -134,27 +136,16 @@ def kernel_routes(mesh: Mesh, node: str) -> dict[str, Route]:
     owners = addr_to_node(mesh)
     me = mesh.address(node)
     best: dict[str, tuple[tuple[int, int], Route]] = {}
-    for msg in mesh.netlink(node).route("dump", family=2):
-        if msg["dst_len"] != 32 or msg["type"] != RTN_UNICAST:
+    for r in ipv4_routes(netns.path(mesh.ns(node))):
+        if r.dst_len != 32 or r.type != RTN_UNICAST or r.table == LOCAL_TABLE:
             continue
-        dst = msg.get_attr("RTA_DST")
-        table = msg.get_attr("RTA_TABLE") or msg["table"]
-        if dst == me or dst not in owners or table == LOCAL_TABLE:
+        if r.dst is None or r.dst == me or r.dst not in owners:
             continue
-        gateway = msg.get_attr("RTA_GATEWAY")
-        if gateway is None:
-            multipath = msg.get_attr("RTA_MULTIPATH")
-            if multipath:
-                gateway = multipath[0].get_attr("RTA_GATEWAY")
-        if gateway is not None:
-            next_hop = owners.get(gateway)
-        else:
-            next_hop = owners[dst]
-        priority = msg.get_attr("RTA_PRIORITY") or 0
-        rank = (1 if table == MAIN_TABLE else 0, priority)
-        dst_node = owners[dst]
+        dst_node = owners[r.dst]
+        next_hop = owners.get(r.gateway) if r.gateway is not None else dst_node
+        rank = (1 if r.table == MAIN_TABLE else 0, r.priority)
         if dst_node not in best or rank < best[dst_node][0]:
-            best[dst_node] = (rank, Route(next_hop, float(priority)))
+            best[dst_node] = (rank, Route(next_hop, float(r.priority)))
     return {dst: route for dst, (_, route) in best.items()}
 
 
