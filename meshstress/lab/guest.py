@@ -63,9 +63,7 @@ def boot_conf(binds: Sequence[tuple[str, str]], shares: Sequence[tuple[str, str]
     return "".join(lines)
 
 
-def stage2_script(
-    argv: Sequence[str], cwd: str, modules: Sequence[str] = GUEST_MODULES, hostname: str = "mslab"
-) -> str:
+def stage2_script(argv: Sequence[str], cwd: str, modules: Sequence[str] = GUEST_MODULES) -> str:
     """Runs as PID 1 in the host's userspace: prepare the kernel, run COMMAND, report, power off."""
     x = GUEST_XCHG
     command = " ".join(shlex.quote(a) for a in argv)
@@ -75,22 +73,9 @@ def stage2_script(
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 off() {{ sync; echo b >/proc/sysrq-trigger; sleep 10; }}
 trap off EXIT
-mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
-mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
-mount -t bpf bpf /sys/fs/bpf 2>/dev/null
-mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
-mkdir -p /dev/pts /dev/shm
-mount -t devpts devpts /dev/pts 2>/dev/null
-mount -t tmpfs -o mode=1777 tmpfs /dev/shm 2>/dev/null
-ln -sf /proc/self/fd /dev/fd
-ln -sf /proc/self/fd/0 /dev/stdin
-ln -sf /proc/self/fd/1 /dev/stdout
-ln -sf /proc/self/fd/2 /dev/stderr
-echo {hostname} >/proc/sys/kernel/hostname
 modprobe -a -q {mods} 2>/dev/null
-ip link set lo up 2>/dev/null
 out=; err=; n=0
-while [ -z "$out" ] || [ -z "$err" ] || [ ! -e "$out" ] || [ ! -e "$err" ]; do
+while :; do
   for p in /sys/class/virtio-ports/*; do
     [ -r "$p/name" ] || continue
     read -r name <"$p/name"
@@ -104,12 +89,12 @@ while [ -z "$out" ] || [ -z "$err" ] || [ ! -e "$out" ] || [ ! -e "$err" ]; do
   [ -n "$out" ] && [ -n "$err" ] && [ -e "$out" ] && [ -e "$err" ] && break
   sleep 0.05
 done
-cat /proc/uptime >{x}/started
+read -r up </proc/uptime; echo "$up" >{x}/started
 (
   unset PATH HOME TERM PWD
   . {x}/env
   cd {shlex.quote(cwd)} || exit 125
   exec {command}
 ) </dev/null >"$out" 2>"$err"
-echo $? >{x}/rc.tmp && mv {x}/rc.tmp {x}/rc
+echo $? >{x}/rc
 """

@@ -126,6 +126,21 @@ lab_share() {{
     || fail "cannot mount share $2"
 }}
 . /xchg/boot.conf
+# Kernel interfaces and /dev extras, set up here (busybox from RAM is cheaper than host binaries
+# over 9p); the mounts move into the new root with /sys and /dev.
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mount -t bpf bpf /sys/fs/bpf 2>/dev/null
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts 2>/dev/null
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm 2>/dev/null
+ln -sf /proc/self/fd /dev/fd
+ln -sf /proc/self/fd/0 /dev/stdin
+ln -sf /proc/self/fd/1 /dev/stdout
+ln -sf /proc/self/fd/2 /dev/stderr
+hostname mslab
+ip link set lo up 2>/dev/null
 mkdir -p /newroot{GUEST_XCHG}
 mount --move /xchg /newroot{GUEST_XCHG}
 for d in proc sys dev; do mount --move "/$d" "/newroot/$d"; done

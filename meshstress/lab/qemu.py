@@ -37,6 +37,8 @@ class VmSpec:
     kvm: bool = False
     qemu: str = QEMU
     cmdline: str = KERNEL_CMDLINE
+    bios: str | None = None  # e.g. qboot.rom: boots -kernel faster than SeaBIOS
+    machine: str = "pc"
 
 
 def opt_escape(value: str) -> str:
@@ -61,7 +63,8 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         "-display", "none",
         "-monitor", "none",
         "-no-reboot",
-        "-machine", "pc",
+        "-machine", spec.machine,
+        *(["-bios", spec.bios] if spec.bios else []),
         *accel,
         "-smp", str(spec.cpus),
         "-m", f"{spec.mem_mb}M",

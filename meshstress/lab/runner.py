@@ -352,7 +352,7 @@ def run_in_lab(
     sdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     reap_stale()
     base = qemu.VmSpec(
-        vmlinuz=str(k.vmlinuz),
+        vmlinuz=str(kernel.boot_image(k)),
         initrd=str(initrd),
         xchg_dir="",
         out_sock="",
