@@ -349,3 +349,40 @@ def test_module_packages_and_compressed_modules(tmp_path: Path) -> None:
         subprocess.run(["zstd", "-q", str(tmp_path / "c.ko"), "-o", str(tmp_path / "d.ko.zst")],
                        check=True)  # fmt: skip
         assert initramfs.read_module(tmp_path / "d.ko.zst") == b"ELF"
+
+
+def _elf_with_note(name: bytes, ntype: int) -> bytes:
+    """A minimal little-endian ELF64 with one PT_NOTE segment holding one note."""
+    namesz = len(name) + 1
+    note = (namesz.to_bytes(4, "little") + (4).to_bytes(4, "little") + ntype.to_bytes(4, "little")
+            + name + b"\0" * ((-len(name)) % 4 or 4) + b"\0\0\0\0")  # fmt: skip
+    ehdr = bytearray(64)
+    ehdr[:6] = b"\x7fELF\x02\x01"
+    ehdr[32:40] = (64).to_bytes(8, "little")  # e_phoff
+    ehdr[54:56] = (56).to_bytes(2, "little")  # e_phentsize
+    ehdr[56:58] = (1).to_bytes(2, "little")  # e_phnum
+    phdr = bytearray(56)
+    phdr[0:4] = (4).to_bytes(4, "little")  # PT_NOTE
+    phdr[8:16] = (120).to_bytes(8, "little")  # p_offset
+    phdr[32:40] = len(note).to_bytes(8, "little")  # p_filesz
+    return bytes(ehdr + phdr + note)
+
+
+def test_pvh_note_detection_and_vmlinux_extraction() -> None:
+    pvh = _elf_with_note(b"Xen", 18)
+    assert kernel.has_pvh_note(pvh)
+    assert not kernel.has_pvh_note(_elf_with_note(b"Xen", 17))
+    assert not kernel.has_pvh_note(_elf_with_note(b"GNU", 18))
+    assert not kernel.has_pvh_note(b"MZ not an elf")
+    bzimage = b"\x00setup code\xfd7zXZ\x00junk" + lzma.compress(pvh) + b"trailer"
+    assert kernel.extract_vmlinux(bzimage) == pvh
+    assert kernel.extract_vmlinux(b"junk" + gzip.compress(pvh)) == pvh
+    assert kernel.extract_vmlinux(b"no payload") is None
+
+
+def test_cached_debian_kernel_has_a_pvh_vmlinux() -> None:
+    k = kernel.cached_kernel("linux-image-amd64")
+    if k is None:
+        pytest.skip("no lab kernel cached (meshstress lab fetch)")
+    elf = kernel.extract_vmlinux(k.vmlinuz.read_bytes())
+    assert elf is not None and kernel.has_pvh_note(elf)
