@@ -122,6 +122,11 @@ def test_two_runs_in_a_row_leave_nothing_behind(state_dir: Path) -> None:
         assert_no_leftovers(state_dir, pids, before)
 
 
+def started(state_dir: Path, before: set[Path]) -> bool:
+    """True once a new lab run reports that its COMMAND is running."""
+    return any((d / "x" / "started").exists() for d in set(state_dir.glob("run-*")) - before)
+
+
 def test_sigterm_stops_the_guest_and_cleans_up(state_dir: Path) -> None:
     before = set(state_dir.iterdir())
     with watch_qemu(state_dir) as pids:
@@ -129,9 +134,10 @@ def test_sigterm_stops_the_guest_and_cleans_up(state_dir: Path) -> None:
             [*MESHSTRESS, "lab", "run", "--no-share", "--", "sleep", "600"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while not pids and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while not started(state_dir, before) and time.monotonic() < deadline:
             time.sleep(0.1)
+        assert started(state_dir, before), "COMMAND never started in the guest"
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     assert proc.returncode == 128 + signal.SIGTERM
