@@ -116,8 +116,7 @@ mount -t tmpfs -o mode=0755 tmpfs /rw || fail "cannot mount tmpfs"
 mkdir -p /rw/upper /rw/work
 mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot \\
   || fail "cannot mount the overlay root"
-for d in run tmp; do mount -t tmpfs -o mode=1777 tmpfs "/newroot/$d"; done
-chmod 0755 /newroot/run
+mount -t tmpfs -o mode=0755 tmpfs /newroot/run || fail "cannot mount /run"
 lab_bind() {{
   mkdir -p "/newroot$2" && mount --bind "/lower$1" "/newroot$2" || fail "cannot bind $1"
 }}

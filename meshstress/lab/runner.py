@@ -250,6 +250,13 @@ def _console_tail(run: _Run, n: int = 15) -> str:
     return "\n".join(lines[-n:])
 
 
+def _write(target: BinaryIO, data: bytes) -> None:
+    """Forward output; a reader that went away (`| head`) only loses the rest of it."""
+    with contextlib.suppress(BrokenPipeError, ValueError):
+        target.write(data)
+        target.flush()
+
+
 def _relay(run: _Run, out: BinaryIO, err: BinaryIO, deadline: float | None) -> bool:
     """Copy guest output until qemu exits. False if the deadline passed first."""
     assert run.proc is not None
@@ -281,8 +288,7 @@ def _relay(run: _Run, out: BinaryIO, err: BinaryIO, deadline: float | None) -> b
             except BlockingIOError:
                 continue
             if data:
-                target.write(data)
-                target.flush()
+                _write(target, data)
             else:
                 sel.unregister(sock)
         if exited and not events:
@@ -363,7 +369,8 @@ def run_in_lab(
         kvm=qemu.kvm_usable(exe),
         qemu=exe,
     )
-    deadline = None if not timeout else t0 + timeout
+    # The timeout covers boot and COMMAND, not a first kernel download.
+    deadline = None if not timeout else time.monotonic() + timeout
     with _signals():
         for attempt in (1, 2):
             rundir = Path(tempfile.mkdtemp(prefix="run-", dir=sdir))
