@@ -312,6 +312,8 @@ def fetch_kernel(
             k = Kernel(image, version, release, final)
             _save_alias(package, k)
             return k
+        for stale in kernels.glob(".fetch-*"):  # left by a killed fetch (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         pkgs = [(image, version)]
         for mod in extra:
             mver = _apt_candidate(mod)

@@ -97,7 +97,10 @@ def lab_available(kernel_package: str | None = None) -> tuple[bool, str]:
         if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
             return False, f"no kernel cached for {kernel_package} and apt-get/dpkg-deb missing"
         if kernel._apt_candidate(kernel_package) is None:
-            return False, f"no kernel cached for {kernel_package} and apt can't fetch it"
+            return False, (
+                f"no kernel cached for {kernel_package} and apt knows no such package "
+                "(apt-get update, or meshstress lab fetch)"
+            )
         return True, f"{kernel_package} fetchable with apt"
     return True, f"{k.package} {k.version} cached"
 
