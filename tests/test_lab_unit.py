@@ -386,3 +386,21 @@ def test_cached_debian_kernel_has_a_pvh_vmlinux() -> None:
         pytest.skip("no lab kernel cached (meshstress lab fetch)")
     elf = kernel.extract_vmlinux(k.vmlinuz.read_bytes())
     assert elf is not None and kernel.has_pvh_note(elf)
+
+
+def test_lab_available_names_the_missing_capability(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(qemu, "qemu_binary", lambda: None)
+    ok, why = runner.lab_available()
+    assert not ok and why.startswith("qemu-system-x86_64 not installed")
+    monkeypatch.setattr(qemu, "qemu_binary", lambda: "/usr/bin/qemu-system-x86_64")
+    monkeypatch.setattr(runner, "find_busybox", lambda: Path("/bin/busybox"))
+    monkeypatch.setenv("MESHSTRESS_LAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernel, "_apt_candidate", lambda pkg: None)
+    ok, why = runner.lab_available("linux-image-amd64")
+    assert not ok and "no kernel cached for linux-image-amd64" in why
+    monkeypatch.setattr(kernel, "_apt_candidate", lambda pkg: "6.1.192-2")
+    assert runner.lab_available("linux-image-amd64") == (
+        True, "linux-image-amd64 fetchable with apt"
+    )  # fmt: skip

@@ -396,7 +396,9 @@ def run_in_lab(
             except _BootFailed as exc:
                 if attempt == 2:
                     raise
-                print(f"meshstress lab: {exc}; booting again", file=sys.stderr, flush=True)
+                how = " without KVM" if base.kvm else ""
+                base = replace(base, kvm=False)  # a KVM that passed the probe may still fail
+                print(f"meshstress lab: {exc}; booting again{how}", file=sys.stderr, flush=True)
             finally:
                 _teardown(run, keep)
     raise AssertionError("unreachable")
