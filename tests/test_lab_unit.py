@@ -273,6 +273,10 @@ def test_default_share_is_the_git_tree_and_never_a_system_dir(tmp_path: Path) ->
     assert runner.default_share("/") is None
     assert runner.default_share("/etc") is None
     assert not runner.is_safe_share("/usr/") and runner.is_safe_share("/work/main")
+    assert not runner.is_safe_share("/usr/share/doc") and not runner.is_safe_share("/etc/x")
+    assert not runner.is_safe_share("/home/al", home="/home/al")
+    assert runner.is_safe_share("/home/al/proj", home="/home/al")
+    assert runner.is_safe_share("/srv/ci/work") and runner.is_safe_share("/usrlocal")
     assert runner.timeout_message(20) == "meshstress lab: timed out after 20 s; guest killed"
 
 

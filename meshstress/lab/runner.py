@@ -70,9 +70,17 @@ def default_share(cwd: str) -> str | None:
     return None if not is_safe_share(str(path)) else str(path)
 
 
-def is_safe_share(path: str) -> bool:
+_SYSTEM_TREES = ("/bin/", "/boot/", "/dev/", "/etc/", "/lib/", "/lib64/", "/proc/", "/run/",
+                 "/sbin/", "/sys/", "/usr/")  # fmt: skip
+
+
+def is_safe_share(path: str, home: str | None = None) -> bool:
+    """False for system directories and trees, and the home directory itself."""
     p = os.path.normpath(os.path.abspath(path))
-    return p not in _SYSTEM_DIRS and not p.startswith(("/proc/", "/sys/", "/dev/"))
+    home = home if home is not None else os.path.expanduser("~")
+    if p in _SYSTEM_DIRS or p == os.path.normpath(home):
+        return False
+    return not (p + "/").startswith(_SYSTEM_TREES)
 
 
 def timeout_message(timeout: float) -> str:
