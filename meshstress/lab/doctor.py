@@ -101,7 +101,7 @@ def render_table(report: dict[str, Any]) -> str:
     """A plain text table (one row per capability)."""
     if "error" in report:
         return f"lab unavailable: {report['error']}"
-    rows = [("capability", "", "detail")]
+    rows = [("capability", "ok", "detail")]
     for name, r in report["checks"].items():
         rows.append((name, "yes" if r["ok"] else "NO", r["detail"]))
     w0 = max(len(r[0]) for r in rows)
