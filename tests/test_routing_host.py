@@ -77,7 +77,9 @@ def test_stop_leaves_no_routing_process(routed, routing: str) -> None:
     backend.stop(mesh)
     assert alive(pids) == []
     assert not [p for p in mesh.state.processes if p.role == backend.role]
-    assert not [p for p in state.load(mesh.state.run_id).processes if p.role == backend.role]
+    saved = state.load(mesh.state.run_id)
+    assert saved is not None
+    assert not [p for p in saved.processes if p.role == backend.role]
 
 
 def test_teardown_stops_the_daemons_too(routed) -> None:
