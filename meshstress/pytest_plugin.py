@@ -6,9 +6,15 @@
         assert mesh.run("n0", ["ping", "-c1", mesh.address("n2")]).returncode == 0
 
 `network` tests need root and network namespaces on the host; `kernel` tests need
-kernel features our hosts lack (batman-adv, netem, BCC headers), which the VM lab has:
-`meshstress lab run -- python -m pytest -m kernel`. With MESHSTRESS_REQUIRE=1 (set by CI)
-a missing capability fails the test instead of skipping it.
+kernel features our hosts lack (batman-adv, netem, BCC headers), which the VM lab has.
+Where they run is `--meshstress-where` (or MESHSTRESS_WHERE):
+- auto (default): on the host when it has what they need; otherwise, if the VM lab can
+  run here, all such tests run in one lab boot at the end of the session (and the plugin
+  says so); otherwise they are skipped with the missing capability named;
+- host: never the lab (skip what the host lacks);
+- lab: every kernel test runs in the lab.
+With MESHSTRESS_REQUIRE=1 (set by CI) a missing capability fails the test instead of
+skipping it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,27 @@ from typing import Any
 import pytest
 
 KERNEL_FEATURES = ("batman-adv", "netem")
+
+
+WHERE_CHOICES = ("auto", "host", "lab")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("meshstress")
+    group.addoption(
+        "--meshstress-where",
+        choices=WHERE_CHOICES,
+        default=None,
+        help="where kernel-dependent tests run: auto (lab when the host lacks a feature), "
+        "host, or lab [env MESHSTRESS_WHERE; default auto]",
+    )
+
+
+def _where(config: pytest.Config) -> str:
+    value = config.getoption("--meshstress-where") or os.environ.get("MESHSTRESS_WHERE", "auto")
+    if value not in WHERE_CHOICES:
+        raise pytest.UsageError(f"MESHSTRESS_WHERE={value!r}: choose one of {WHERE_CHOICES}")
+    return str(value)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -56,23 +83,84 @@ def _require() -> bool:
     return os.environ.get("MESHSTRESS_REQUIRE", "") not in ("", "0")
 
 
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: only what will run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    where = _where(config)
+    to_lab: list[pytest.Item] = []
+    lab_reason = ""
     for item in items:
         features: tuple[str, ...] | None = None
         kernel = item.get_closest_marker("kernel")
         if kernel is not None:
-            features = tuple(kernel.args) or KERNEL_FEATURES
+            features = _features(item)
         elif item.get_closest_marker("network") is not None:
             features = ()
         if features is None:
             continue
         reason = missing_capability(features)
+        if kernel is not None and where != "host" and (reason is not None or where == "lab"):
+            ok, lab_reason = _lab_available()
+            if ok:
+                to_lab.append(item)
+                continue
+            reason = f"{reason or 'lab requested'}; and the VM lab cannot run: {lab_reason}"
         if reason is None:
             continue
         if _require():
             item.user_properties.append(("missing", reason))
         else:
             item.add_marker(pytest.mark.skip(reason=reason))
+    if to_lab:
+        config.hook.pytest_deselected(items=to_lab)
+        items[:] = [i for i in items if i not in to_lab]
+        config.stash[_LAB_ITEMS] = [i.nodeid for i in to_lab]
+        lacking = sorted({f for i in to_lab for f in _features(i) if not _has(f)})
+        config.stash[_LAB_WHY] = (
+            f"the host lacks {', '.join(lacking)}" if lacking else "--meshstress-where=lab"
+        )
+
+
+def _features(item: pytest.Item) -> tuple[str, ...]:
+    marker = item.get_closest_marker("kernel")
+    return (tuple(marker.args) or KERNEL_FEATURES) if marker is not None else ()
+
+
+def _has(feature: str) -> bool:
+    return os.geteuid() == 0 and _checks().get(feature, (False, ""))[0]
+
+
+_LAB_ITEMS = pytest.StashKey[list[str]]()
+_LAB_WHY = pytest.StashKey[str]()
+
+
+@functools.cache
+def _lab_available() -> tuple[bool, str]:
+    from meshstress.lab import lab_available
+
+    return lab_available()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Run the tests the host could not, in one VM lab boot, and fold in the result."""
+    nodeids = session.config.stash.get(_LAB_ITEMS, [])
+    if not nodeids:
+        return
+    import sys
+
+    from meshstress.lab import run_in_lab
+
+    why = session.config.stash.get(_LAB_WHY, "")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    say = reporter.write_line if reporter is not None else print
+    say(f"meshstress: {why}; running {len(nodeids)} kernel test(s) in the VM lab")
+    env = dict(os.environ, MESHSTRESS_WHERE="host", MESHSTRESS_REQUIRE="1")
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", "-q", *nodeids]
+    rc = run_in_lab(argv, cwd=str(session.config.rootpath), env=env)
+    say(f"meshstress: VM lab run of {len(nodeids)} kernel test(s) exited {rc}")
+    if rc != 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK  # they all ran, in the lab
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
