@@ -153,6 +153,12 @@ def test_bad_settings_name_the_field(name: str, raw: dict, field: str, words: st
     assert str(info.value).startswith(f"mesh.toml: {field}: ")
 
 
+def test_a_bad_setting_in_the_backend_block_names_that_block() -> None:
+    with pytest.raises(InputError) as info:
+        get_backend("babeld", {"babeld": {"hello_interval": "10"}}, source="g.toml")
+    assert info.value.field == "routing.babeld.hello_interval"
+
+
 def test_unknown_backend() -> None:
     with pytest.raises(InputError) as info:
         get_backend("olsrd", {})

@@ -98,7 +98,7 @@ def validate(
         raw = {}
     if not isinstance(raw, Mapping):
         raise InputError(source, prefix, f"expected a mapping of settings, got {raw!r}")
-    flat: dict[str, Any] = {}
+    flat: dict[str, tuple[Any, str]] = {}  # key -> (value, field path for messages)
     for key, value in raw.items():
         if key in BACKEND_NAMES:
             if key != backend:
@@ -106,25 +106,21 @@ def validate(
             if not isinstance(value, Mapping):
                 raise InputError(source, f"{prefix}.{key}", "expected a mapping of settings")
             continue
-        flat[key] = value
+        flat[key] = (value, f"{prefix}.{key}")
     nested = raw.get(backend)
     if isinstance(nested, Mapping):
-        flat.update(nested)
+        flat.update({k: (v, f"{prefix}.{backend}.{k}") for k, v in nested.items()})
     by_name = {f.name: f for f in fields}
     out: dict[str, Any] = dict(base) if base is not None else {f.name: f.default for f in fields}
-    for key, value in flat.items():
+    for key, (value, where) in flat.items():
         spec = by_name.get(key)
         if spec is None:
             known = ", ".join(sorted(by_name)) or "none"
-            raise InputError(
-                source, f"{prefix}.{key}", f"unknown setting for {backend} (known: {known})"
-            )
+            raise InputError(source, where, f"unknown setting for {backend} (known: {known})")
         if node and not spec.per_node:
-            raise InputError(
-                source, f"{prefix}.{key}", "can only be set for the whole topology, not per node"
-            )
+            raise InputError(source, where, "can only be set for the whole topology, not per node")
         try:
             out[key] = spec.parse(value)
         except ValueError as exc:
-            raise InputError(source, f"{prefix}.{key}", str(exc)) from None
+            raise InputError(source, where, str(exc)) from None
     return out
