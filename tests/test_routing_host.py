@@ -144,5 +144,6 @@ def test_babeld_grid_reroutes_around_a_cut_link(routed, where: str) -> None:
         time.sleep(0.05)
     assert recovered is not None, f"no reroute around {a}-{b} within 30 s (path {after})"
     print(f"babeld: reroute after cutting {a}-{b} ({where} link of {before}): {recovered:.2f} s")
-    assert after is not None and len(after) == 5  # the grid has other 4-hop paths
-    assert ping_ttl(mesh, src, dst) == 64 - 3  # the reply crossed 3 routers
+    assert after is not None and len(after) - 1 >= 4  # corner to corner: 4 hops at least
+    ttl = ping_ttl(mesh, src, dst)
+    assert ttl is not None and ttl <= 64 - 3  # the reply crossed 3 routers or more
