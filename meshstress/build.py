@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Any
@@ -227,6 +228,10 @@ def teardown(state: RunState, wait: bool = True, timeout: float = 60.0) -> list[
     With `wait`, returns only when the kernel has destroyed the run's namespaces and
     their links (the witness veth in the host namespace is gone). Returns problems."""
     problems: list[str] = []
+    # Open netlink sockets hold their namespace alive: close this process's own first.
+    for mesh in list(_LIVE_MESHES):
+        if mesh.state.run_id == state.run_id:
+            mesh.close()
     state.status = "tearing-down"
     with contextlib.suppress(OSError):
         state.save()
@@ -275,6 +280,9 @@ def sweep(run_ids: Sequence[str] | None) -> list[str]:
 
 # --- a live mesh ---------------------------------------------------------------
 
+# Meshes of this process with sockets possibly open; teardown closes them first.
+_LIVE_MESHES: weakref.WeakSet[Mesh] = weakref.WeakSet()
+
 
 class Mesh:
     """A live run: namespaces by node name, netlink sockets and processes inside them."""
@@ -283,6 +291,7 @@ class Mesh:
         self.state = state
         self._factory: netns.NetnsFactory | None = None
         self._socks: dict[str, IPRoute] = {}
+        _LIVE_MESHES.add(self)
 
     @property
     def nodes(self) -> list[str]:

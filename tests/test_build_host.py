@@ -161,3 +161,12 @@ def test_cli_bad_file_exits_2_with_one_line_and_creates_nothing(tmp_path) -> Non
         len(r.stderr.strip().splitlines()) == 1 and str(bad) in r.stderr and "links[0]" in r.stderr
     )
     assert set(netns.list_names()) == before
+
+
+def test_teardown_closes_this_process_sockets_that_would_hold_namespaces() -> None:
+    st, _ = hostcli.bring_up(line(2))
+    mesh = build.Mesh(st)
+    assert mesh.netlink("n0").get_links()  # a socket inside n0 is now open
+    problems = build.teardown(st, timeout=10)
+    assert problems == []
+    assert leftovers(st.run_id) == []
