@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set everything up and run the default scenario: a 3x3 grid of namespaces with static
-# shortest-path routing, a ping from corner to corner (4 hops), then teardown.
+# Set everything up and run the default scenario: a 3x3 grid of namespaces routed by
+# babeld, a ping from corner to corner (4 hops), then teardown.
 # Run as root: sudo scripts/demo.sh [TOPOLOGY] [ROUTING]
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -8,7 +8,7 @@ cd "$here"
 scripts/setup.sh >/dev/null
 ms=.venv/bin/meshstress
 topo=${1:-}
-routing=${2:-static}
+routing=${2:-babeld}
 if [ -z "$topo" ]; then
   topo=$(mktemp --suffix=.toml)
   trap 'rm -f "$topo"' EXIT
