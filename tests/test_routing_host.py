@@ -13,7 +13,7 @@ import pytest
 
 from meshstress import generators, state
 from meshstress.build import Mesh, teardown
-from meshstress.routing import RouteSnapshot, snapshot
+from meshstress.routing import snapshot, wait_reroute
 from meshstress.routing.probe import ping_pairs
 from meshstress.routing.static import neighbour_interfaces
 from meshstress.routing.testing import Routed, missing_handler, routed_meshes
@@ -107,25 +107,17 @@ def test_without_routing_the_ends_never_converge(routed) -> None:
     assert set(result.missing_pairs) == {("n0", "n2"), ("n2", "n0")}
 
 
-def path(snap: RouteSnapshot, src: str, dst: str) -> list[str] | None:
-    hops = [src]
-    while hops[-1] != dst:
-        entry = snap.routes.get(hops[-1], {}).get(dst)
-        if entry is None or entry[0] is None or entry[0] in hops:
-            return None
-        hops.append(entry[0])
-    return hops
-
-
 @pytest.mark.parametrize("where", ["first", "middle"])
-def test_babeld_grid_reroutes_around_a_cut_link(routed, where: str) -> None:
+@pytest.mark.parametrize("routing", ["babeld", "batmand"])
+def test_grid_reroutes_around_a_cut_link(routed, routing: str, where: str) -> None:
     """Cut a link of the active n0 -> n8 path (its veth set down at the upstream end):
     the hop-by-hop path must avoid it and pings cross again, in a few seconds."""
-    mesh, backend, result = routed(generators.grid4(3, 3), "babeld", timeout=60)
+    settings = {"orig_interval": "200ms"} if routing == "batmand" else None
+    mesh, backend, result = routed(generators.grid4(3, 3), routing, settings, timeout=60)
     assert result.converged, str(result)
-    print(f"\nbabeld: grid 3x3 {result}")
+    print(f"\n{routing}: grid 3x3 {result}")
     src, dst = "n0", "n8"
-    before = path(snapshot(mesh, backend), src, dst)
+    before = snapshot(mesh, backend).path(src, dst)
     assert before is not None and len(before) == 5, before  # 4 hops, corner to corner
     i = 0 if where == "first" else 1
     a, b = before[i], before[i + 1]
@@ -133,17 +125,9 @@ def test_babeld_grid_reroutes_around_a_cut_link(routed, where: str) -> None:
     index = ipr.link_lookup(ifname=neighbour_interfaces(mesh)[(a, b)])[0]
     cut = time.monotonic()
     ipr.link("set", index=index, state="down")
-    recovered = None
-    after: list[str] | None = None
-    while time.monotonic() - cut < 30:
-        after = path(snapshot(mesh, backend), src, dst)
-        if after and (a, b) not in zip(after, after[1:], strict=False):
-            if not ping_pairs(mesh, [(src, dst), (dst, src)], timeout=0.3, tries=1):
-                recovered = time.monotonic() - cut
-                break
-        time.sleep(0.05)
-    assert recovered is not None, f"no reroute around {a}-{b} within 30 s (path {after})"
-    print(f"babeld: reroute after cutting {a}-{b} ({where} link of {before}): {recovered:.2f} s")
-    assert after is not None and len(after) - 1 >= 4  # corner to corner: 4 hops at least
+    rr = wait_reroute(mesh, backend, src, dst, (a, b), cut, before)
+    assert rr.seconds is not None, f"no reroute around {a}-{b} within 30 s (path {rr.after})"
+    print(f"{routing}: reroute after cutting {a}-{b} ({where} link of {before}): {rr.seconds:.2f} s")
+    assert rr.after is not None and len(rr.after) - 1 >= 4  # corner to corner: 4 hops at least
     ttl = ping_ttl(mesh, src, dst)
     assert ttl is not None and ttl <= 64 - 3  # the reply crossed 3 routers or more

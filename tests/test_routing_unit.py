@@ -439,3 +439,20 @@ def test_parse_route_message() -> None:
     assert (r.gateway, r.oif, r.priority) == ("10.201.0.4", 5, 0)
     req = rtdump.dump_request(1)
     assert struct.unpack_from("=IHH", req) == (28, rtdump.RTM_GETROUTE, 0x301)
+
+
+def test_snapshot_path_follows_next_hops_and_stops_on_gaps_and_loops() -> None:
+    from meshstress.routing import RouteSnapshot
+
+    snap = RouteSnapshot(
+        t=0.0,
+        routes={
+            "a": {"d": ("b", 3), "x": ("b", None)},
+            "b": {"d": ("c", 2), "x": ("a", None)},
+            "c": {"d": ("d", 1)},
+        },
+    )
+    assert snap.path("a", "d") == ["a", "b", "c", "d"]
+    assert snap.path("a", "x") is None  # a -> b -> a: a loop
+    assert snap.path("c", "a") is None  # no route: a gap
+    assert snap.path("d", "d") == ["d"]

@@ -21,10 +21,12 @@ from meshstress.errors import InputError
 from meshstress.routing.base import Backend, Route
 from meshstress.routing.converge import (
     ConvergenceResult,
+    Reroute,
     RouteSnapshot,
     route_changes,
     snapshot,
     wait_converged,
+    wait_reroute,
 )
 from meshstress.routing.settings import BACKEND_NAMES
 
@@ -32,12 +34,14 @@ __all__ = [
     "BACKEND_NAMES",
     "Backend",
     "ConvergenceResult",
+    "Reroute",
     "Route",
     "RouteSnapshot",
     "get_backend",
     "route_changes",
     "snapshot",
     "wait_converged",
+    "wait_reroute",
 ]
 
 

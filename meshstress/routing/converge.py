@@ -48,6 +48,46 @@ class RouteSnapshot:
     t: float  # time.monotonic() when taken
     routes: dict[str, dict[str, tuple[str | None, int | None]]]  # node -> dst -> (nh, hops)
 
+    def path(self, src: str, dst: str) -> list[str] | None:
+        """The hop-by-hop path src..dst by following next hops; None on a gap or loop."""
+        hops = [src]
+        while hops[-1] != dst:
+            entry = self.routes.get(hops[-1], {}).get(dst)
+            if entry is None or entry[0] is None or entry[0] in hops:
+                return None
+            hops.append(entry[0])
+        return hops
+
+
+@dataclass
+class Reroute:
+    seconds: float | None  # from the cut until traffic crossed on a path avoiding it
+    before: list[str] | None
+    after: list[str] | None
+
+
+def wait_reroute(
+    mesh: Mesh,
+    backend: Backend,
+    src: str,
+    dst: str,
+    avoid: tuple[str, str],
+    since: float,
+    before: list[str] | None = None,
+    timeout: float = 30.0,
+    poll: float = 0.05,
+) -> Reroute:
+    """After the link `avoid` (a, b) was cut at time.monotonic() `since`: poll until the
+    path src..dst no longer uses a->b and echoes cross both ways; how long that took."""
+    after: list[str] | None = None
+    while time.monotonic() - since < timeout:
+        after = snapshot(mesh, backend).path(src, dst)
+        if after and avoid not in zip(after, after[1:], strict=False):
+            if not ping_pairs(mesh, [(src, dst), (dst, src)], timeout=0.3, tries=1):
+                return Reroute(time.monotonic() - since, before, after)
+        time.sleep(poll)
+    return Reroute(None, before, after)
+
 
 def hops_table(
     next_hops: Mapping[str, Mapping[str, str | None]],
