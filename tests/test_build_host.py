@@ -170,3 +170,25 @@ def test_teardown_closes_this_process_sockets_that_would_hold_namespaces() -> No
     problems = build.teardown(st, timeout=10)
     assert problems == []
     assert leftovers(st.run_id) == []
+
+
+def test_doctor_json_covers_every_capability_and_names_remedies() -> None:
+    import json
+
+    r = subprocess.run([*exe, "doctor", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    checks = {c["name"]: c for c in json.loads(r.stdout)}
+    assert set(checks) == {
+        "root", "netns", "veth", "bridge", "batman-adv", "netem", "tbf", "htb",
+        "bcc+headers", "tracefs", "kprobes", "batctl", "babeld", "batmand", "qemu",
+    }
+    assert checks["root"]["ok"] and checks["netns"]["ok"] and checks["veth"]["ok"]
+    for c in checks.values():
+        assert c["ok"] or c["remedy"], f"{c['name']} is missing without a remedy"
+    # the doctor's verdicts match what the kernel does when asked directly
+    batadv = subprocess.run(["unshare", "-n", "ip", "link", "add", "b0", "type", "batadv"],
+                            capture_output=True)
+    assert checks["batman-adv"]["ok"] == (batadv.returncode == 0)
+    tbf = subprocess.run(["unshare", "-n", "tc", "qdisc", "add", "dev", "lo", "root", "tbf",
+                          "rate", "1mbit", "burst", "10kb", "latency", "50ms"], capture_output=True)
+    assert checks["tbf"]["ok"] == (tbf.returncode == 0)
