@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ from typing import Any
 import click
 
 from meshstress import build, netns, plan, state
-from meshstress.errors import CapabilityError, MeshstressError
+from meshstress.errors import CapabilityError, InputError, MeshstressError
 from meshstress.topology import Topology
 
 
@@ -254,21 +255,33 @@ def status(run_id: str | None, as_json: bool) -> None:
         )
 
 
+def expand_node_refs(arg: str, addresses: dict[str, str]) -> str:
+    """'@n5' -> n5's address, at the start of an argument or after '=', ':' or ','
+    ('--host=@n5'); '@@' there is a literal '@'; 'user@n5' is left alone. An unknown
+    node is an error, not a silent string."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name == "@":
+            return "@"
+        if name not in addresses:
+            raise InputError("exec", "command", f"@{name}: no such node in this run")
+        return addresses[name].split("/")[0]
+
+    return re.sub(r"(?:^|(?<=[=:,]))@(@|[A-Za-z0-9_][A-Za-z0-9_-]*)", sub, arg)
+
+
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--run", "run_id", help="Which run (default: the only one).")
 @click.argument("node")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_(run_id: str | None, node: str, command: tuple[str, ...]) -> None:
-    """Run COMMAND inside NODE's network namespace: meshstress exec n0 -- ping n2."""
+    """Run COMMAND inside NODE's network namespace; @NODE stands for that node's address:
+    meshstress exec n0 -- ping -c3 @n2"""
     require_root()
     st = pick_run(run_id)
     ns = build.Mesh(st).ns(node)
-    argv = list(command)
-    # Node names stand for their addresses: `meshstress exec n0 -- ping n5`.
-    argv = [
-        st.node_addresses[a].split("/")[0] if a in st.node_addresses and i > 0 else a
-        for i, a in enumerate(argv)
-    ]
+    argv = [expand_node_refs(a, st.node_addresses) for a in command]
     netns.enter_for_exec(ns)
     try:
         os.execvp(argv[0], argv)

@@ -29,4 +29,4 @@ PY
 )
 set -- $nodes
 echo "ping $1 -> $2 across the mesh (run $run):"
-$ms exec --run "$run" "$1" -- ping -c 5 -i 0.2 "$2"
+$ms exec --run "$run" "$1" -- ping -c 5 -i 0.2 "@$2"

@@ -136,7 +136,7 @@ def test_cli_up_exec_status_down(tmp_path) -> None:
     try:
         assert up.returncode == 0, up.stderr
         ex = subprocess.run(
-            [*exe, "exec", "--run", run_id, "a", "--", "ping", "-c1", "-W1", "b"],
+            [*exe, "exec", "--run", run_id, "a", "--", "ping", "-c1", "-W1", "@b"],
             capture_output=True,
             text=True,
         )
@@ -192,3 +192,17 @@ def test_doctor_json_covers_every_capability_and_names_remedies() -> None:
     tbf = subprocess.run(["unshare", "-n", "tc", "qdisc", "add", "dev", "lo", "root", "tbf",
                           "rate", "1mbit", "burst", "10kb", "latency", "50ms"], capture_output=True)
     assert checks["tbf"]["ok"] == (tbf.returncode == 0)
+
+
+def test_exec_node_references() -> None:
+    from meshstress.errors import InputError
+
+    addrs = {"n1": "10.201.0.2/16", "7": "10.201.0.8/16"}
+    assert hostcli.expand_node_refs("@n1", addrs) == "10.201.0.2"
+    assert hostcli.expand_node_refs("--host=@7", addrs) == "--host=10.201.0.8"
+    assert hostcli.expand_node_refs("7", addrs) == "7"  # plain numbers stay numbers
+    assert hostcli.expand_node_refs("@@n1", addrs) == "@n1"
+    assert hostcli.expand_node_refs("root@n1", addrs) == "root@n1"
+    assert hostcli.expand_node_refs("@n1,@7", addrs) == "10.201.0.2,10.201.0.8"
+    with pytest.raises(InputError, match="@zz"):
+        hostcli.expand_node_refs("@zz", addrs)
