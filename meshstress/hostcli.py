@@ -291,6 +291,84 @@ def exec_(run_id: str | None, node: str, command: tuple[str, ...]) -> None:
 
 
 @click.command()
+@click.option("--run", "run_id", help="Which run (default: the only one).")
+@click.argument("nodes", nargs=-1)
+@click.option(
+    "--watch",
+    type=float,
+    default=0.0,
+    help="Record route snapshots for this many seconds and count next-hop changes.",
+)
+@click.option(
+    "--interval",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Seconds between snapshots with --watch.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def routes(
+    run_id: str | None, nodes: tuple[str, ...], watch: float, interval: float, as_json: bool
+) -> None:
+    """Routing tables per node: next hop, hops and metric to every other node
+    (batman-adv: from the originator table). With --watch, count route flaps."""
+    require_root()
+    from meshstress.routing import get_backend, record_routes, route_changes
+
+    st = pick_run(run_id)
+    backend = get_backend(st.routing, {}, source=st.source or st.run_id)
+    all_nodes = list(st.node_ns)
+    with build.Mesh(st) as mesh:
+        for n in nodes:
+            mesh.ns(n)  # unknown node: one line, before anything is read
+        wanted = list(nodes) or all_nodes
+        snaps = record_routes(mesh, backend, watch, interval)
+        metrics = {n: backend.routes(mesh, n) for n in wanted}
+    last = snaps[-1]
+    table = {
+        n: {
+            dst: {
+                "next_hop": nh,
+                "hops": hops,
+                "metric": metrics[n][dst].metric if dst in metrics[n] else None,
+            }
+            for dst, (nh, hops) in sorted(last.routes.get(n, {}).items())
+        }
+        for n in wanted
+    }
+    flaps = route_changes(snaps)
+    if as_json:
+        out: dict[str, Any] = {"run": st.run_id, "routing": st.routing, "routes": table}
+        if watch:
+            out["snapshots"] = len(snaps)
+            out["changes"] = [
+                {"node": a, "dst": b, "changes": c}
+                for (a, b), c in sorted(flaps.items())
+                if a in wanted
+            ]
+        click.echo(json.dumps(out, indent=1))
+        return
+    for n in wanted:
+        row = table[n]
+        missing = [d for d in all_nodes if d != n and d not in row]
+        click.echo(
+            f"{n} ({st.routing}): {len(row)} destinations"
+            + (f", no route to {_sample(missing)}" if missing else "")
+        )
+        for dst, r in row.items():
+            metric = "" if r["metric"] is None else f"  metric {r['metric']:g}"
+            click.echo(
+                f"  {dst:>12} via {r['next_hop'] or '?':<12} hops {r['hops'] or '?'}{metric}"
+            )
+    if watch:
+        changed = {k: v for k, v in flaps.items() if k[0] in wanted}
+        click.echo(
+            f"{len(snaps)} snapshots over {watch:g} s: "
+            f"{sum(changed.values())} next-hop changes on {len(changed)} routes"
+        )
+
+
+@click.command()
 @click.option(
     "--all",
     "sweep_all",
@@ -339,4 +417,4 @@ def doctor(as_json: bool) -> None:
     Console().print(table)
 
 
-COMMANDS = [up, down, status, clean, doctor]
+COMMANDS = [up, down, status, routes, clean, doctor]

@@ -206,3 +206,29 @@ def test_exec_node_references() -> None:
     assert hostcli.expand_node_refs("@n1,@7", addrs) == "10.201.0.2,10.201.0.8"
     with pytest.raises(InputError, match="@zz"):
         hostcli.expand_node_refs("@zz", addrs)
+
+
+def test_cli_routes_shows_next_hops_and_records_snapshots(tmp_path) -> None:
+    import json
+
+    topo = tmp_path / "line3.toml"
+    gen = subprocess.run([*exe, "topo", "gen", "line", "3", "-o", str(topo)], capture_output=True, text=True)
+    assert gen.returncode == 0, gen.stderr
+    run_id = plan.new_run_id()
+    up = subprocess.run([*exe, "up", str(topo), "--routing", "static", "--run", run_id],
+                        capture_output=True, text=True)
+    try:
+        assert up.returncode == 0, up.stderr
+        r = subprocess.run([*exe, "routes", "--run", run_id, "--json", "--watch", "1",
+                            "--interval", "0.3", "n0"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["routes"]["n0"]["n2"]["next_hop"] == "n1"
+        assert out["routes"]["n0"]["n2"]["hops"] == 2
+        assert out["routes"]["n0"]["n1"]["hops"] == 1
+        assert out["snapshots"] >= 3 and out["changes"] == []  # a static mesh never flaps
+        bad = subprocess.run([*exe, "routes", "--run", run_id, "zz"], capture_output=True, text=True)
+        assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+    finally:
+        subprocess.run([*exe, "down", "--run", run_id], capture_output=True)
+    assert leftovers(run_id) == []

@@ -89,6 +89,21 @@ def wait_reroute(
     return Reroute(None, before, after)
 
 
+def record_routes(
+    mesh: Mesh, backend: Backend, duration: float, interval: float = 0.5
+) -> list[RouteSnapshot]:
+    """Route snapshots every `interval` seconds for `duration` seconds (at least one)."""
+    snaps = [snapshot(mesh, backend)]
+    end = snaps[0].t + duration
+    while True:
+        wait = snaps[-1].t + interval - time.monotonic()
+        if time.monotonic() + max(wait, 0) > end:
+            return snaps
+        if wait > 0:
+            time.sleep(wait)
+        snaps.append(snapshot(mesh, backend))
+
+
 def hops_table(
     next_hops: Mapping[str, Mapping[str, str | None]],
 ) -> dict[str, dict[str, tuple[str | None, int | None]]]:
