@@ -456,3 +456,28 @@ def test_snapshot_path_follows_next_hops_and_stops_on_gaps_and_loops() -> None:
     assert snap.path("a", "x") is None  # a -> b -> a: a loop
     assert snap.path("c", "a") is None  # no route: a gap
     assert snap.path("d", "d") == ["d"]
+
+
+def test_record_routes_samples_over_time_and_flaps_are_counted() -> None:
+    from types import SimpleNamespace
+
+    from meshstress.routing import Route, record_routes, route_changes
+
+    calls = {"n": 0}
+
+    class Flappy:
+        """a's route to c alternates between b and d on every snapshot."""
+
+        def routes(self, mesh, node):  # type: ignore[no-untyped-def]
+            if node == "a":
+                calls["n"] += 1
+                return {"c": Route("b" if calls["n"] % 2 else "d", None)}
+            return {"c": Route("c", None)}
+
+    mesh = SimpleNamespace(nodes=["a", "b", "d"])
+    snaps = record_routes(mesh, Flappy(), duration=0.25, interval=0.05)  # type: ignore[arg-type]
+    assert 4 <= len(snaps) <= 7
+    assert all(b.t - a.t >= 0.045 for a, b in zip(snaps, snaps[1:], strict=False))
+    flaps = route_changes(snaps)
+    assert flaps[("a", "c")] == len(snaps) - 1
+    assert flaps[("b", "c")] == 0
