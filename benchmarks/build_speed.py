@@ -19,17 +19,18 @@ import time
 from pathlib import Path
 
 from meshstress import build, generators, plan, topofile
+from meshstress.doctor import has_netem
 from meshstress.state import RunState
 
 HERE = Path(__file__).resolve().parent
 FREIFUNK = HERE.parent.parent / "shared" / "data" / "freifunk" / "freifunk-altdorf.json"
 
 
-def measure(topo, repeat: int) -> dict:  # type: ignore[no-untyped-def]
+def measure(topo, repeat: int, impair: bool) -> dict:  # type: ignore[no-untyped-def]
     rows = []
     for _ in range(repeat):
         run_id = plan.new_run_id()
-        p = plan.make_plan(topo, run_id)
+        p = plan.make_plan(topo, run_id, impair=impair)
         st = RunState(run_id=run_id, topology=topo.name)
         t0 = time.monotonic()
         try:
@@ -69,10 +70,12 @@ def main() -> int:
         topos.append(generators.grid4(32, 32))
         if Path(args.freifunk).exists():
             topos.append(topofile.load(args.freifunk))
+    # Freifunk links carry loss (1 - tq): applied where the kernel has netem.
+    impair = has_netem()
     results = []
     for topo in topos:
         repeat = args.repeat if len(topo.nodes) <= 200 else 1
-        results.append(measure(topo, repeat))
+        results.append(measure(topo, repeat, impair))
     targets = {"grid4-10x10": {"setup_s": 1.0, "teardown_s": 1.0}, "grid4-32x32": {"setup_s": 10.0}}
     for r in results:
         for key, limit in targets.get(r["topology"], {}).items():
@@ -81,6 +84,7 @@ def main() -> int:
         "benchmark": "build_speed",
         "cpus": os.cpu_count(),
         "kernel": os.uname().release,
+        "impairments": "applied" if impair else "left out (no sch_netem in this kernel)",
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "results": results,
     }

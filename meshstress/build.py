@@ -22,10 +22,11 @@ import psutil
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from meshstress import netns
+from meshstress import impair, netns
 from meshstress.errors import MeshstressError
 from meshstress.plan import OBJECT_RE, Plan, run_prefix
 from meshstress.state import ProcessRecord, RunState
+from meshstress.topology import Impairment
 
 HUB_SYSCTLS = {"net.ipv6.conf.default.disable_ipv6": "1", "net.ipv6.conf.all.disable_ipv6": "1"}
 
@@ -132,13 +133,17 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
                     peer={"ifname": plan.witness + "p", "net_ns_fd": fds[plan.witness_ns]},
                 )
 
-            say("addresses and routes")
+            say("addresses, routes and impairments")
             peers_up: dict[str, list[str]] = {}
             for v in plan.veths:
                 peers_up.setdefault(v.b.ns, []).append(v.b.ifname)
             addrs: dict[str, list[tuple[str, str]]] = {}
             for a in plan.addresses:
                 addrs.setdefault(a.ns, []).append((a.ifname, a.address))
+            impaired: dict[str, list[tuple[str, Impairment]]] = {}
+            for end in plan.impaired():
+                impaired.setdefault(end.ns, []).append((end.ifname, end.egress))
+            mtus = {end.ifname: v.mtu or 1500 for v in plan.veths for end in (v.a, v.b)}
             routes: dict[str, list[tuple[str, str, str | None]]] = {}
             for r in plan.routes:
                 routes.setdefault(r.ns, []).append((r.ifname, r.dst, r.gateway))
@@ -160,6 +165,8 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
                     else:
                         kw["scope"] = 253  # link
                     s.route("add", **kw)
+                for ifname, egress in impaired.get(spec.name, []):
+                    impair.apply(s, index[ifname], egress, mtus[ifname])
                 s.close()
                 del socks[spec.name]
         finally:

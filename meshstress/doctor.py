@@ -168,3 +168,8 @@ def ping_available() -> bool:
         and subprocess.call(["ping", "-V"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         == 0
     )
+
+
+def has_netem() -> bool:
+    """Whether this kernel can make a netem qdisc (tried in a throwaway namespace)."""
+    return os.geteuid() == 0 and _try_netns(_qdisc("netem", delay=1000))[0]

@@ -65,6 +65,7 @@ def bring_up(
     wait: bool = True,
     timeout: float = 120.0,
     say: Any = None,
+    impair: bool = True,
 ) -> tuple[state.RunState, dict[str, Any]]:
     """Build the mesh and start routing. On any failure or interrupt, undo everything."""
     say = say or (lambda msg: None)
@@ -84,7 +85,18 @@ def bring_up(
         run_id,
         l3=backend.l3 if backend else True,
         mtu=backend.mtu if backend else None,
+        impair=impair,
     )
+    impaired = p.impaired()
+    if impaired:
+        from meshstress.doctor import has_netem
+
+        if not has_netem():
+            raise CapabilityError(
+                f"{topo.source}: {len(impaired)} interfaces carry loss, delay or rate, but "
+                "this kernel has no sch_netem: run it in the VM lab (meshstress lab run -- "
+                "meshstress up ...), or pass --ideal to build without impairments"
+            )
     st = state.RunState(run_id=run_id, topology=topo.name, source=topo.source, routing=topo.routing)
     info: dict[str, Any] = {
         "run": run_id,
@@ -92,6 +104,7 @@ def bring_up(
         "links": len(topo.links),
         "segments": len(topo.segments),
         "routing": topo.routing,
+        "impaired_interfaces": len(impaired),
     }
     try:
         with build.sigterm_as_interrupt():
@@ -147,6 +160,7 @@ def _echo_err(msg: str) -> None:
 @click.option("--prefix", help="Address prefix for the nodes, e.g. 10.201.0.0/16.")
 @click.option("--wait/--no-wait", default=True, help="Wait for routing to converge.")
 @click.option("--timeout", default=120.0, show_default=True, help="Convergence timeout (s).")
+@click.option("--ideal", is_flag=True, help="Leave out the topology's loss, delay and rate.")
 @click.option("--dry-run", is_flag=True, help="Print the plan as JSON; create nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def up(
@@ -156,6 +170,7 @@ def up(
     prefix: str | None,
     wait: bool,
     timeout: float,
+    ideal: bool,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -166,11 +181,11 @@ def up(
 
         raise InputError("--run", "run", "use 1-6 lowercase letters or digits")
     if dry_run:
-        p = plan.make_plan(topo, run_id or "dry")
+        p = plan.make_plan(topo, run_id or "dry", impair=not ideal)
         click.echo(json.dumps(p.to_json(), indent=1))
         return
     require_root()
-    st, info = bring_up(topo, run_id, wait=wait, timeout=timeout, say=_echo_err)
+    st, info = bring_up(topo, run_id, wait=wait, timeout=timeout, say=_echo_err, impair=not ideal)
     if as_json:
         click.echo(json.dumps(info))
         return
@@ -178,6 +193,8 @@ def up(
         f"run {st.run_id}: {info['nodes']} nodes, {info['links']} links, "
         f"{info['segments']} segments up in {info['setup_s']:.2f} s"
     )
+    if info["impaired_interfaces"]:
+        msg += f" ({info['impaired_interfaces']} impaired interfaces)"
     if "convergence_s" in info:
         verdict = "converged" if info["converged"] else "NOT converged"
         msg += f"; {topo.routing} {verdict} in {info['convergence_s']:.2f} s"

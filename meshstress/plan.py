@@ -112,6 +112,11 @@ class Plan:
         out += [v.b for v in self.veths if v.b.ns == ns]
         return sorted(out, key=lambda i: int(i.ifname.rsplit("i", 1)[-1]))
 
+    def impaired(self) -> list[IfSpec]:
+        """Node-side interfaces whose egress is not ideal: each gets a netem qdisc."""
+        ends = [end for v in self.veths for end in (v.a, v.b)]
+        return [e for e in ends if e.ns in self.node_ns.values() and not e.egress.is_ideal()]
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -138,14 +143,19 @@ class _Counter:
         return k
 
 
-def make_plan(topo: Topology, run_id: str, *, l3: bool = True, mtu: int | None = None) -> Plan:
+def make_plan(
+    topo: Topology, run_id: str, *, l3: bool = True, mtu: int | None = None, impair: bool = True
+) -> Plan:
     """Everything to create for `topo`. With l3, each mesh interface carries the node's
     address (/32) and a host route to each direct neighbour: neighbours reach each other
     with no routing daemon. Routing backends may ask for l3=False and address nodes
-    themselves (batman-adv puts the address on bat0)."""
+    themselves (batman-adv puts the address on bat0). With impair=False every link is
+    ideal (the topology's loss, delay, jitter and rate are left out)."""
     if not RUN_ID_RE.match(run_id):
         raise ValueError(f"run id {run_id!r}: use 1-6 lowercase letters or digits")
     pre = run_prefix(run_id)
+    if not impair:
+        topo = _ideal(topo)
     plan = Plan(run_id=run_id, topology=topo.name, sysctls=dict(NODE_SYSCTLS))
     addrs = topo.addresses()
     for node in topo.nodes:
@@ -250,3 +260,12 @@ def _plan_l3(plan: Plan, topo: Topology) -> None:
             seen.add((r.ns, r.dst))
             unique.append(r)
     plan.routes = unique
+
+
+def _ideal(topo: Topology) -> Topology:
+    import dataclasses
+
+    ideal = Impairment()
+    links = [dataclasses.replace(link, ab=ideal, ba=ideal) for link in topo.links]
+    segments = [dataclasses.replace(seg, egress=ideal) for seg in topo.segments]
+    return dataclasses.replace(topo, links=links, segments=segments)

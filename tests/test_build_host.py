@@ -232,3 +232,23 @@ def test_cli_routes_shows_next_hops_and_records_snapshots(tmp_path) -> None:
     finally:
         subprocess.run([*exe, "down", "--run", run_id], capture_output=True)
     assert leftovers(run_id) == []
+
+
+def test_impairments_without_netem_fail_fast_and_ideal_builds(tmp_path) -> None:
+    from meshstress.doctor import has_netem
+
+    topo = tmp_path / "lossy.toml"
+    topo.write_text('nodes = ["a", "b"]\n[[links]]\na = "a"\nb = "b"\nloss = "10%"\n')
+    run_id = plan.new_run_id()
+    if has_netem():
+        pytest.skip("this kernel has netem: the impaired build is a kernel test")
+    r = subprocess.run([*exe, "up", str(topo), "--run", run_id], capture_output=True, text=True)
+    assert r.returncode == 3
+    assert len(r.stderr.strip().splitlines()) == 1 and "sch_netem" in r.stderr and str(topo) in r.stderr
+    assert leftovers(run_id) == []
+    r = subprocess.run([*exe, "up", str(topo), "--run", run_id, "--ideal"], capture_output=True, text=True)
+    try:
+        assert r.returncode == 0, r.stderr
+    finally:
+        subprocess.run([*exe, "down", "--run", run_id], capture_output=True)
+    assert leftovers(run_id) == []

@@ -1,4 +1,4 @@
-"""Kernel-dependent: netem on a mesh link (runs inside the VM lab in CI)."""
+"""Kernel-dependent: netem on mesh links (runs inside the VM lab in CI)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,45 @@ import re
 
 import pytest
 
-from meshstress.topology import Link, Node, Topology
+from meshstress import topofile
+from meshstress.build import Mesh
+
+pytestmark = pytest.mark.kernel("netem")
+
+TOPOLOGY = """
+nodes = ["a", "b", "c"]
+[[links]]
+a = "a"
+b = "b"
+a_to_b = { delay = "30ms" }
+[[links]]
+a = "b"
+b = "c"
+a_to_b = { loss = "100%" }  # b -> c
+"""
 
 
-@pytest.mark.kernel("netem")
-def test_netem_delay_on_a_mesh_link_shows_in_the_round_trip(mesh_factory) -> None:
-    mesh = mesh_factory(Topology("pair", [Node("a"), Node("b")], [Link("a", "b")]))
-    sock = mesh.netlink("a")
-    ifname = mesh.state.interfaces["a"][0]["ifname"]
-    index = sock.link_lookup(ifname=ifname)[0]
-    sock.tc("add", "netem", index=index, handle="1:", delay=30000)  # microseconds
-    out = mesh.run("a", ["ping", "-n", "-c", "3", "-i", "0.2", mesh.address("b")],
+def rtt_min(mesh: Mesh, src: str, dst: str) -> float | None:
+    out = mesh.run(src, ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", mesh.address(dst)],
                    capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
-    rtt_min = float(re.search(r"= ([0-9.]+)/", out.stdout).group(1))  # type: ignore[union-attr]
-    assert 29.0 <= rtt_min < 200.0, out.stdout
+    m = re.search(r"= ([0-9.]+)/", out.stdout)
+    return float(m.group(1)) if out.returncode == 0 and m else None
+
+
+def test_topology_impairments_are_applied_per_direction(mesh_factory) -> None:
+    mesh = mesh_factory(topofile.loads_toml(TOPOLOGY, "netem.toml"))
+    assert mesh.info["impaired_interfaces"] == 2
+    # a -> b is delayed 30 ms one way; b -> a is ideal: the round trip shows 30 ms once
+    rtt = rtt_min(mesh, "a", "b")
+    assert rtt is not None and 29.0 <= rtt < 200.0, rtt
+    # b -> c loses everything: neither direction's ping gets its reply
+    assert rtt_min(mesh, "b", "c") is None and rtt_min(mesh, "c", "b") is None
+    # the qdisc sits on a's interface toward b, and nowhere on b's side of that link
+    def kinds(node: str) -> set[str]:
+        sock = mesh.netlink(node)
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in sock.get_links()}
+        return {f"{names[q['index']]}:{q.get_attr('TCA_KIND')}" for q in sock.get_qdiscs()
+                if q["parent"] == 0xFFFFFFFF and names.get(q["index"], "").startswith(mesh.prefix)}
+    assert {k.split(":")[1] for k in kinds("a")} >= {"netem"}
+    b_if_to_a = mesh.state.interfaces["b"][0]["ifname"]
+    assert f"{b_if_to_a}:netem" not in kinds("b")

@@ -110,3 +110,27 @@ def test_a_segment_named_like_a_link_hub_does_not_clash() -> None:
     p = make_plan(topo, "c")
     hubs = [ns.name for ns in p.namespaces if ns.node is None]
     assert len(hubs) == len(set(hubs)) == 2
+
+
+def test_impaired_interfaces_are_the_node_ends_with_egress_impairments() -> None:
+    topo = line(3)
+    topo.links[0].ab = Impairment(loss=0.2)  # n0 -> n1: at n0's end
+    topo.segments.append(Segment("air", ["n0", "n2"], Impairment(delay=0.005)))
+    p = make_plan(topo, "im")
+    got = sorted((e.ns, e.egress.loss, e.egress.delay) for e in p.impaired())
+    assert got == [("ms-im-n0", 0.0, 0.005), ("ms-im-n0", 0.2, 0.0), ("ms-im-n2", 0.0, 0.005)]
+    assert make_plan(topo, "im", impair=False).impaired() == []
+    assert topo.links[0].ab.loss == 0.2  # the topology itself is left as it was
+
+
+def test_netem_args() -> None:
+    from meshstress.impair import describe, netem_args
+
+    assert netem_args(Impairment()) == {"limit": 1000}
+    args = netem_args(Impairment(loss=0.05, delay=0.02, jitter=0.002, rate=10_000_000))
+    assert args["loss"] == pytest.approx(5.0)
+    assert args["delay"] == 20000 and args["jitter"] == 2000
+    assert args["rate"] == "10000000bit"
+    # a long delay at a high rate needs a deeper queue than netem's 1000 packets
+    assert netem_args(Impairment(delay=1.0))["limit"] > 1000
+    assert describe(Impairment(loss=0.05, delay=0.02)) == "loss 5%, delay 20ms"
