@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
+import psutil
 
 from meshstress import build, netns, plan, state
 from meshstress.errors import CapabilityError, InputError, MeshstressError
@@ -29,10 +31,6 @@ def load_topology(path: str, routing: str | None, prefix: str | None) -> Topolog
     if routing:
         topo.routing = routing
     if prefix:
-        import ipaddress
-
-        from meshstress.errors import InputError
-
         try:
             net = ipaddress.IPv4Network(prefix, strict=False)
         except ValueError as exc:
@@ -177,8 +175,6 @@ def up(
     """Build the mesh described by TOPOLOGY (.toml or meshnet-lab .json)."""
     topo = load_topology(topology, routing, prefix)
     if run_id is not None and not plan.RUN_ID_RE.match(run_id):
-        from meshstress.errors import InputError
-
         raise InputError("--run", "run", "use 1-6 lowercase letters or digits")
     if dry_run:
         p = plan.make_plan(topo, run_id or "dry", impair=not ideal)
@@ -235,8 +231,6 @@ def status(run_id: str | None, as_json: bool) -> None:
     rows = []
     for st in runs:
         alive = 0
-        import psutil
-
         for rec in st.processes:
             try:
                 if abs(psutil.Process(rec.pid).create_time() - rec.create_time) < 0.05:
