@@ -20,6 +20,7 @@ from typing import Any
 
 import psutil
 from pyroute2 import IPRoute
+from pyroute2.ethtool.ioctl import IoctlEthtool
 from pyroute2.netlink.exceptions import NetlinkError
 
 from meshstress import impair, netns
@@ -165,8 +166,15 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
                     else:
                         kw["scope"] = 253  # link
                     s.route("add", **kw)
-                for ifname, egress in impaired.get(spec.name, []):
-                    impair.apply(s, index[ifname], egress, mtus[ifname])
+                if impaired.get(spec.name):
+                    with factory.inside(fds[spec.name]):
+                        ethtool = IoctlEthtool()
+                    try:
+                        for ifname, egress in impaired[spec.name]:
+                            impair.disable_offloads(ethtool, ifname)
+                            impair.apply(s, index[ifname], egress, mtus[ifname])
+                    finally:
+                        ethtool.close()
                 s.close()
                 del socks[spec.name]
         finally:

@@ -42,6 +42,35 @@ def apply(sock: Any, index: int, imp: Impairment, mtu: int = 1500) -> None:
     sock.tc("add", "netem", index=index, handle=ROOT_HANDLE, **netem_args(imp, mtu))
 
 
+# Segmentation offloads make a veth send 64 KB super-packets that netem drops or delays
+# as one: per-packet loss figures need them off on every impaired interface.
+OFFLOADS = (
+    "tx-tcp-segmentation",
+    "tx-tcp6-segmentation",
+    "tx-tcp-ecn-segmentation",
+    "tx-tcp-mangleid-segmentation",
+    "tx-generic-segmentation",
+    "rx-gro",
+)
+
+
+def disable_offloads(ethtool: Any, ifname: str) -> None:
+    """Turn OFFLOADS off on `ifname`; `ethtool` is a pyroute2 IoctlEthtool whose socket
+    was opened in the interface's namespace."""
+    from pyroute2.ethtool.ethtool import EthtoolFeatures
+
+    ethtool.change_ifname(ifname)
+    features = EthtoolFeatures.from_ioctl(
+        features=ethtool.get_features(), offload_flags=ethtool.get_offload_flags()
+    )
+    for name in OFFLOADS:
+        if name in features.features:
+            features.features[name].enable = False
+    current = ethtool.get_features()
+    EthtoolFeatures.to_ioctl(current, features)
+    ethtool.set_features(current)
+
+
 def describe(imp: Impairment) -> str:
     from meshstress import units
 

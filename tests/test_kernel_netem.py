@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -25,8 +26,12 @@ a_to_b = { loss = "100%" }  # b -> c
 
 
 def rtt_min(mesh: Mesh, src: str, dst: str) -> float | None:
-    out = mesh.run(src, ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", mesh.address(dst)],
-                   capture_output=True, text=True)
+    out = mesh.run(
+        src,
+        ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", mesh.address(dst)],
+        capture_output=True,
+        text=True,
+    )
     m = re.search(r"= ([0-9.]+)/", out.stdout)
     return float(m.group(1)) if out.returncode == 0 and m else None
 
@@ -39,12 +44,52 @@ def test_topology_impairments_are_applied_per_direction(mesh_factory) -> None:
     assert rtt is not None and 29.0 <= rtt < 200.0, rtt
     # b -> c loses everything: neither direction's ping gets its reply
     assert rtt_min(mesh, "b", "c") is None and rtt_min(mesh, "c", "b") is None
+
     # the qdisc sits on a's interface toward b, and nowhere on b's side of that link
     def kinds(node: str) -> set[str]:
         sock = mesh.netlink(node)
         names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in sock.get_links()}
-        return {f"{names[q['index']]}:{q.get_attr('TCA_KIND')}" for q in sock.get_qdiscs()
-                if q["parent"] == 0xFFFFFFFF and names.get(q["index"], "").startswith(mesh.prefix)}
+        return {
+            f"{names[q['index']]}:{q.get_attr('TCA_KIND')}"
+            for q in sock.get_qdiscs()
+            if q["parent"] == 0xFFFFFFFF and names.get(q["index"], "").startswith(mesh.prefix)
+        }
+
     assert {k.split(":")[1] for k in kinds("a")} >= {"netem"}
     b_if_to_a = mesh.state.interfaces["b"][0]["ifname"]
     assert f"{b_if_to_a}:netem" not in kinds("b")
+
+
+def test_impaired_interfaces_have_segmentation_offloads_off(mesh_factory) -> None:
+    from pyroute2.ethtool.ethtool import EthtoolFeatures
+    from pyroute2.ethtool.ioctl import IoctlEthtool
+
+    from meshstress import netns
+
+    mesh = mesh_factory(topofile.loads_toml(TOPOLOGY, "netem.toml"))
+    a_to_b = mesh.state.interfaces["a"][0]["ifname"]
+    b_to_a = mesh.state.interfaces["b"][0]["ifname"]
+    factory = netns.NetnsFactory()
+    try:
+
+        def features(node: str, ifname: str) -> dict[str, bool]:
+            fd = os.open(netns.path(mesh.ns(node)), os.O_RDONLY)
+            try:
+                with factory.inside(fd):
+                    io = IoctlEthtool()
+            finally:
+                os.close(fd)
+            try:
+                io.change_ifname(ifname)
+                f = EthtoolFeatures.from_ioctl(
+                    features=io.get_features(), offload_flags=io.get_offload_flags()
+                )
+                return {k: v.enable for k, v in f.features.items()}
+            finally:
+                io.close()
+
+        impaired, ideal = features("a", a_to_b), features("b", b_to_a)
+    finally:
+        factory.close()
+    assert impaired["tx-tcp-segmentation"] is False and impaired["tx-generic-segmentation"] is False
+    assert ideal["tx-tcp-segmentation"] is True  # ideal interfaces keep their offloads
