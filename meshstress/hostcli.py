@@ -184,7 +184,7 @@ def up(
     st, info = bring_up(topo, run_id, wait=wait, timeout=timeout, say=_echo_err, impair=not ideal)
     if as_json:
         click.echo(json.dumps(info))
-        return
+        sys.exit(1 if info.get("converged") is False else 0)
     msg = (
         f"run {st.run_id}: {info['nodes']} nodes, {info['links']} links, "
         f"{info['segments']} segments up in {info['setup_s']:.2f} s"
@@ -197,6 +197,12 @@ def up(
     click.echo(msg)
     click.echo(f"  meshstress exec NODE -- CMD     (nodes: {_sample(list(st.node_ns))})")
     click.echo(f"  meshstress down --run {st.run_id}")
+    if info.get("converged") is False:
+        _echo_err(
+            f"meshstress: {topo.routing} did not converge within {timeout:g} s "
+            f"({info.get('missing_pairs', '?')} pairs unreachable); the mesh stays up"
+        )
+        sys.exit(1)
 
 
 def _sample(names: Sequence[str], n: int = 5) -> str:

@@ -252,3 +252,19 @@ def test_impairments_without_netem_fail_fast_and_ideal_builds(tmp_path) -> None:
     finally:
         subprocess.run([*exe, "down", "--run", run_id], capture_output=True)
     assert leftovers(run_id) == []
+
+
+def test_cli_up_exits_1_when_routing_does_not_converge_and_keeps_the_mesh(tmp_path) -> None:
+    topo = tmp_path / "l3.toml"
+    topo.write_text('nodes = ["a", "b", "c"]\n[[links]]\na = "a"\nb = "b"\n[[links]]\na = "b"\nb = "c"\n')
+    run_id = plan.new_run_id()
+    # babeld needs about a hello interval to converge; 0.2 s is too short
+    r = subprocess.run([*exe, "up", str(topo), "--routing", "babeld", "--timeout", "0.2",
+                        "--run", run_id], capture_output=True, text=True)
+    try:
+        assert r.returncode == 1, r.stderr
+        assert "did not converge" in r.stderr and "the mesh stays up" in r.stderr
+        assert state.load(run_id) is not None
+    finally:
+        subprocess.run([*exe, "down", "--run", run_id], capture_output=True)
+    assert leftovers(run_id) == []
