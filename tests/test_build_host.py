@@ -258,8 +258,8 @@ def test_cli_up_exits_1_when_routing_does_not_converge_and_keeps_the_mesh(tmp_pa
     topo = tmp_path / "l3.toml"
     topo.write_text('nodes = ["a", "b", "c"]\n[[links]]\na = "a"\nb = "b"\n[[links]]\na = "b"\nb = "c"\n')
     run_id = plan.new_run_id()
-    # babeld needs about a hello interval to converge; 0.2 s is too short
-    r = subprocess.run([*exe, "up", str(topo), "--routing", "babeld", "--timeout", "0.2",
+    # babeld needs hellos exchanged (0.25 s at the very least) to converge; 0.05 s is too short
+    r = subprocess.run([*exe, "up", str(topo), "--routing", "babeld", "--timeout", "0.05",
                         "--run", run_id], capture_output=True, text=True)
     try:
         assert r.returncode == 1, r.stderr
