@@ -6,7 +6,6 @@ import contextlib
 import os
 import platform
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -156,18 +155,6 @@ def run_checks() -> list[Check]:
 
 def as_json(checks: list[Check]) -> list[dict[str, object]]:
     return [asdict(c) for c in checks]
-
-
-def has(checks: list[Check], name: str) -> bool:
-    return any(c.name == name and c.ok for c in checks)
-
-
-def ping_available() -> bool:
-    return (
-        shutil.which("ping") is not None
-        and subprocess.call(["ping", "-V"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        == 0
-    )
 
 
 def has_netem() -> bool:
