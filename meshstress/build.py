@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from pyroute2 import IPRoute
@@ -28,6 +28,9 @@ from meshstress.errors import MeshstressError
 from meshstress.plan import OBJECT_RE, Plan, run_prefix
 from meshstress.state import ProcessRecord, RunState
 from meshstress.topology import Impairment
+
+if TYPE_CHECKING:
+    from meshstress.traffic import PingResult
 
 HUB_SYSCTLS = {"net.ipv6.conf.default.disable_ipv6": "1", "net.ipv6.conf.all.disable_ipv6": "1"}
 
@@ -346,6 +349,14 @@ class Mesh:
     ) -> subprocess.CompletedProcess[Any]:
         name = self.ns(node)
         return subprocess.run(list(argv), preexec_fn=lambda: netns.enter_for_exec(name), **kwargs)
+
+    def ping(
+        self, src: str, dst: str, count: int = 3, interval: float = 0.2, wait: float = 1.0
+    ) -> PingResult:
+        """Ping node dst from node src: a traffic.PingResult (sent, received, loss, rtt, ttl)."""
+        from meshstress.traffic import ping
+
+        return ping(self, src, dst, count=count, interval=interval, wait=wait)
 
     def record_process(
         self,

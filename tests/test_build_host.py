@@ -24,12 +24,7 @@ def line(n: int) -> Topology:
 
 
 def ping(mesh: build.Mesh, src: str, dst: str, count: int = 1) -> bool:
-    r = mesh.run(
-        src,
-        ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", mesh.address(dst)],
-        capture_output=True,
-    )
-    return r.returncode == 0
+    return mesh.ping(src, dst, count=count).ok
 
 
 def host_links() -> set[str]:

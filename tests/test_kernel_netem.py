@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 
 import pytest
 
@@ -26,14 +25,7 @@ a_to_b = { loss = "100%" }  # b -> c
 
 
 def rtt_min(mesh: Mesh, src: str, dst: str) -> float | None:
-    out = mesh.run(
-        src,
-        ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", mesh.address(dst)],
-        capture_output=True,
-        text=True,
-    )
-    m = re.search(r"= ([0-9.]+)/", out.stdout)
-    return float(m.group(1)) if out.returncode == 0 and m else None
+    return mesh.ping(src, dst).rtt_min_ms
 
 
 def test_topology_impairments_are_applied_per_direction(mesh_factory) -> None:

@@ -4,7 +4,6 @@ cut link, and a clean stop leaves no routing process."""
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 
@@ -29,15 +28,9 @@ def routed() -> Iterator[Callable[..., Routed]]:
 
 
 def ping_ttl(mesh: Mesh, src: str, dst: str) -> int | None:
-    """TTL of the reply to one ping from src to dst (None: no reply)."""
-    r = mesh.run(
-        src,
-        ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", mesh.address(dst)],
-        capture_output=True,
-        text=True,
-    )
-    m = re.search(r"ttl=(\d+)", r.stdout)
-    return int(m.group(1)) if r.returncode == 0 and m else None
+    """TTL of the reply to a ping from src to dst (None: no reply)."""
+    r = mesh.ping(src, dst, wait=2)
+    return r.ttl if r.ok else None
 
 
 def alive(pids: list[tuple[int, float]]) -> list[int]:

@@ -30,12 +30,7 @@ def routed() -> Iterator[Callable[..., Routed]]:
 
 
 def ping(mesh: Mesh, src: str, dst: str) -> bool:
-    r = mesh.run(
-        src,
-        ["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "2", mesh.address(dst)],
-        capture_output=True,
-    )
-    return r.returncode == 0
+    return mesh.ping(src, dst, count=2, wait=2).ok
 
 
 def complete_tables(mesh: Mesh, backend: BatmanAdvBackend) -> dict[str, set[str]]:
