@@ -263,3 +263,11 @@ def test_cli_up_exits_1_when_routing_does_not_converge_and_keeps_the_mesh(tmp_pa
     finally:
         subprocess.run([*exe, "down", "--run", run_id], capture_output=True)
     assert leftovers(run_id) == []
+
+
+def test_plugin_fixture_example_from_its_docstring(mesh_factory) -> None:
+    from meshstress import generators
+
+    mesh = mesh_factory(generators.line(3), routing="static")
+    r = mesh.ping("n0", "n2", count=5)
+    assert r.loss == 0 and r.ttl == 63  # one router between the ends
