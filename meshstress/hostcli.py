@@ -9,6 +9,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -56,35 +57,44 @@ def pick_run(run_id: str | None) -> state.RunState:
     return runs[0]
 
 
+@dataclass
+class Up:
+    """A mesh that `bring_up` built: its state, a summary, its routing backend, and the
+    convergence result (None when it did not wait)."""
+
+    state: state.RunState
+    info: dict[str, Any]
+    backend: Any  # meshstress.routing.Backend
+    result: Any  # meshstress.routing.ConvergenceResult | None
+
+
 def bring_up(
     topo: Topology,
     run_id: str | None = None,
     *,
-    wait: bool = True,
+    wait: bool | None = None,
     timeout: float = 120.0,
     say: Any = None,
     impair: bool = True,
-) -> tuple[state.RunState, dict[str, Any]]:
-    """Build the mesh and start routing. On any failure or interrupt, undo everything."""
+) -> Up:
+    """Build the mesh and start routing; wait for convergence if `wait` (by default:
+    unless routing is "none"). On any failure or interrupt, undo everything."""
     say = say or (lambda msg: None)
     run_id = run_id or plan.new_run_id()
     if state.load(run_id) is not None or any(
         n.startswith(plan.run_prefix(run_id)) for n in netns.list_names()
     ):
         raise MeshstressError(f"run {run_id!r} exists already; `meshstress down --run {run_id}`")
-    backend = _backend(topo)
-    if backend is not None:
-        backend.node_settings(topo)  # per-node settings are input too: validate before building
-        missing = backend.missing()
-        if missing:
-            raise CapabilityError(f"routing {topo.routing}: {missing}")
-    p = plan.make_plan(
-        topo,
-        run_id,
-        l3=backend.l3 if backend else True,
-        mtu=backend.mtu if backend else None,
-        impair=impair,
-    )
+    from meshstress.routing import get_backend, wait_converged
+
+    backend = get_backend(topo.routing, topo.routing_settings, source=topo.source)
+    backend.node_settings(topo)  # per-node settings are input too: validate before building
+    missing = backend.missing()
+    if missing:
+        raise CapabilityError(f"routing {topo.routing}: {missing}")
+    if wait is None:
+        wait = backend.name != "none"
+    p = plan.make_plan(topo, run_id, l3=backend.l3, mtu=backend.mtu, impair=impair)
     impaired = p.impaired()
     if impaired:
         from meshstress.doctor import has_netem
@@ -95,6 +105,7 @@ def bring_up(
                 "this kernel has no sch_netem: run it in the VM lab (meshstress lab run -- "
                 "meshstress up ...), or pass --ideal to build without impairments"
             )
+    result = None
     st = state.RunState(run_id=run_id, topology=topo.name, source=topo.source, routing=topo.routing)
     info: dict[str, Any] = {
         "run": run_id,
@@ -109,38 +120,25 @@ def bring_up(
             t0 = time.monotonic()
             build.apply(p, st, progress=say)
             info["setup_s"] = round(time.monotonic() - t0, 3)
-            if backend is not None:
-                mesh = build.Mesh(st)
-                try:
-                    t1 = time.monotonic()
-                    backend.start(mesh, topo)
-                    st.save()
-                    if wait:
-                        from meshstress.routing.converge import wait_converged
-
-                        res = wait_converged(mesh, backend, timeout)
-                        info["converged"] = res.converged
-                        info["convergence_s"] = round(res.seconds, 3)
-                        if not res.converged:
-                            info["missing_pairs"] = len(res.missing_pairs)
-                    info["routing_start_s"] = round(time.monotonic() - t1, 3)
-                finally:
-                    mesh.close()
+            mesh = build.Mesh(st)
+            try:
+                t1 = time.monotonic()
+                backend.start(mesh, topo)
+                st.save()
+                if wait:
+                    result = wait_converged(mesh, backend, timeout)
+                    info["converged"] = result.converged
+                    info["convergence_s"] = round(result.seconds, 3)
+                    if not result.converged:
+                        info["missing_pairs"] = len(result.missing_pairs)
+                info["routing_start_s"] = round(time.monotonic() - t1, 3)
+            finally:
+                mesh.close()
     except BaseException:
         say("interrupted or failed: tearing down what was built")
         build.teardown(st, timeout=30)
         raise
-    return st, info
-
-
-def _backend(topo: Topology) -> Any:
-    if topo.routing == "none":
-        return None
-    try:
-        from meshstress.routing import get_backend
-    except ImportError:
-        raise CapabilityError(f"routing {topo.routing!r} is not available in this build") from None
-    return get_backend(topo.routing, topo.routing_settings, source=topo.source)
+    return Up(st, info, backend, result)
 
 
 def _echo_err(msg: str) -> None:
@@ -156,7 +154,11 @@ def _echo_err(msg: str) -> None:
 )
 @click.option("--run", "run_id", help="Run id (1-6 lowercase letters/digits); random by default.")
 @click.option("--prefix", help="Address prefix for the nodes, e.g. 10.201.0.0/16.")
-@click.option("--wait/--no-wait", default=True, help="Wait for routing to converge.")
+@click.option(
+    "--wait/--no-wait",
+    default=None,
+    help="Wait for routing to converge [default: unless routing is none].",
+)
 @click.option("--timeout", default=120.0, show_default=True, help="Convergence timeout (s).")
 @click.option("--ideal", is_flag=True, help="Leave out the topology's loss, delay and rate.")
 @click.option("--dry-run", is_flag=True, help="Print the plan as JSON; create nothing.")
@@ -166,7 +168,7 @@ def up(
     routing: str | None,
     run_id: str | None,
     prefix: str | None,
-    wait: bool,
+    wait: bool | None,
     timeout: float,
     ideal: bool,
     dry_run: bool,
@@ -181,7 +183,8 @@ def up(
         click.echo(json.dumps(p.to_json(), indent=1))
         return
     require_root()
-    st, info = bring_up(topo, run_id, wait=wait, timeout=timeout, say=_echo_err, impair=not ideal)
+    brought = bring_up(topo, run_id, wait=wait, timeout=timeout, say=_echo_err, impair=not ideal)
+    st, info = brought.state, brought.info
     if as_json:
         click.echo(json.dumps(info))
         sys.exit(1 if info.get("converged") is False else 0)

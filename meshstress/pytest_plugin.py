@@ -80,7 +80,8 @@ def missing_capability(features: tuple[str, ...] = ()) -> str | None:
     return None
 
 
-def _require() -> bool:
+def require_capabilities() -> bool:
+    """MESHSTRESS_REQUIRE is set: a missing capability is a failure, not a skip."""
     return os.environ.get("MESHSTRESS_REQUIRE", "") not in ("", "0")
 
 
@@ -107,7 +108,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             reason = f"{reason or 'lab requested'}; and the VM lab cannot run: {lab_reason}"
         if reason is None:
             continue
-        if _require():
+        if require_capabilities():
             item.user_properties.append(("missing", reason))
         else:
             item.add_marker(pytest.mark.skip(reason=reason))
@@ -178,13 +179,23 @@ def mesh_factory() -> Iterator[Callable[..., Any]]:
     made: list[Any] = []
 
     def make(
-        topo: Any, routing: str | None = None, wait: bool = True, timeout: float = 120.0
+        topo: Any,
+        routing: str | None = None,
+        settings: dict[str, Any] | None = None,
+        wait: bool | None = None,
+        timeout: float = 120.0,
     ) -> build.Mesh:
+        """Build `topo` (routing and its settings override the topology's); the mesh
+        carries .info (summary), .backend and .result (convergence, when waited)."""
         if routing is not None:
             topo.routing = routing
-        st, info = hostcli.bring_up(topo, wait=wait, timeout=timeout)
-        mesh = build.Mesh(st)
-        mesh.info = info  # type: ignore[attr-defined]
+        if settings is not None:
+            topo.routing_settings = settings
+        brought = hostcli.bring_up(topo, wait=wait, timeout=timeout)
+        mesh = build.Mesh(brought.state)
+        mesh.info = brought.info  # type: ignore[attr-defined]
+        mesh.backend = brought.backend  # type: ignore[attr-defined]
+        mesh.result = brought.result  # type: ignore[attr-defined]
         made.append(mesh)
         return mesh
 

@@ -77,7 +77,7 @@ def test_shared_segment_of_five_every_member_hears_every_transmission(mesh_facto
 def test_teardown_leaves_nothing_behind() -> None:
     topo = line(4)
     topo.segments.append(Segment("air", ["n0", "n2", "n3"]))
-    st, _ = hostcli.bring_up(topo)
+    st = hostcli.bring_up(topo).state
     try:
         assert len([n for n in netns.list_names() if n.startswith(plan.run_prefix(st.run_id))]) == 5
         assert st.host_links[0] in host_links()
@@ -159,7 +159,7 @@ def test_cli_bad_file_exits_2_with_one_line_and_creates_nothing(tmp_path) -> Non
 
 
 def test_teardown_closes_this_process_sockets_that_would_hold_namespaces() -> None:
-    st, _ = hostcli.bring_up(line(2))
+    st = hostcli.bring_up(line(2)).state
     mesh = build.Mesh(st)
     assert mesh.netlink("n0").get_links()  # a socket inside n0 is now open
     problems = build.teardown(st, timeout=10)
