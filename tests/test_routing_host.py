@@ -110,7 +110,13 @@ def test_grid_reroutes_around_a_cut_link(routed, routing: str, where: str) -> No
     assert result.converged, str(result)
     print(f"\n{routing}: grid 3x3 {result}")
     src, dst = "n0", "n8"
+    # Converged means every pair reaches; a daemon may take a few more hellos to settle
+    # on a shortest path, so wait (bounded) for the 4-hop corner-to-corner path.
+    deadline = time.monotonic() + 20
     before = snapshot(mesh, backend).path(src, dst)
+    while (before is None or len(before) != 5) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        before = snapshot(mesh, backend).path(src, dst)
     assert before is not None and len(before) == 5, before  # 4 hops, corner to corner
     i = 0 if where == "first" else 1
     a, b = before[i], before[i + 1]
