@@ -1,0 +1,280 @@
+"""A run folder from a results dict: results.json first; summary.txt, junit.xml and plots
+are views of the same JSON, so `meshstress report DIR` can render them again later.
+
+Pure rendering (`summary`, `junit`) apart from the writers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import escape, quoteattr
+
+if TYPE_CHECKING:
+    from meshstress.scenario import Scenario
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _rate(bps: Any) -> str:
+    if not isinstance(bps, int | float):
+        return "-"
+    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if bps >= scale:
+            return f"{bps / scale:.3g} {unit}"
+    return f"{bps:.0f} bit/s"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in rows]  # fmt: skip
+
+
+def _get(d: Mapping[str, Any], *path: str) -> Any:
+    node: Any = d
+    for p in path:
+        if not isinstance(node, Mapping) or p not in node:
+            return None
+        node = node[p]
+    return node
+
+
+def summary(results: Mapping[str, Any]) -> str:
+    """A human summary of a results dict (what `meshstress run` prints at the end)."""
+    run = results.get("run", {})
+    mesh = results.get("mesh", {})
+    verdict = "PASSED" if results.get("passed") else "FAILED"
+    lines = [
+        f"scenario {run.get('scenario')} ({run.get('source')}) on {run.get('where')}, "
+        f"kernel {run.get('kernel')}: {verdict}",
+        f"mesh: {mesh.get('nodes')} nodes, {mesh.get('links')} links, "
+        f"{mesh.get('segments')} segments, routing {mesh.get('routing')}; "
+        f"built in {_fmt(mesh.get('setup_s'))} s; converged: {_fmt(mesh.get('converged'))} "
+        f"in {_fmt(mesh.get('convergence_s'))} s; torn down in {_fmt(mesh.get('teardown_s'))} s",
+    ]
+    flows = results.get("flows") or {}
+    if flows:
+        lines.append("flows:")
+        rows = [["name", "kind", "path", "sent", "received", "delivery", "p50 ms", "p99 ms",
+                 "longest outage s", "throughput", "retrans"]]  # fmt: skip
+        for name, f in flows.items():
+            lat = f.get("latency_ms") or f.get("rtt_ms") or {}
+            rows.append(
+                [
+                    name,
+                    str(f.get("kind")),
+                    f"{f.get('from')}->{f.get('to')}",
+                    _fmt(f.get("sent")),
+                    _fmt(f.get("received")),
+                    _fmt(f.get("delivery_ratio"), 4),
+                    _fmt(lat.get("p50")),
+                    _fmt(lat.get("p99")),
+                    _fmt(f.get("longest_outage_s")),
+                    _rate(f.get("throughput_bps") or f.get("goodput_bps")),
+                    _fmt(f.get("retransmission_rate")),
+                ]
+            )
+        lines += _table(rows)
+    events = results.get("events") or []
+    if events:
+        lines.append("events (recovery: from the event until each flow delivered again):")
+        rows = [["t s", "action", "target", "late s", "recovery s"]]
+        for ev in events:
+            rec = ev.get("recovery_s") or {}
+            rows.append(
+                [
+                    _fmt(ev.get("t_rel")),
+                    str(ev.get("action")),
+                    str(ev.get("target", "")),
+                    _fmt(ev.get("late_s")),
+                    ", ".join(f"{k} {_fmt(v)}" for k, v in rec.items()) or "-",
+                ]
+            )
+        lines += _table(rows)
+    routing = results.get("routing") or {}
+    if routing.get("snapshots"):
+        lines.append(
+            f"routing: {routing.get('route_changes')} route changes over "
+            f"{routing.get('snapshots')} snapshots; pairs with a route: min "
+            f"{_fmt(routing.get('reachable_min'))}, "
+            f"at the end {_fmt(routing.get('reachable_final'))}"
+        )
+    probes = results.get("probes")
+    if probes:
+        nodes = probes.get("nodes", {})
+        drops = sum(sum((n.get("drops") or {}).values()) for n in nodes.values())
+        retrans = sum(n.get("tcp_retransmits") or 0 for n in nodes.values())
+        lines.append(
+            f"probes: {drops} drops, {retrans} TCP retransmissions across {len(nodes)} nodes"
+        )
+    checks = results.get("checks") or []
+    if checks:
+        lines.append("checks:")
+        for c in checks:
+            mark = "PASS" if c.get("passed") else "FAIL"
+            extra = f" ({c['error']})" if c.get("error") else ""
+            lines.append(f"  {mark} {c.get('assert')}: measured {_fmt(c.get('actual'), 4)}{extra}")
+    else:
+        lines.append("checks: none (add [verdict] assert = [...] to decide pass or fail)")
+    return "\n".join(lines) + "\n"
+
+
+def junit(results: Mapping[str, Any]) -> str:
+    """One JUnit testcase per check, for CI dashboards."""
+    checks = results.get("checks") or []
+    name = str(_get(results, "run", "scenario") or "scenario")
+    failures = sum(1 for c in checks if not c.get("passed"))
+    out = [
+        '<?xml version="1.0" encoding="utf-8"?>',
+        f'<testsuite name={quoteattr("meshstress." + name)} tests="{len(checks)}" '
+        f'failures="{failures}" errors="0" skipped="0" '
+        f'time="{_get(results, "run", "wall_s") or 0}">',
+    ]
+    for c in checks:
+        case = f"  <testcase classname={quoteattr(name)} name={quoteattr(str(c.get('assert')))}"
+        if c.get("passed"):
+            out.append(case + "/>")
+        else:
+            msg = f"measured {c.get('actual')!r}" + (f": {c['error']}" if c.get("error") else "")
+            out.append(case + ">")
+            out.append(f"    <failure message={quoteattr(msg)}>{escape(msg)}</failure>")
+            out.append("  </testcase>")
+    out.append("</testsuite>")
+    return "\n".join(out) + "\n"
+
+
+def plot(results: Mapping[str, Any], out_dir: Path) -> list[str]:
+    """PNG plots of the flows' time series and the routing reachability, if matplotlib is
+    importable; returns the files written (none without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    flows = results.get("flows") or {}
+    events = results.get("events") or []
+    series = {n: f.get("series") for n, f in flows.items() if f.get("series")}
+    reach = (results.get("routing") or {}).get("reachable_series")
+    if not series and not reach:
+        return []
+    rows = len(series) + (1 if reach else 0)
+    fig, axes = plt.subplots(rows, 1, figsize=(9, 2.6 * rows), sharex=True, squeeze=False)
+    i = 0
+    for name, s in series.items():
+        ax = axes[i][0]
+        i += 1
+        t = s.get("t") or []
+        for key, label in (("delivery_ratio", "delivered"), ("goodput_bps", "goodput bit/s"),
+                           ("latency_ms", "latency ms"), ("rtt_ms", "rtt ms")):  # fmt: skip
+            if s.get(key) and len(s[key]) == len(t):
+                ax.plot(t, s[key], label=label, drawstyle="steps-post")
+                break
+        ax.set_title(f"{name} ({flows[name].get('kind')} {flows[name].get('from')}->"
+                     f"{flows[name].get('to')})", fontsize=9)  # fmt: skip
+        ax.legend(loc="lower left", fontsize=8)
+    if reach:
+        ax = axes[i][0]
+        ax.plot([r[0] for r in reach], [r[1] for r in reach], drawstyle="steps-post")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title("pairs with a route (fraction)", fontsize=9)
+    for row in axes:
+        for ev in events:
+            if ev.get("t_rel") is not None:
+                row[0].axvline(ev["t_rel"], color="red", alpha=0.4, linestyle="--")
+    axes[-1][0].set_xlabel("seconds since traffic start (red: events)")
+    fig.tight_layout()
+    path = out_dir / "timeline.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    written.append(str(path))
+    return written
+
+
+def write_all(results: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.txt").write_text(summary(results), encoding="utf-8")
+    (out_dir / "junit.xml").write_text(junit(results), encoding="utf-8")
+    try:
+        plots = plot(results, out_dir)
+    except Exception as exc:  # a plot must never lose the results
+        plots = []
+        results.setdefault("run", {})["plot_error"] = f"{type(exc).__name__}: {exc}"
+    results.setdefault("run", {})["plots"] = [os.path.basename(p) for p in plots]
+    tmp = out_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, out_dir / "results.json")
+
+
+def rerender(out_dir: Path) -> dict[str, Any]:
+    results: dict[str, Any] = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    write_all(results, out_dir)
+    return results
+
+
+# --- a self-contained copy of a scenario for the VM lab --------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return (
+            "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        )
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def dumps_scenario_data(data: Mapping[str, Any]) -> str:
+    """Scenario data (tables of scalars, arrays of tables) as TOML text."""
+    out: list[str] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.append(f"[{key}]")
+            out += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()]
+            out.append("")
+        elif isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            for item in value:
+                out.append(f"[[{key}]]")
+                out += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in item.items()]
+                out.append("")
+        else:
+            raise TypeError(f"{key}: only tables and arrays of tables at the top")
+    return "\n".join(out)
+
+
+def write_resolved(sc: Scenario, out_dir: Path) -> Path:
+    """scenario.toml + topology.toml in out_dir, needing no other file: the topology with
+    routing, settings and prefix applied, the rest of the scenario as it was given."""
+    from meshstress.topofile import dumps_toml
+
+    (out_dir / "topology.toml").write_text(dumps_toml(sc.topology), encoding="utf-8")
+    data = {k: v for k, v in sc.raw.items() if k != "mesh"}
+    mesh = {k: v for k, v in sc.raw.get("mesh", {}).items()
+            if k in ("ideal", "converge_timeout", "require_converged")}  # fmt: skip
+    mesh["topology"] = "topology.toml"
+    head = {"name": sc.name, **data.pop("scenario", {})}
+    ordered = {"scenario": head, "mesh": mesh, **data}
+    path = out_dir / "scenario.toml"
+    path.write_text(dumps_scenario_data(ordered), encoding="utf-8")
+    return path
