@@ -11,9 +11,10 @@ PKGS_CORE="python3 python3-venv python3-pip iproute2 iputils-ping procps ethtool
 PKGS_ROUTING="batctl babeld batmand"
 PKGS_PROBES="python3-bpfcc"
 PKGS_LAB="qemu-system-x86 busybox-static cpio zstd xz-utils"
+PKGS_REPORT="python3-matplotlib"
 
 missing=()
-for p in $PKGS_CORE $PKGS_ROUTING $PKGS_PROBES $PKGS_LAB; do
+for p in $PKGS_CORE $PKGS_ROUTING $PKGS_PROBES $PKGS_LAB $PKGS_REPORT; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
