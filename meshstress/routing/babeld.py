@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import subprocess
 from typing import TYPE_CHECKING, Any
 
 from meshstress.routing import settings as st
-from meshstress.routing.base import Backend, node_dir, which
+from meshstress.routing.base import Backend, live_records, node_dir, which
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
@@ -82,21 +83,23 @@ class BabeldBackend(Backend):
             return "babeld not installed (apt-get install babeld)"
         return None
 
-    def start(self, mesh: Mesh, topo: Topology) -> None:
-        per_node = self.node_settings(topo)
+    def start_node(self, mesh: Mesh, topo: Topology, node: str) -> None:
+        cfg = self.node_config(topo, node)
         binary = which("babeld") or "babeld"
-        for node in mesh.nodes:
-            cfg = per_node[node]
-            ifaces = []
-            for i in mesh.state.interfaces.get(node, []):
-                kind = cfg["link_type"]
-                if kind == "auto":
-                    kind = "wireless" if i.get("segment") else "wired"
-                ifaces.append((i["ifname"], kind))
-            if not ifaces:
-                continue
-            directory = node_dir(mesh, node)
-            argv = babeld_argv(binary, directory, ifaces, topo.prefix, cfg)
-            with open(os.path.join(directory, "babeld.log"), "ab") as log:
-                proc = mesh.popen(node, argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-            mesh.record_process(proc, node, self.role, argv)
+        ifaces = []
+        for i in mesh.state.interfaces.get(node, []):
+            kind = cfg["link_type"]
+            if kind == "auto":
+                kind = "wireless" if i.get("segment") else "wired"
+            ifaces.append((i["ifname"], kind))
+        if not ifaces:
+            return
+        directory = node_dir(mesh, node)
+        if not live_records(mesh, node, self.role):
+            # babeld refuses to start while its pid file exists (left by a SIGKILL)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, "babeld.pid"))
+        argv = babeld_argv(binary, directory, ifaces, topo.prefix, cfg)
+        with open(os.path.join(directory, "babeld.log"), "ab") as log:
+            proc = mesh.popen(node, argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        mesh.record_process(proc, node, self.role, argv)

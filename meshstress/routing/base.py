@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import shutil
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+import psutil
+from pyroute2.netlink.exceptions import NetlinkError
 
 from meshstress import netns
 from meshstress import state as state_mod
@@ -49,6 +54,7 @@ class Backend:
     def __init__(self, settings: dict[str, Any] | None = None, source: str = "topology") -> None:
         self.source = source
         self.settings = st.validate(self.FIELDS, settings, backend=self.name, source=source)
+        self._cfg_cache: tuple[Topology, dict[str, dict[str, Any]]] | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.settings}>"
@@ -72,6 +78,12 @@ class Backend:
             )
         return out
 
+    def node_config(self, topo: Topology, node: str) -> dict[str, Any]:
+        """node_settings(topo)[node], computed once per topology object."""
+        if self._cfg_cache is None or self._cfg_cache[0] is not topo:
+            self._cfg_cache = (topo, self.node_settings(topo))
+        return self._cfg_cache[1][node]
+
     # --- capability, lifecycle ---------------------------------------------------
 
     def missing(self) -> str | None:
@@ -80,6 +92,32 @@ class Backend:
 
     def start(self, mesh: Mesh, topo: Topology) -> None:
         """Configure routing on a freshly applied mesh; record every process started."""
+        for node in mesh.nodes:
+            self.start_node(mesh, topo, node)
+
+    def start_node(self, mesh: Mesh, topo: Topology, node: str) -> None:
+        """Start routing on one node (at start, or again after stop_node): a daemon gets
+        a new recorded PID. The node's mesh interfaces are expected to be up."""
+
+    def stop_node(self, mesh: Mesh, node: str, kill: bool = True) -> None:
+        """Stop routing on one node. kill=True is a crash: daemons get SIGKILL (no
+        goodbye); kill=False stops them with SIGTERM. Interfaces are left as they are
+        (the caller downs them first for a crash). Recorded processes are forgotten."""
+        if not self.role:
+            return
+        mine = [p for p in mesh.state.processes if p.role == self.role and p.node == node]
+        if kill:
+            kill_processes(mine)
+        else:
+            stop_processes(mine)
+        mesh.state.processes = [p for p in mesh.state.processes if p not in mine]
+        mesh.state.save()
+
+    def links_up(self, mesh: Mesh, topo: Topology, node: str) -> None:
+        """Some of node's mesh interfaces came back up: put back what the kernel flushed
+        when they went down. Here: the builder's neighbour host routes (l3 backends)."""
+        if self.l3:
+            restore_neighbour_routes(mesh, node)
 
     def stop(self, mesh: Mesh) -> None:
         """Stop this backend's recorded processes by PID and forget them."""
@@ -147,6 +185,83 @@ def kernel_routes(mesh: Mesh, node: str) -> dict[str, Route]:
         if dst_node not in best or rank < best[dst_node][0]:
             best[dst_node] = (rank, Route(next_hop, float(r.priority)))
     return {dst: route for dst, (_, route) in best.items()}
+
+
+def kill_processes(records: Sequence[state_mod.ProcessRecord], timeout: float = 3.0) -> list[int]:
+    """SIGKILL recorded processes (and their children) by PID, a crash with no goodbye,
+    and wait until they are gone (reaped, if they are our children). A PID whose create
+    time does not match its record is not ours and is left alone. Returns the PIDs killed."""
+    procs: list[psutil.Process] = []
+    for rec in records:
+        try:
+            p = psutil.Process(rec.pid)
+            if abs(p.create_time() - rec.create_time) > 0.05:
+                continue
+            procs.extend(p.children(recursive=True))
+            procs.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(procs, timeout=timeout)
+    return [p.pid for p in procs]
+
+
+def live_records(mesh: Mesh, node: str, role: str) -> list[state_mod.ProcessRecord]:
+    """node's recorded processes of `role` that are still running (create time checked)."""
+    out = []
+    for rec in mesh.state.processes:
+        if rec.node != node or rec.role != role:
+            continue
+        try:
+            p = psutil.Process(rec.pid)
+            if abs(p.create_time() - rec.create_time) <= 0.05 and p.status() != "zombie":
+                out.append(rec)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def neighbour_route_ifaces(mesh: Mesh, node: str) -> dict[str, str]:
+    """{neighbour: ifname} for the builder's neighbour host routes of `node` (l3 plans):
+    point-to-point interfaces first, then segment members; the first interface wins, as
+    in plan._plan_l3."""
+    out: dict[str, str] = {}
+    mine = mesh.state.interfaces.get(node, [])
+    for i in mine:
+        if i.get("peer") and not i.get("segment"):
+            out.setdefault(i["peer"], i["ifname"])
+    members: dict[str, list[str]] = {}
+    for other, ifaces in mesh.state.interfaces.items():
+        for i in ifaces:
+            if i.get("segment"):
+                members.setdefault(i["segment"], []).append(other)
+    for i in mine:
+        if i.get("segment"):
+            for other in members.get(i["segment"], []):
+                if other != node:
+                    out.setdefault(other, i["ifname"])
+    return out
+
+
+def restore_neighbour_routes(mesh: Mesh, node: str) -> list[str]:
+    """Put back node's neighbour host routes (scope link) on interfaces that are up; the
+    kernel flushes them when an interface is set down. Returns the neighbours restored."""
+    ipr = mesh.netlink(node)
+    up = {
+        link.get_attr("IFLA_IFNAME"): link["index"]
+        for link in ipr.get_links()
+        if link["flags"] & 1  # IFF_UP
+    }
+    done = []
+    for neighbour, ifname in neighbour_route_ifaces(mesh, node).items():
+        if ifname not in up:
+            continue
+        with contextlib.suppress(NetlinkError):
+            ipr.route("replace", dst=f"{mesh.address(neighbour)}/32", oif=up[ifname], scope=253)
+            done.append(neighbour)
+    return done
 
 
 def run_dir(mesh: Mesh) -> str:

@@ -203,36 +203,48 @@ class BatmanAdvBackend(Backend):
         return None
 
     def start(self, mesh: Mesh, topo: Topology) -> None:
-        per_node = self.node_settings(topo)
-        batctl = which("batctl") or "batctl"
         for node in mesh.nodes:
-            cfg = per_node[node]
-            ifnames = mesh_ifnames(mesh, node)
-            _select_algorithm(cfg["algorithm"])
-            ipr = mesh.netlink(node)
-            ipr.link("add", ifname=MESHIF, kind="batadv")
-            index = ifindex_map(mesh, node)
-            self._ifindex[node] = index
-            if not self._set_mesh_genl(mesh, node, index[MESHIF], cfg):
-                script = "; ".join(
-                    shlex.join([batctl, *c]) + " >/dev/null" for c in settings_commands(cfg)
-                )
-                proc = mesh.run(node, ["sh", "-ec", script], capture_output=True, text=True)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"batctl settings in {node} failed: {proc.stderr.strip()}")
-            for ifname in ifnames:
-                ipr.link("set", index=index[ifname], master=index[MESHIF])
-            ipr.link("set", index=index[MESHIF], state="up")
-            iface = ipaddress.IPv4Interface(mesh.state.node_addresses[node])
-            ipr.addr(
-                "add",
-                index=index[MESHIF],
-                address=str(iface.ip),
-                prefixlen=iface.network.prefixlen,
-                broadcast=str(iface.network.broadcast_address),
-            )
+            self.start_node(mesh, topo, node)
         mesh.state.extra["batman_adv"] = {"meshif": MESHIF}
         mesh.state.save()
+
+    def start_node(self, mesh: Mesh, topo: Topology, node: str) -> None:
+        """A new bat0 enslaving the node's mesh interfaces, with the node address."""
+        cfg = self.node_config(topo, node)
+        ifnames = mesh_ifnames(mesh, node)
+        _select_algorithm(cfg["algorithm"])
+        ipr = mesh.netlink(node)
+        ipr.link("add", ifname=MESHIF, kind="batadv")
+        index = ifindex_map(mesh, node)
+        self._ifindex[node] = index
+        self._macs = {}  # a new bat0 has a new MAC
+        if not self._set_mesh_genl(mesh, node, index[MESHIF], cfg):
+            batctl = which("batctl") or "batctl"
+            script = "; ".join(
+                shlex.join([batctl, *c]) + " >/dev/null" for c in settings_commands(cfg)
+            )
+            proc = mesh.run(node, ["sh", "-ec", script], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"batctl settings in {node} failed: {proc.stderr.strip()}")
+        for ifname in ifnames:
+            ipr.link("set", index=index[ifname], master=index[MESHIF])
+        ipr.link("set", index=index[MESHIF], state="up")
+        iface = ipaddress.IPv4Interface(mesh.state.node_addresses[node])
+        ipr.addr(
+            "add",
+            index=index[MESHIF],
+            address=str(iface.ip),
+            prefixlen=iface.network.prefixlen,
+            broadcast=str(iface.network.broadcast_address),
+        )
+
+    def stop_node(self, mesh: Mesh, node: str, kill: bool = True) -> None:
+        """Delete the node's bat0: its originator table, and everything it learnt, is
+        gone (kill or not; there is no process). The hard interfaces are released."""
+        ipr = mesh.netlink(node)
+        for idx in ipr.link_lookup(ifname=MESHIF):
+            ipr.link("del", index=idx)
+        self._ifindex.pop(node, None)
 
     def stop(self, mesh: Mesh) -> None:
         """Delete every bat0 (the namespaces' teardown would do it too)."""

@@ -9,6 +9,7 @@ namespace with its node dir (/run/meshstress/<run>/<node>/) bind-mounted on /run
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import subprocess
@@ -16,7 +17,14 @@ from typing import TYPE_CHECKING
 
 from meshstress import netns
 from meshstress.routing import settings as st
-from meshstress.routing.base import Backend, ifindex_map, mesh_ifnames, node_dir, which
+from meshstress.routing.base import (
+    Backend,
+    ifindex_map,
+    live_records,
+    mesh_ifnames,
+    node_dir,
+    which,
+)
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
@@ -54,33 +62,38 @@ class BatmandBackend(Backend):
             return "batmand not installed (apt-get install batmand)"
         return None
 
-    def start(self, mesh: Mesh, topo: Topology) -> None:
-        per_node = self.node_settings(topo)
+    def start_node(self, mesh: Mesh, topo: Topology, node: str) -> None:
+        ifnames = mesh_ifnames(mesh, node)
+        if not ifnames:
+            return
+        orig_interval = self.node_config(topo, node)["orig_interval"]
         binary = which("batmand") or "batmand"
-        for node in mesh.nodes:
-            ifnames = mesh_ifnames(mesh, node)
-            if not ifnames:
-                continue
-            iface = ipaddress.IPv4Interface(mesh.state.node_addresses[node])
-            ipr = mesh.netlink(node)
-            index = ifindex_map(mesh, node)
-            for ifname in ifnames:
-                ipr.addr(
-                    "add",
-                    index=index[ifname],
-                    address=str(iface.ip),
-                    prefixlen=iface.network.prefixlen,
-                    broadcast=str(iface.network.broadcast_address),
-                )
-            directory = node_dir(mesh, node)
-            argv = batmand_argv(binary, ifnames, per_node[node]["orig_interval"])
-            ns_name = mesh.ns(node)
-            with open(os.path.join(directory, "batmand.log"), "ab") as log:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    preexec_fn=lambda: _private_run(ns_name, directory),  # noqa: B023
-                )
-            mesh.record_process(proc, node, self.role, argv)
+        iface = ipaddress.IPv4Interface(mesh.state.node_addresses[node])
+        ipr = mesh.netlink(node)
+        index = ifindex_map(mesh, node)
+        for ifname in ifnames:
+            # "replace": after a node restart the address is still there (IPv4 keeps
+            # addresses on a down interface)
+            ipr.addr(
+                "replace",
+                index=index[ifname],
+                address=str(iface.ip),
+                prefixlen=iface.network.prefixlen,
+                broadcast=str(iface.network.broadcast_address),
+            )
+        directory = node_dir(mesh, node)
+        if not live_records(mesh, node, self.role):
+            # a SIGKILLed batmand leaves its socket (this node's /run/batmand.socket)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, "batmand.socket"))
+        argv = batmand_argv(binary, ifnames, orig_interval)
+        ns_name = mesh.ns(node)
+        with open(os.path.join(directory, "batmand.log"), "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=lambda: _private_run(ns_name, directory),
+            )
+        mesh.record_process(proc, node, self.role, argv)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from meshstress.routing.base import RT_PROTO_MESHSTRESS, Backend, ifindex_map
+from meshstress.routing.base import RT_PROTO_MESHSTRESS, Backend
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
@@ -74,45 +74,82 @@ class StaticBackend(Backend):
     name = "static"
     l3 = True
 
+    def __init__(self, settings: dict[str, Any] | None = None, source: str = "topology") -> None:
+        super().__init__(settings, source)
+        self._table: tuple[Topology, dict[str, dict[str, str]]] | None = None
+
+    def _routes(self, topo: Topology) -> dict[str, dict[str, str]]:
+        if self._table is None or self._table[0] is not topo:
+            self._table = (topo, shortest_path_routes(topo))
+        return self._table[1]
+
     def start(self, mesh: Mesh, topo: Topology) -> None:
-        table = shortest_path_routes(topo)
         facing = neighbour_interfaces(mesh)
-        hops_cache: dict[tuple[str, str], int] = {}
-        for node, dsts in table.items():
-            ipr = mesh.netlink(node)
-            index = ifindex_map(mesh, node)
-            for dst, next_hop in sorted(dsts.items()):
-                if next_hop == dst:
-                    continue  # a neighbour: the builder's host route already covers it
-                path = path_hops(table, node, dst)
-                hops = len(path) - 1 if path else 0
-                hops_cache[(node, dst)] = hops
-                ipr.route(
-                    "add",
-                    dst=f"{mesh.address(dst)}/32",
-                    gateway=mesh.address(next_hop),
-                    oif=index[facing[(node, next_hop)]],
-                    proto=RT_PROTO_MESHSTRESS,
-                    priority=hops,
-                )
-        mesh.state.extra["static_routes"] = len(hops_cache)
+        count = 0
+        for node in mesh.nodes:
+            count += self._install(mesh, topo, node, facing)
+        mesh.state.extra["static_routes"] = count
         mesh.state.save()
+
+    def start_node(self, mesh: Mesh, topo: Topology, node: str) -> None:
+        """(Re)install the node's routes; those whose interface is down are skipped."""
+        self._install(mesh, topo, node, neighbour_interfaces(mesh))
+
+    def links_up(self, mesh: Mesh, topo: Topology, node: str) -> None:
+        """The kernel flushed the routes over the downed interfaces: put them back."""
+        super().links_up(mesh, topo, node)
+        self.start_node(mesh, topo, node)
+
+    def _install(
+        self, mesh: Mesh, topo: Topology, node: str, facing: dict[tuple[str, str], str]
+    ) -> int:
+        table = self._routes(topo)
+        ipr = mesh.netlink(node)
+        links = ipr.get_links()
+        index = {link.get_attr("IFLA_IFNAME"): link["index"] for link in links}
+        down = {link.get_attr("IFLA_IFNAME") for link in links if not link["flags"] & 1}
+        count = 0
+        for dst, next_hop in sorted(table.get(node, {}).items()):
+            if next_hop == dst:
+                continue  # a neighbour: the builder's host route already covers it
+            ifname = facing[(node, next_hop)]
+            if ifname in down:
+                continue  # the kernel refuses a next hop on a down interface
+            path = path_hops(table, node, dst)
+            hops = len(path) - 1 if path else 0
+            ipr.route(
+                "replace",
+                dst=f"{mesh.address(dst)}/32",
+                gateway=mesh.address(next_hop),
+                oif=index[ifname],
+                proto=RT_PROTO_MESHSTRESS,
+                priority=hops,
+            )
+            count += 1
+        return count
+
+    def stop_node(self, mesh: Mesh, node: str, kill: bool = True) -> None:
+        """Remove the node's routes (proto 233); a crash downs its interfaces anyway."""
+        self._delete_routes(mesh, node)
 
     def stop(self, mesh: Mesh) -> None:
         """Remove the routes start() installed (proto 233); the neighbour routes stay."""
-        owners = {mesh.address(n) for n in mesh.nodes}
         for node in mesh.nodes:
-            ipr = mesh.netlink(node)
-            for msg in ipr.route("dump", family=2):
-                if msg["proto"] == RT_PROTO_MESHSTRESS and msg.get_attr("RTA_DST") in owners:
-                    ipr.route(
-                        "del",
-                        dst=msg.get_attr("RTA_DST"),
-                        dst_len=32,
-                        gateway=msg.get_attr("RTA_GATEWAY"),
-                        oif=msg.get_attr("RTA_OIF"),
-                        priority=msg.get_attr("RTA_PRIORITY") or 0,
-                        table=msg.get_attr("RTA_TABLE") or 254,
-                    )
+            self._delete_routes(mesh, node)
         mesh.state.extra.pop("static_routes", None)
         mesh.state.save()
+
+    def _delete_routes(self, mesh: Mesh, node: str) -> None:
+        owners = {mesh.address(n) for n in mesh.nodes}
+        ipr = mesh.netlink(node)
+        for msg in ipr.route("dump", family=2):
+            if msg["proto"] == RT_PROTO_MESHSTRESS and msg.get_attr("RTA_DST") in owners:
+                ipr.route(
+                    "del",
+                    dst=msg.get_attr("RTA_DST"),
+                    dst_len=32,
+                    gateway=msg.get_attr("RTA_GATEWAY"),
+                    oif=msg.get_attr("RTA_OIF"),
+                    priority=msg.get_attr("RTA_PRIORITY") or 0,
+                    table=msg.get_attr("RTA_TABLE") or 254,
+                )
