@@ -1,0 +1,196 @@
+"""Timed events on real meshes on the host (root): link down/up, node crash/restart,
+partition/heal with static routing and babeld (and batmand's crash/restart), and
+run_timeline on a live mesh. Every wait is a bounded loop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import psutil
+import pytest
+
+from meshstress import generators, state
+from meshstress.build import Mesh
+from meshstress.events import Event, EventRunner, run_timeline
+from meshstress.routing import Backend
+from meshstress.routing.testing import Routed, missing_handler, routed_meshes
+from meshstress.topology import Topology
+
+pytestmark = pytest.mark.network
+
+FAST = {
+    "static": {},
+    "babeld": {"hello_interval": "250ms"},
+    "batmand": {"orig_interval": "200ms"},
+}
+
+
+@pytest.fixture
+def routed() -> Iterator[Callable[..., Routed]]:
+    with routed_meshes(missing_handler(pytest.skip, pytest.fail)) as make:
+        yield make
+
+
+def up(routed: Callable[..., Routed], topo: Topology, routing: str) -> tuple[Mesh, Backend]:
+    mesh, backend, result = routed(topo, routing, FAST[routing], timeout=40)
+    assert result.converged, str(result)
+    return mesh, backend
+
+
+def reaches(mesh: Mesh, src: str, dst: str) -> bool:
+    return mesh.ping(src, dst, count=1, wait=1).ok
+
+
+def wait_reaches(mesh: Mesh, pairs: list[tuple[str, str]], timeout: float = 30.0) -> float:
+    """Seconds until every pair passes a ping; fails the test after `timeout`."""
+    began = time.monotonic()
+    while True:
+        if all(reaches(mesh, a, b) for a, b in pairs):
+            return time.monotonic() - began
+        if time.monotonic() - began > timeout:
+            missing = [p for p in pairs if not reaches(mesh, *p)]
+            pytest.fail(f"no reachability after {timeout:.0f} s: {missing}")
+        time.sleep(0.2)
+
+
+def if_up(mesh: Mesh, node: str, ifname: str) -> bool:
+    ipr = mesh.netlink(node)
+    (link,) = ipr.get_links(ipr.link_lookup(ifname=ifname)[0])
+    return bool(link["flags"] & 1)
+
+
+def alive(pid: int, created: float) -> bool:
+    try:
+        p = psutil.Process(pid)
+        return abs(p.create_time() - created) < 0.05 and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.parametrize("routing", ["static", "babeld"])
+def test_link_down_cuts_and_link_up_restores(routed, routing: str) -> None:
+    topo = generators.line(3)
+    mesh, backend = up(routed, topo, routing)
+    runner = EventRunner(mesh, backend, topo)
+    assert reaches(mesh, "n0", "n2")
+    rec = runner.apply(Event(0.0, "link-down", link=("n1", "n0")))
+    assert rec["action"] == "link-down" and rec["target"] == "n1-n0"
+    assert sorted(rec["detail"]["down"]) == ["n0", "n1"]  # both ends of the veth pair
+    for node, (ifname,) in rec["detail"]["down"].items():
+        assert not if_up(mesh, node, ifname)
+    assert not reaches(mesh, "n0", "n2")
+    assert not reaches(mesh, "n0", "n1")
+    assert reaches(mesh, "n1", "n2")  # the other link is untouched
+    rec = runner.apply(Event(1.0, "link-up", link=("n0", "n1")))
+    assert sorted(rec["detail"]["up"]) == ["n0", "n1"]
+    took = wait_reaches(mesh, [("n0", "n2"), ("n2", "n0"), ("n0", "n1")])
+    print(f"\n{routing}: line3 reachable {took:.2f} s after link-up")
+
+
+@pytest.mark.parametrize("routing", ["babeld", "batmand"])
+def test_node_crash_kills_the_daemon_and_restart_brings_a_new_one(routed, routing: str) -> None:
+    topo = generators.line(3)
+    mesh, backend = up(routed, topo, routing)
+    runner = EventRunner(mesh, backend, topo)
+    (old,) = [p for p in mesh.state.processes if p.node == "n1" and p.role == routing]
+    assert alive(old.pid, old.create_time)
+
+    rec = runner.apply(Event(2.0, "node-crash", node="n1"))
+    assert rec["target"] == "n1" and rec["detail"]["killed"] == [old.pid]
+    assert not alive(old.pid, old.create_time)  # SIGKILLed, by its recorded PID
+    assert not [p for p in mesh.state.processes if p.node == "n1" and p.role == routing]
+    for i in mesh.state.interfaces["n1"]:
+        assert not if_up(mesh, "n1", i["ifname"])
+    others = [p for p in mesh.state.processes if p.role == routing]
+    assert len(others) == 2 and all(alive(p.pid, p.create_time) for p in others)
+    assert not reaches(mesh, "n0", "n2") and not reaches(mesh, "n2", "n0")
+
+    rec = runner.apply(Event(4.0, "node-restart", node="n1"))
+    (new,) = [p for p in mesh.state.processes if p.node == "n1" and p.role == routing]
+    assert rec["detail"]["started"] == [new.pid] and new.pid != old.pid
+    assert alive(new.pid, new.create_time)
+    saved = state.load(mesh.state.run_id)  # teardown and `clean` will find the new one
+    assert saved is not None
+    assert [p.pid for p in saved.processes if p.node == "n1"] == [new.pid]
+    took = wait_reaches(mesh, [("n0", "n2"), ("n2", "n0")])
+    print(f"\n{routing}: ends reach each other {took:.2f} s after the restart")
+    assert alive(new.pid, new.create_time)  # it did not exit (stale pid file, socket)
+
+
+def test_static_node_crash_and_restart(routed) -> None:
+    topo = generators.line(3)
+    mesh, backend = up(routed, topo, "static")
+    runner = EventRunner(mesh, backend, topo)
+    runner.apply(Event(0.0, "node-crash", node="n1"))
+    assert not reaches(mesh, "n0", "n2")
+    rec = runner.apply(Event(1.0, "node-restart", node="n1"))
+    assert len(rec["detail"]["up"]) == 2
+    assert reaches(mesh, "n0", "n2") and reaches(mesh, "n2", "n0")
+
+
+LEFT = ("n0", "n3", "n6")
+REST = ("n1", "n2", "n4", "n5", "n7", "n8")
+
+
+@pytest.mark.parametrize("routing", ["static", "babeld"])
+def test_partition_and_heal_on_a_grid(routed, routing: str) -> None:
+    topo = generators.grid4(3, 3)
+    mesh, backend = up(routed, topo, routing)
+    runner = EventRunner(mesh, backend, topo)
+    # a link downed before the partition stays down after the heal
+    runner.apply(Event(0.0, "link-down", link=("n4", "n5")))
+    rec = runner.apply(Event(1.0, "partition", groups=(LEFT, REST)))
+    assert rec["target"] == "n0,n3,n6|n1,n2,n4,n5,n7,n8"
+    assert rec["detail"]["cut"] == ["n0-n1", "n3-n4", "n6-n7"]
+    across = [("n0", "n1"), ("n3", "n4"), ("n6", "n8"), ("n8", "n0")]
+    within = [("n0", "n6"), ("n6", "n0"), ("n1", "n8"), ("n8", "n2"), ("n2", "n7")]
+    wait_reaches(mesh, within)
+    for a, b in across:
+        assert not reaches(mesh, a, b), (a, b)
+    rec = runner.apply(Event(2.0, "heal"))
+    assert rec["detail"]["restored"] == ["n0-n1", "n3-n4", "n6-n7"]
+    took = wait_reaches(mesh, across + within)
+    print(f"\n{routing}: grid 3x3 healed in {took:.2f} s")
+    for me, other in (("n4", "n5"), ("n5", "n4")):  # not the heal's to bring back
+        (ifname,) = [i["ifname"] for i in mesh.state.interfaces[me] if i["peer"] == other]
+        assert not if_up(mesh, me, ifname)
+
+
+def test_run_timeline_on_a_live_mesh(routed) -> None:
+    topo = generators.line(3)
+    mesh, backend = up(routed, topo, "static")
+    runner = EventRunner(mesh, backend, topo)
+    events = [
+        Event(0.2, "link-down", link=("n0", "n1")),
+        Event(1.0, "link-up", link=("n0", "n1")),
+        Event(1.2, "node-crash", node="n2"),
+        Event(30.0, "node-restart", node="n2"),  # never reached: stopped before
+    ]
+    stop = threading.Event()
+    seen: list[bool] = []
+
+    def watch() -> None:  # between the down and the up, n0 cannot reach n2
+        time.sleep(0.5)
+        seen.append(reaches(mesh, "n0", "n1"))
+
+    watcher = threading.Thread(target=watch)
+    timer = threading.Timer(2.0, stop.set)
+    t0 = time.monotonic()
+    watcher.start()
+    timer.start()
+    try:
+        records = run_timeline(runner, events, t0, stop)
+    finally:
+        timer.cancel()
+        watcher.join()
+    assert [r["action"] for r in records] == ["link-down", "link-up", "node-crash"]
+    for rec, ev in zip(records, events, strict=False):
+        assert rec["t"] - rec["took_s"] >= t0 + ev.at  # not early
+        assert 0 <= rec["late_s"] < 0.5  # and not much later
+    assert [r["t"] for r in records] == sorted(r["t"] for r in records)
+    assert seen == [False]
+    assert time.monotonic() - t0 < 10  # returned on `stop`, not at 30 s
+    assert reaches(mesh, "n0", "n1")  # the link came back
+    assert not reaches(mesh, "n1", "n2")  # n2 crashed and was never restarted
