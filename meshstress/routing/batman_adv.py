@@ -193,6 +193,7 @@ class BatmanAdvBackend(Backend):
         super().__init__(settings, source)
         self._macs: dict[str, str] = {}
         self._ifindex: dict[str, dict[str, int]] = {}
+        self._meshif_mac: dict[str, str] = {}  # bat0's MAC of stopped nodes: kept on restart
         self.use_genl = True  # False after genl failed once: batctl from then on
 
     def missing(self) -> str | None:
@@ -214,10 +215,13 @@ class BatmanAdvBackend(Backend):
         ifnames = mesh_ifnames(mesh, node)
         _select_algorithm(cfg["algorithm"])
         ipr = mesh.netlink(node)
-        ipr.link("add", ifname=MESHIF, kind="batadv")
+        mac = self._meshif_mac.pop(node, None)
+        if mac:  # a restarted node keeps its bat0 MAC, so neighbours' ARP entries hold
+            ipr.link("add", ifname=MESHIF, kind="batadv", address=mac)
+        else:
+            ipr.link("add", ifname=MESHIF, kind="batadv")
         index = ifindex_map(mesh, node)
         self._ifindex[node] = index
-        self._macs = {}  # a new bat0 has a new MAC
         if not self._set_mesh_genl(mesh, node, index[MESHIF], cfg):
             batctl = which("batctl") or "batctl"
             script = "; ".join(
@@ -240,9 +244,12 @@ class BatmanAdvBackend(Backend):
 
     def stop_node(self, mesh: Mesh, node: str, kill: bool = True) -> None:
         """Delete the node's bat0: its originator table, and everything it learnt, is
-        gone (kill or not; there is no process). The hard interfaces are released."""
+        gone (kill or not; there is no process). The hard interfaces are released.
+        start_node gives the new bat0 the same MAC."""
         ipr = mesh.netlink(node)
         for idx in ipr.link_lookup(ifname=MESHIF):
+            (link,) = ipr.get_links(idx)
+            self._meshif_mac[node] = link.get_attr("IFLA_ADDRESS")
             ipr.link("del", index=idx)
         self._ifindex.pop(node, None)
 
