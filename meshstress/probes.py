@@ -509,6 +509,8 @@ class Probes:
         add interfaces (bat0) or namespaces."""
         import ctypes
 
+        if self._bpf is None:
+            raise MeshstressError("probes are closed")
         if self._run is not None and self._run != mesh.state.run_id:
             self._reset()
         self._run = mesh.state.run_id

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from meshstress import generators, topofile
+from meshstress import generators
 from meshstress.build import Mesh
 from meshstress.probes import Probes, delta
 
@@ -95,14 +95,6 @@ def test_udp_to_closed_port_counted_as_no_socket_drops(probes: Probes, mesh_fact
     assert d["nodes"]["n0"]["drops"].get("NO_SOCKET", 0) == 0
 
 
-LOSSY = """
-nodes = ["a", "b"]
-[[links]]
-a = "a"
-b = "b"
-a_to_b = { loss = "10%" }
-"""
-
 SERVER = """
 import socket, sys
 srv = socket.create_server((sys.argv[1], 5001))
@@ -127,23 +119,32 @@ def retrans_segs(mesh: Mesh, node: str) -> int:
     return int(values[head.index("RetransSegs")])
 
 
+def add_loss(mesh: Mesh, node: str, peer: str, percent: float) -> None:
+    """netem loss on node's interface toward peer, set here (one netlink call) rather
+    than through topology impairments: this test is about the probe, not impair.py."""
+    sock = mesh.netlink(node)
+    index = sock.link_lookup(ifname=toward(mesh, node, peer))[0]
+    sock.tc("add", "netem", index=index, handle="1:", loss=percent)
+
+
 @pytest.mark.kernel("bcc+headers", "netem")
 def test_tcp_retransmits_under_netem_loss(probes: Probes, mesh_factory) -> None:
     import subprocess
 
-    mesh = mesh_factory(topofile.loads_toml(LOSSY, "lossy.toml"), routing="static")
+    mesh = mesh_factory(generators.line(2), routing="static")
+    add_loss(mesh, "n0", "n1", 10.0)  # n0 -> n1 loses 10%; the ACKs come back intact
     size = 150_000
     server = mesh.popen(
-        "b", [sys.executable, "-c", SERVER, mesh.address("b")], stdout=subprocess.PIPE, text=True
+        "n1", [sys.executable, "-c", SERVER, mesh.address("n1")], stdout=subprocess.PIPE, text=True
     )
-    mesh.record_process(server, "b", "traffic")
+    mesh.record_process(server, "n1", "traffic")
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "listening"
-        segs = {n: retrans_segs(mesh, n) for n in ("a", "b")}
+        segs = {n: retrans_segs(mesh, n) for n in ("n0", "n1")}
 
         def transfer() -> None:
-            argv = [sys.executable, "-c", CLIENT, mesh.address("b"), str(size)]
-            mesh.run("a", argv, check=True, timeout=120)
+            argv = [sys.executable, "-c", CLIENT, mesh.address("n1"), str(size)]
+            mesh.run("n0", argv, check=True, timeout=120)
             out, _ = server.communicate(timeout=60)
             assert int(out.strip()) == size
 
@@ -152,13 +153,13 @@ def test_tcp_retransmits_under_netem_loss(probes: Probes, mesh_factory) -> None:
         if server.poll() is None:
             server.kill()
             server.wait()
-    kernel = {n: retrans_segs(mesh, n) - segs[n] for n in ("a", "b")}
-    counted = {n: d["nodes"][n]["tcp_retransmits"] for n in ("a", "b")}
+    kernel = {n: retrans_segs(mesh, n) - segs[n] for n in ("n0", "n1")}
+    counted = {n: d["nodes"][n]["tcp_retransmits"] for n in ("n0", "n1")}
     print(f"\nretransmits: probe {counted}, RetransSegs {kernel}")
     # 10% of ~100 data segments lost one way: the sender retransmitted, and each
     # retransmitted skb (one or more segments) is counted once
-    assert 1 <= counted["a"] <= kernel["a"], (counted, kernel)
-    assert counted["b"] <= kernel["b"], (counted, kernel)
+    assert 1 <= counted["n0"] <= kernel["n0"], (counted, kernel)
+    assert counted["n1"] <= kernel["n1"], (counted, kernel)
 
 
 @pytest.mark.kernel("bcc+headers", "batman-adv")
