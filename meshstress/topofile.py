@@ -15,6 +15,7 @@ import re
 import tomllib
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,14 @@ from meshstress.topology import (
     DEFAULT_PREFIX,
     LINK_MODELS,
     ROUTINGS,
+    GilbertElliott,
     Impairment,
     Link,
     Node,
     Segment,
     Topology,
     name_problem,
+    simple_gilbert,
 )
 
 __all__ = [
@@ -43,7 +46,20 @@ __all__ = [
 
 _ROOT_KEYS = ("topology", "routing", "nodes", "links", "segments")
 _TOPOLOGY_KEYS = ("name", "prefix", "link_model", "routing")
-_IMPAIR_KEYS = ("loss", "delay", "jitter", "rate")
+_IMPAIR_KEYS = (
+    "loss",
+    "delay",
+    "jitter",
+    "rate",
+    "loss_burst",
+    "gemodel",
+    "duplicate",
+    "corrupt",
+    "reorder",
+    "reorder_gap",
+    "queue",
+)
+_GEMODEL_KEYS = ("p", "r", "bad_loss", "good_loss")
 _NODE_KEYS = ("name", "label", "routing", "pos")
 _LINK_KEYS = ("a", "b", *_IMPAIR_KEYS, "model", "type", "a_to_b", "b_to_a")
 _SEGMENT_KEYS = ("name", "nodes", *_IMPAIR_KEYS)
@@ -235,24 +251,102 @@ class _Ctx:
         return out
 
     def impairment(
-        self, table: dict[str, Any], field: str, base: Impairment | None = None
+        self,
+        table: dict[str, Any],
+        field: str,
+        base: Impairment | None = None,
+        check: bool = True,
     ) -> Impairment:
-        """Read loss/delay/jitter/rate from `table`, starting from `base`."""
+        """Read the impairment keys of `table`, starting from `base` (keys not in
+        `table` keep base's value). `gemodel` in `table` replaces base's `loss` and
+        `loss_burst`, and `loss`/`loss_burst` replace base's `gemodel`. With `check`,
+        the rules between fields (bursts need loss, reorder needs delay) are enforced
+        on the result; without, only each value itself is checked."""
         b = base or Impairment()
         pre = f"{field}." if field else ""
-        loss = b.loss
-        delay = b.delay
-        jitter = b.jitter
-        rate = b.rate
-        if "loss" in table:
-            loss = self.unit(table["loss"], pre + "loss", units.parse_fraction)
-        if "delay" in table:
-            delay = self.unit(table["delay"], pre + "delay", units.parse_duration)
-        if "jitter" in table:
-            jitter = self.unit(table["jitter"], pre + "jitter", units.parse_duration)
-        if "rate" in table:
-            rate = self.unit(table["rate"], pre + "rate", units.parse_rate)
-        return Impairment(loss=loss, delay=delay, jitter=jitter, rate=rate)
+        values: dict[str, Any] = {}
+        if "gemodel" in table:
+            for other in ("loss", "loss_burst"):
+                if other in table:
+                    raise self.fail(
+                        pre + "gemodel",
+                        f"gemodel and {other} are two ways to give loss: use one",
+                    )
+            values["gemodel"] = self.gemodel(table["gemodel"], pre + "gemodel")
+            values["loss"] = 0.0
+            values["loss_burst"] = None
+        elif "loss" in table or "loss_burst" in table:
+            values["gemodel"] = None
+        for key, parse in (
+            ("loss", units.parse_fraction),
+            ("delay", units.parse_duration),
+            ("jitter", units.parse_duration),
+            ("rate", units.parse_rate),
+            ("duplicate", units.parse_fraction),
+            ("corrupt", units.parse_fraction),
+            ("reorder", units.parse_fraction),
+        ):
+            if key in table:
+                values[key] = self.unit(table[key], pre + key, parse)
+        if "loss_burst" in table:
+            values["loss_burst"] = self.number(
+                table["loss_burst"], pre + "loss_burst", "a mean burst length in packets", 1
+            )
+        for key, what in (("reorder_gap", "a gap in packets"), ("queue", "a queue in packets")):
+            if key in table:
+                values[key] = self.integer(table[key], pre + key, what, 1)
+        imp = replace(b, **values)
+        if check:
+            self.check_impairment(imp, pre)
+        return imp
+
+    def check_impairment(self, imp: Impairment, pre: str) -> None:
+        """Rules between fields; `pre` is the field prefix ("links[0]." or "")."""
+        if imp.loss_burst is not None:
+            if imp.loss == 0:
+                raise self.fail(pre + "loss_burst", "needs a loss above 0% (loss = ...)")
+            try:
+                simple_gilbert(imp.loss, imp.loss_burst)
+            except ValueError as exc:
+                raise self.fail(pre + "loss_burst", str(exc)) from None
+        if imp.reorder and imp.delay == 0:
+            raise self.fail(
+                pre + "reorder",
+                "reordering needs a delay above 0 (netem reorders by sending some packets "
+                "without the delay the others get)",
+            )
+        if imp.reorder_gap is not None and imp.reorder == 0:
+            raise self.fail(pre + "reorder_gap", "needs reorder above 0%")
+
+    def gemodel(self, value: object, field: str) -> GilbertElliott:
+        table = self.table(value, field)
+        self.keys(table, _GEMODEL_KEYS, field)
+        got: dict[str, float] = {}
+        for key in _GEMODEL_KEYS:
+            if key in table:
+                got[key] = self.unit(table[key], f"{field}.{key}", units.parse_fraction)
+            elif key in ("p", "r"):
+                raise self.fail(
+                    f"{field}.{key}",
+                    "missing (gemodel needs p and r; bad_loss and good_loss are optional)",
+                )
+        return GilbertElliott(**got)
+
+    def number(self, value: object, field: str, what: str, minimum: float) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(field, f"expected {what}, got {_type_name(value)}")
+        if not math.isfinite(value) or value < minimum:
+            raise self.fail(field, f"must be at least {minimum:g}, got {_show(value)}")
+        return float(value)
+
+    def integer(self, value: object, field: str, what: str, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(field, f"expected {what} (an integer), got {_type_name(value)}")
+        if value < minimum:
+            raise self.fail(field, f"must be at least {minimum}, got {value}")
+        if value > 2**32 - 1:
+            raise self.fail(field, f"must be below 2^32, got {value}")
+        return value
 
 
 def _prefix_capacity(net: ipaddress.IPv4Network) -> int:
@@ -381,7 +475,8 @@ def _from_toml_data(data: dict[str, Any], source: str) -> Topology:
             ends.append(value)
         a, b = ends
         pairs.add(a, b, i, f"{field}.b", "links")
-        both = ctx.impairment(table, field)
+        # the shared values are checked as a whole only where a direction uses them as is
+        both = ctx.impairment(table, field, check=not ("a_to_b" in table and "b_to_a" in table))
         ab = both
         ba = both
         for key, which in (("a_to_b", "ab"), ("b_to_a", "ba")):
@@ -643,8 +738,22 @@ def _inline(table: dict[str, Any]) -> str:
     return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in table.items()) + " }"
 
 
-def _impair_fields(imp: Impairment) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _gemodel_table(ge: GilbertElliott) -> dict[str, str]:
+    out = {"p": units.format_fraction(ge.p), "r": units.format_fraction(ge.r)}
+    if ge.bad_loss != 1.0:
+        out["bad_loss"] = units.format_fraction(ge.bad_loss)
+    if ge.good_loss != 0.0:
+        out["good_loss"] = units.format_fraction(ge.good_loss)
+    return out
+
+
+def _count(x: float) -> int | float:
+    return int(x) if x == int(x) and abs(x) < 2**53 else x
+
+
+def _impair_fields(imp: Impairment) -> dict[str, Any]:
+    """The TOML keys of `imp` that differ from "off", in _IMPAIR_KEYS order."""
+    out: dict[str, Any] = {}
     if imp.loss:
         out["loss"] = units.format_fraction(imp.loss)
     if imp.delay:
@@ -653,32 +762,38 @@ def _impair_fields(imp: Impairment) -> dict[str, str]:
         out["jitter"] = units.format_duration(imp.jitter)
     if imp.rate is not None:
         out["rate"] = units.format_rate(imp.rate)
+    if imp.loss_burst is not None:
+        out["loss_burst"] = _count(imp.loss_burst)
+    if imp.gemodel is not None:
+        out["gemodel"] = _gemodel_table(imp.gemodel)
+    for key in ("duplicate", "corrupt", "reorder"):
+        if getattr(imp, key):
+            out[key] = units.format_fraction(getattr(imp, key))
+    for key in ("reorder_gap", "queue"):
+        if getattr(imp, key) is not None:
+            out[key] = getattr(imp, key)
     return out
 
 
-def _impair_one(field: str, value: Any) -> str:
-    if field == "loss":
-        return units.format_fraction(value)
-    if field in ("delay", "jitter"):
-        return units.format_duration(value)
-    return units.format_rate(value)
-
-
 def _link_table(link: Link, default_model: str) -> dict[str, Any]:
+    """Values both directions share go on the link; the rest into a_to_b / b_to_a (a key
+    missing there is "off", since the link level holds only shared keys)."""
     table: dict[str, Any] = {"a": link.a, "b": link.b}
-    ab: dict[str, str] = {}
-    ba: dict[str, str] = {}
+    fa = _impair_fields(link.ab)
+    fb = _impair_fields(link.ba)
+    ab: dict[str, Any] = {}
+    ba: dict[str, Any] = {}
     for f in _IMPAIR_KEYS:
-        x = getattr(link.ab, f)
-        y = getattr(link.ba, f)
+        x = fa.get(f)
+        y = fb.get(f)
         if x == y:
-            if x is not None and x != 0:
-                table[f] = _impair_one(f, x)
-        else:
             if x is not None:
-                ab[f] = _impair_one(f, x)
-            if y is not None:
-                ba[f] = _impair_one(f, y)
+                table[f] = x
+            continue
+        if x is not None:
+            ab[f] = x
+        if y is not None:
+            ba[f] = y
     if link.model != default_model:
         table["model"] = link.model
     if link.kind is not None:

@@ -8,6 +8,7 @@ meshstress.generators.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -35,16 +36,89 @@ def name_problem(name: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class Impairment:
-    """What one direction of a link (or a segment member's egress) does to packets."""
+class GilbertElliott:
+    """netem's Gilbert-Elliott loss model (`loss gemodel p r 1-h 1-k`): a two-state
+    Markov chain over packets. Each packet, the good state turns bad with probability
+    `p`, the bad state turns good with probability `r`; a packet is lost with
+    probability `bad_loss` (1-h) in the bad state and `good_loss` (1-k) in the good one."""
 
-    loss: float = 0.0  # fraction 0..1
+    p: float  # good -> bad, per packet
+    r: float  # bad -> good, per packet
+    bad_loss: float = 1.0  # 1-h
+    good_loss: float = 0.0  # 1-k
+
+    def mean_loss(self) -> float:
+        """The long-run fraction of packets lost (stationary P(bad) = p / (p + r))."""
+        if self.p + self.r == 0:
+            return self.good_loss
+        bad = self.p / (self.p + self.r)
+        return bad * self.bad_loss + (1 - bad) * self.good_loss
+
+    def mean_burst(self) -> float:
+        """Mean run of consecutive packets handled in the bad state (1 / r)."""
+        return math.inf if self.r == 0 else 1.0 / self.r
+
+
+@dataclass(frozen=True)
+class Impairment:
+    """What one direction of a link (or a segment member's egress) does to packets.
+
+    Every default means "off". Loss is either independent (`loss`), bursty in the
+    friendly form (`loss` with `loss_burst`, the simple Gilbert model) or given as a
+    full Gilbert-Elliott model (`gemodel`, then `loss` is 0)."""
+
+    loss: float = 0.0  # fraction 0..1 (the long-run loss when loss_burst is set)
     delay: float = 0.0  # seconds
     jitter: float = 0.0  # seconds
     rate: int | None = None  # bits per second; None = unlimited
+    loss_burst: float | None = None  # mean lost-burst length in packets (>= 1)
+    gemodel: GilbertElliott | None = None
+    duplicate: float = 0.0  # fraction 0..1
+    corrupt: float = 0.0  # fraction 0..1 (one bit flipped)
+    reorder: float = 0.0  # fraction 0..1 sent at once, ahead of delayed ones
+    reorder_gap: int | None = None  # netem's gap: reorder candidates are every Nth packet
+    queue: int | None = None  # queue limit in packets; None = derived from rate and delay
 
     def is_ideal(self) -> bool:
-        return self.loss == 0 and self.delay == 0 and self.jitter == 0 and self.rate is None
+        return (
+            self.loss == 0
+            and self.gemodel is None
+            and self.delay == 0
+            and self.jitter == 0
+            and self.rate is None
+            and self.duplicate == 0
+            and self.corrupt == 0
+            and self.reorder == 0
+        )
+
+    def loss_model(self) -> GilbertElliott | None:
+        """The Gilbert-Elliott model netem gets, or None for independent loss."""
+        if self.gemodel is not None:
+            return self.gemodel
+        if self.loss_burst is not None and self.loss > 0:
+            return simple_gilbert(self.loss, self.loss_burst)
+        return None
+
+
+def simple_gilbert(loss: float, burst: float) -> GilbertElliott:
+    """The simple Gilbert model with long-run loss `loss` and mean burst `burst` packets:
+    every packet in the bad state is lost (1-h = 100%), none in the good one (1-k = 0),
+    so a burst lasts 1/r packets and P(bad) = p/(p+r) = loss, i.e.
+    r = 1/burst and p = loss * r / (1 - loss) = loss / (burst * (1 - loss)).
+    Raises ValueError when no such chain exists (p would exceed 1)."""
+    if not 0 < loss < 1:
+        raise ValueError(f"bursty loss needs a loss between 0% and 100%, got {loss!r}")
+    if not (burst >= 1 and math.isfinite(burst)):
+        raise ValueError(f"a mean burst is at least 1 packet, got {burst!r}")
+    r = 1.0 / burst
+    p = loss * r / (1.0 - loss)
+    if p > 1:
+        top = burst / (burst + 1)
+        raise ValueError(
+            f"a loss of {loss * 100:g}% in bursts of {burst:g} packets is impossible "
+            f"(at most {top * 100:g}% for that burst length)"
+        )
+    return GilbertElliott(p=p, r=r)
 
 
 @dataclass

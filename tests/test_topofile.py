@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from meshstress import generators, topofile
 from meshstress.errors import InputError
-from meshstress.topology import Impairment, Link, Node, Segment, Topology
+from meshstress.topology import GilbertElliott, Impairment, Link, Node, Segment, Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "freifunk"
@@ -453,14 +453,43 @@ settings_tables = st.builds(
         st.sampled_from(["babeld", "batman-adv", "batmand"]), flat_settings, max_size=2
     ),
 )
-impairments = st.builds(
-    Impairment,
-    loss=st.floats(0, 1),
-    delay=st.floats(0, 10),
-    jitter=st.floats(0, 1),
-    rate=st.one_of(st.none(), st.integers(1, 10**12)),
-)
-sparse_impairments = st.one_of(st.just(Impairment()), impairments)
+fractions = st.one_of(st.just(0.0), st.floats(0, 1))
+counts = st.one_of(st.none(), st.integers(1, 2**32 - 1))
+
+
+@st.composite
+def impairments(draw: st.DrawFn) -> Impairment:
+    """Any valid impairment: independent, bursty (loss_burst) or gemodel loss; reorder only
+    with a delay, reorder_gap only with reorder."""
+    delay = draw(st.floats(0, 10))
+    form = draw(st.sampled_from(["loss", "burst", "gemodel"]))
+    loss, burst, ge = 0.0, None, None
+    if form == "loss":
+        loss = draw(st.floats(0, 1))
+    elif form == "burst":
+        loss = draw(st.floats(1e-6, 0.9))
+        least = max(1.0, loss / (1 - loss) * 1.001)
+        burst = draw(st.one_of(st.floats(least, 1000), st.integers(math.ceil(least), 1000)))
+        burst = float(burst)
+    else:
+        ge = draw(st.builds(GilbertElliott, *(st.floats(0, 1) for _ in range(4))))
+    reorder = draw(fractions) if delay > 0 else 0.0
+    return Impairment(
+        loss=loss,
+        delay=delay,
+        jitter=draw(st.floats(0, 1)),
+        rate=draw(st.one_of(st.none(), st.integers(1, 10**12))),
+        loss_burst=burst,
+        gemodel=ge,
+        duplicate=draw(fractions),
+        corrupt=draw(fractions),
+        reorder=reorder,
+        reorder_gap=draw(counts) if reorder > 0 else None,
+        queue=draw(counts),
+    )
+
+
+sparse_impairments = st.one_of(st.just(Impairment()), impairments())
 
 
 @st.composite
