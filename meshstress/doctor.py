@@ -59,6 +59,13 @@ def _qdisc(kind: str, **kw: object) -> Callable[[object], str]:
     return body
 
 
+_QDISC_PROBES = {
+    "netem": _qdisc("netem", delay=1000),
+    "tbf": _qdisc("tbf", rate="1mbit", burst=10240, latency="50ms"),
+    "htb": _qdisc("htb", default=0),
+}
+
+
 def _bcc() -> tuple[bool, str]:
     try:
         import bcc  # noqa: F401
@@ -104,9 +111,9 @@ def run_checks() -> list[Check]:
         ("veth", _link("veth", peer="msdoc1"), "CONFIG_VETH"),
         ("bridge", _link("bridge"), "CONFIG_BRIDGE"),
         ("batman-adv", _link("batadv"), f"modprobe batman-adv (CONFIG_BATMAN_ADV), {lab}"),
-        ("netem", _qdisc("netem", delay=1000), f"modprobe sch_netem (CONFIG_NET_SCH_NETEM), {lab}"),
-        ("tbf", _qdisc("tbf", rate="1mbit", burst=10240, latency="50ms"), "CONFIG_NET_SCH_TBF"),
-        ("htb", _qdisc("htb", default=0), "CONFIG_NET_SCH_HTB"),
+        ("netem", _QDISC_PROBES["netem"], f"modprobe sch_netem (CONFIG_NET_SCH_NETEM), {lab}"),
+        ("tbf", _QDISC_PROBES["tbf"], f"modprobe sch_tbf (CONFIG_NET_SCH_TBF), {lab}"),
+        ("htb", _QDISC_PROBES["htb"], f"modprobe sch_htb (CONFIG_NET_SCH_HTB), {lab}"),
     ):
         ok, detail = _try_netns(body)
         checks.append(Check(name, ok, detail, "" if ok else remedy))
@@ -159,4 +166,15 @@ def as_json(checks: list[Check]) -> list[dict[str, object]]:
 
 def has_netem() -> bool:
     """Whether this kernel can make a netem qdisc (tried in a throwaway namespace)."""
-    return os.geteuid() == 0 and _try_netns(_qdisc("netem", delay=1000))[0]
+    return has_qdisc("netem")
+
+
+def has_qdisc(kind: str) -> bool:
+    """Whether this kernel can make a `kind` qdisc ("netem", "tbf" or "htb"), tried in
+    a throwaway namespace."""
+    return os.geteuid() == 0 and _try_netns(_QDISC_PROBES[kind])[0]
+
+
+def missing_qdiscs(kinds: set[str]) -> list[str]:
+    """The kinds among `kinds` this kernel cannot make, sorted."""
+    return sorted(k for k in kinds if not has_qdisc(k))

@@ -16,7 +16,9 @@ import click
 import psutil
 
 from meshstress import build, netns, plan, state
+from meshstress.doctor import missing_qdiscs
 from meshstress.errors import CapabilityError, InputError, MeshstressError
+from meshstress.impair import needs as qdisc_needs
 from meshstress.topology import Topology
 
 
@@ -97,13 +99,17 @@ def bring_up(
     p = plan.make_plan(topo, run_id, l3=backend.l3, mtu=backend.mtu, impair=impair)
     impaired = p.impaired()
     if impaired:
-        from meshstress.doctor import has_netem
-
-        if not has_netem():
+        needed: set[str] = set().union(*(qdisc_needs(end.egress) for end in impaired))
+        lacking = missing_qdiscs(needed)
+        if lacking:
+            users = sum(1 for end in impaired if qdisc_needs(end.egress) & set(lacking))
             raise CapabilityError(
-                f"{topo.source}: {len(impaired)} interfaces carry loss, delay or rate, but "
-                "this kernel has no sch_netem: run it in the VM lab (meshstress lab run -- "
-                "meshstress up ...), or pass --ideal to build without impairments"
+                f"{topo.source}: {users} impaired interfaces need the "
+                f"{', '.join(lacking)} qdisc{'s' if len(lacking) > 1 else ''}, but this "
+                "kernel has no "
+                f"{', '.join('sch_' + k for k in lacking)}: run it in the VM lab "
+                "(meshstress lab run -- meshstress up ...), or pass --ideal to build "
+                "without impairments"
             )
     result = None
     st = state.RunState(run_id=run_id, topology=topo.name, source=topo.source, routing=topo.routing)
