@@ -85,3 +85,150 @@ def test_impaired_interfaces_have_segmentation_offloads_off(mesh_factory) -> Non
         factory.close()
     assert impaired["tx-tcp-segmentation"] is False and impaired["tx-generic-segmentation"] is False
     assert ideal["tx-tcp-segmentation"] is True  # ideal interfaces keep their offloads
+
+
+# --- beyond plain netem: bursty loss, duplicate, reorder, netem + tbf (impair.chain) ------
+
+PACKETS = 4000  # fixed: the statistical bands below are computed for this many
+
+
+def test_gilbert_elliott_loss_is_bursty_and_plain_loss_is_not(mesh_factory) -> None:
+    """10% loss in bursts of 5 (simple Gilbert: p = 0.1/(5*0.9), r = 0.2) on n0->n1,
+    10% independent loss on n1->n2; 4000 numbered datagrams each. Expected: about 80
+    bursts of mean 5 (s.d. of the mean ~0.5), overall loss 10% (s.d. ~1.5%); independent
+    loss has runs of mean 1/(1-0.1) = 1.11."""
+    from impair_traffic import udp_stream
+
+    topo = topofile.loads_toml(
+        """
+        nodes = ["n0", "n1", "n2"]
+        [[links]]
+        a = "n0"
+        b = "n1"
+        a_to_b = { loss = "10%", loss_burst = 5 }
+        [[links]]
+        a = "n1"
+        b = "n2"
+        a_to_b = { loss = "10%" }
+        """,
+        "ge.toml",
+    )
+    mesh = mesh_factory(topo)
+    bursty = udp_stream(mesh, "n0", "n1", PACKETS)
+    plain = udp_stream(mesh, "n1", "n2", PACKETS, port=5302)
+    print(
+        f"gemodel: loss {bursty.loss:.3%}, {len(bursty.loss_runs())} bursts, "
+        f"mean burst {bursty.mean_burst():.2f}; plain: loss {plain.loss:.3%}, "
+        f"mean run {plain.mean_burst():.2f}"
+    )
+    assert 0.03 <= bursty.loss <= 0.20, bursty.loss
+    assert bursty.mean_burst() > 2.5, bursty.mean_burst()
+    assert 0.06 <= plain.loss <= 0.14, plain.loss
+    assert plain.mean_burst() < 1.6, plain.mean_burst()
+
+
+def test_duplicate_and_reorder(mesh_factory) -> None:
+    """n0->n1: 20 ms delay, 25% sent at once (reordered); n1->n0: 20 ms delay only (the
+    control keeps order); n1->n2: 20% duplicated. 1000 datagrams 1 ms apart each."""
+    from impair_traffic import udp_stream
+
+    topo = topofile.loads_toml(
+        """
+        nodes = ["n0", "n1", "n2"]
+        [[links]]
+        a = "n0"
+        b = "n1"
+        delay = "20ms"
+        a_to_b = { reorder = "25%" }
+        [[links]]
+        a = "n1"
+        b = "n2"
+        a_to_b = { duplicate = "20%" }
+        """,
+        "dupreorder.toml",
+    )
+    mesh = mesh_factory(topo)
+    reordered = udp_stream(mesh, "n0", "n1", 1000, gap=0.001)
+    control = udp_stream(mesh, "n1", "n0", 1000, gap=0.001, port=5302)
+    duplicated = udp_stream(mesh, "n1", "n2", 1000, gap=0.001, port=5303)
+    print(
+        f"reorder 25%: {reordered.early} of {len(reordered.arrivals)} overtook, "
+        f"{reordered.late} arrived late; control: {control.early} overtook; "
+        f"duplicate 20%: {duplicated.duplicates} duplicates, {duplicated.distinct} distinct"
+    )
+    # ~250 overtakers expected (s.d. ~14); without reorder, order holds but for the odd
+    # packet that two CPUs' receive backlogs swap
+    assert 150 <= reordered.early <= 400, reordered.early
+    assert control.early * 4 < reordered.early, (control.early, reordered.early)
+    assert 100 <= duplicated.duplicates <= 320, duplicated.duplicates  # ~200 expected
+    assert duplicated.distinct >= 990 and reordered.distinct >= 990
+
+
+def test_netem_with_rate_delays_and_limits(mesh_factory) -> None:
+    """a->b: 50 ms delay and 4 Mbit/s: netem at the root, tbf its child. The round trip
+    shows the delay once; a 1.5 MB transfer a->b runs at about 4 Mbit/s, b->a is free."""
+    from impair_traffic import tcp_goodput
+
+    from meshstress import impair
+
+    topo = topofile.loads_toml(
+        'nodes = ["a", "b"]\n[[links]]\na = "a"\nb = "b"\n'
+        'a_to_b = { delay = "50ms", rate = "4mbit" }\n',
+        "chain.toml",
+    )
+    mesh = mesh_factory(topo)
+    a_if = mesh.state.interfaces["a"][0]["ifname"]
+    sock = mesh.netlink("a")
+    index = sock.link_lookup(ifname=a_if)[0]
+    qdiscs = {
+        (q.get_attr("TCA_KIND"), q["handle"], q["parent"])
+        for q in sock.get_qdiscs(index=index)
+        if q["index"] == index
+    }
+    assert ("netem", 0x10000, impair.TC_H_ROOT) in qdiscs and ("tbf", 0x100000, 0x10001) in qdiscs
+    ping = mesh.ping("a", "b", count=5)
+    shaped = tcp_goodput(mesh, "a", "b", 1_500_000)
+    free = tcp_goodput(mesh, "b", "a", 1_500_000, port=5202)
+    print(f"rtt min {ping.rtt_min_ms} ms; a->b {shaped / 1e6:.2f} Mbit/s; b->a {free / 1e6:.1f}")
+    assert ping.rtt_min_ms is not None and 49.0 <= ping.rtt_min_ms < 150.0, ping
+    assert 2.5e6 <= shaped <= 4.6e6, shaped
+    assert free > 2 * shaped, (free, shaped)
+
+
+def test_replace_swaps_netem_chains(mesh_factory) -> None:
+    """impair.replace (used by timed events): netem+tbf -> gemodel netem -> ideal."""
+    from meshstress import impair
+    from meshstress.topology import GilbertElliott, Impairment
+
+    topo = topofile.loads_toml(
+        'nodes = ["a", "b"]\n[[links]]\na = "a"\nb = "b"\n'
+        'a_to_b = { delay = "30ms", rate = "4mbit" }\n',
+        "swap.toml",
+    )
+    mesh = mesh_factory(topo)
+    a_if = mesh.state.interfaces["a"][0]["ifname"]
+    sock = mesh.netlink("a")
+    index = sock.link_lookup(ifname=a_if)[0]
+
+    def kinds() -> list[str]:
+        return sorted(
+            q.get_attr("TCA_KIND")
+            for q in sock.get_qdiscs(index=index)
+            if q["index"] == index and q.get_attr("TCA_KIND") in ("netem", "tbf")
+        )
+
+    assert kinds() == ["netem", "tbf"]
+    impair.replace(sock, index, Impairment(gemodel=GilbertElliott(p=0.5, r=0.5)))
+    assert kinds() == ["netem"]
+    opts = next(
+        q.get_attr("TCA_OPTIONS")
+        for q in sock.get_qdiscs(index=index)
+        if q["index"] == index and q.get_attr("TCA_KIND") == "netem"
+    )
+    ge = opts.get_attr("TCA_NETEM_LOSS").get_attr("NETEM_LOSS_GE")
+    assert ge["p"] == impair._u32(0.5) and ge["h"] == 0  # the kernel kept our model
+    rtt = mesh.ping("a", "b", count=3).rtt_min_ms
+    assert rtt is None or rtt < 25.0  # the 30 ms delay is gone (a reply may be lost)
+    impair.replace(sock, index, Impairment())
+    assert kinds() == []
+    assert mesh.ping("a", "b", count=3).loss == 0
