@@ -1,0 +1,347 @@
+"""One end of a traffic flow, run inside a node's namespace by meshstress.flows.
+
+    python -m meshstress.flowagent udp-recv --bind ADDR --port P --end T --out F [--ready F]
+    python -m meshstress.flowagent udp-send --bind ADDR --to ADDR --port P --start T --end T
+                                            --pps R --size B --out F [--ready F]
+    python -m meshstress.flowagent tcp-recv --bind ADDR --port P --start T --end T --out F
+                                            [--ready F] [--bin 0.1]
+    python -m meshstress.flowagent tcp-send --bind ADDR --to ADDR --port P --start T --end T
+                                            [--bps N] --out F [--ready F]
+    python -m meshstress.flowagent ping --start T --out-offset F -- ping ARGS...
+
+All times are absolute CLOCK_MONOTONIC seconds (time.monotonic()), comparable between
+namespaces. Every agent stops at its --end (receivers: the caller adds a linger), on
+SIGTERM or SIGINT, and then writes one JSON file (--out, via a temporary file and rename).
+Agents bind and connect only to the addresses they are given. `ping` sleeps until
+--start, then execs iputils ping (same PID) with stdout going to the caller's file.
+
+A UDP datagram's payload starts with seq (u64) and the send time (f64, monotonic),
+network byte order, padded with zeros to --size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from typing import Any
+
+HEADER = struct.Struct("!Qd")
+MAX_LIFETIME = 24 * 3600.0  # refuse absurd --end values: an agent is always bounded
+
+# struct tcp_info (include/uapi/linux/tcp.h) up to tcpi_snd_wnd, 232 bytes; identical
+# layout in Debian 12's 6.1 headers and the 6.18 host kernel (fields are only appended).
+TCP_INFO_FIELDS = (
+    [("state", "B"), ("ca_state", "B"), ("retransmits", "B"), ("probes", "B"),
+     ("backoff", "B"), ("options", "B"), ("wscale", "B"), ("flags", "B")]
+    + [(n, "I") for n in (
+        "rto", "ato", "snd_mss", "rcv_mss", "unacked", "sacked", "lost", "retrans",
+        "fackets", "last_data_sent", "last_ack_sent", "last_data_recv", "last_ack_recv",
+        "pmtu", "rcv_ssthresh", "rtt", "rttvar", "snd_ssthresh", "snd_cwnd", "advmss",
+        "reordering", "rcv_rtt", "rcv_space", "total_retrans")]
+    + [(n, "Q") for n in ("pacing_rate", "max_pacing_rate", "bytes_acked", "bytes_received")]
+    + [(n, "I") for n in (
+        "segs_out", "segs_in", "notsent_bytes", "min_rtt", "data_segs_in", "data_segs_out")]
+    + [(n, "Q") for n in ("delivery_rate", "busy_time", "rwnd_limited", "sndbuf_limited")]
+    + [("delivered", "I"), ("delivered_ce", "I")]
+    + [("bytes_sent", "Q"), ("bytes_retrans", "Q")]
+    + [(n, "I") for n in ("dsack_dups", "reord_seen", "rcv_ooopack", "snd_wnd")]
+)  # fmt: skip
+TCP_INFO_SIZE = struct.calcsize("=" + "".join(f for _, f in TCP_INFO_FIELDS))
+
+
+def parse_tcp_info(raw: bytes) -> dict[str, int]:
+    """The fields of struct tcp_info that lie wholly inside `raw` (older kernels return less)."""
+    out: dict[str, int] = {}
+    offset = 0
+    for name, fmt in TCP_INFO_FIELDS:
+        size = struct.calcsize(fmt)
+        if offset + size > len(raw):
+            break
+        (out[name],) = struct.unpack_from("=" + fmt, raw, offset)
+        offset += size
+    return out
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+def _write(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def _ready(path: str | None) -> None:
+    if path:
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+
+
+def _sleep_until(t: float) -> None:
+    while True:
+        left = t - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.5))
+
+
+def _wait_ready(path: str | None, limit: float) -> bool:
+    """Wait for the receiver's ready file until monotonic `limit`."""
+    if not path:
+        return True
+    while not os.path.exists(path):
+        if time.monotonic() >= limit:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def udp_recv(a: argparse.Namespace, rec: dict[str, Any]) -> None:
+    packets: list[list[float]] = []
+    rec["packets"] = packets  # [seq, t_send, t_recv], duplicates included, in arrival order
+    rec["bad"] = 0
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    s.bind((a.bind, a.port))
+    _ready(a.ready)
+    while True:
+        left = a.end - time.monotonic()
+        if left <= 0:
+            break
+        s.settimeout(min(left, 0.5))
+        try:
+            data = s.recv(65535)
+        except TimeoutError:
+            continue
+        now = time.monotonic()
+        if len(data) < HEADER.size:
+            rec["bad"] += 1
+            continue
+        seq, sent = HEADER.unpack_from(data)
+        packets.append([seq, sent, now])
+
+
+def udp_send(a: argparse.Namespace, rec: dict[str, Any]) -> None:
+    sent: list[list[float]] = []
+    rec["sent"] = sent  # [seq, t_send]
+    rec["send_errors"] = 0
+    errors: dict[str, int] = {}
+    rec["error_kinds"] = errors
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((a.bind, 0))
+    pad = b"\0" * max(0, a.size - HEADER.size)
+    _sleep_until(a.start)
+    if not _wait_ready(a.ready, a.start + 5.0):
+        rec["errors"].append("receiver not ready 5 s after the start")
+    interval = 1.0 / a.pps
+    began = time.monotonic()
+    rec["began"] = began
+    seq = 0
+    while True:
+        due = began + seq * interval
+        if due >= a.end:
+            break
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        elif now - due > 1.0:  # far behind (stopped, or a slow CPU): do not burst
+            began += now - due
+            continue
+        t = time.monotonic()
+        try:
+            s.sendto(HEADER.pack(seq, t) + pad, (a.to, a.port))
+        except OSError as exc:  # no route during an outage: an attempt all the same
+            rec["send_errors"] += 1
+            key = exc.strerror or str(exc)
+            errors[key] = errors.get(key, 0) + 1
+        sent.append([seq, t])
+        seq += 1
+
+
+def tcp_recv(a: argparse.Namespace, rec: dict[str, Any]) -> None:
+    bins: dict[int, int] = {}
+    rec["bin_s"] = a.bin
+    rec["origin"] = a.start
+    rec["bins"] = bins  # bin index (from --start, width --bin) -> bytes received
+    rec["bytes"] = 0
+    rec["connections"] = 0
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((a.bind, a.port))
+    ls.listen(4)
+    _ready(a.ready)
+    conns: list[socket.socket] = []
+    try:
+        while True:
+            left = a.end - time.monotonic()
+            if left <= 0:
+                break
+            r, _, _ = select.select([ls, *conns], [], [], min(left, 0.5))
+            for s in r:
+                if s is ls:
+                    c, _ = ls.accept()
+                    c.setblocking(False)
+                    conns.append(c)
+                    rec["connections"] += 1
+                    continue
+                try:
+                    data = s.recv(1 << 20)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    rec["errors"].append(f"recv: {exc}")
+                    data = b""
+                if not data:
+                    conns.remove(s)
+                    s.close()
+                    continue
+                k = int((time.monotonic() - a.start) // a.bin)
+                bins[k] = bins.get(k, 0) + len(data)
+                rec["bytes"] += len(data)
+    finally:
+        for c in conns:
+            c.close()
+        rec["bins"] = sorted(bins.items())
+
+
+def tcp_send(a: argparse.Namespace, rec: dict[str, Any]) -> None:
+    rec["bytes_written"] = 0
+    rec["tcp_info"] = {}
+    _sleep_until(a.start)
+    _wait_ready(a.ready, a.start + 5.0)
+    s: socket.socket | None = None
+    attempts = 0
+    while s is None and time.monotonic() < a.end:  # retry: the route may not be there yet
+        attempts += 1
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.bind((a.bind, 0))
+        c.settimeout(max(0.05, min(1.0, a.end - time.monotonic())))
+        try:
+            c.connect((a.to, a.port))
+            s = c
+        except OSError as exc:
+            c.close()
+            if attempts == 1:
+                rec["errors"].append(f"connect: {exc}")
+            time.sleep(min(0.1, max(0.0, a.end - time.monotonic())))
+    rec["connect_attempts"] = attempts
+    if s is None:
+        return
+    rec["connected_at"] = time.monotonic()
+    try:
+        s.setblocking(False)
+        chunk = b"\0" * 65536
+        began = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= a.end:
+                break
+            if a.bps:
+                allowed = int((now - began) * a.bps / 8) - rec["bytes_written"]
+                if allowed <= 0:
+                    time.sleep(min(0.01, a.end - now))
+                    continue
+            else:
+                allowed = len(chunk)
+            _, w, _ = select.select([], [s], [], min(0.2, a.end - now))
+            if not w:
+                continue
+            try:
+                n = s.send(chunk[: min(len(chunk), allowed)])
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                rec["errors"].append(f"send: {exc}")
+                break
+            rec["bytes_written"] += n
+    finally:
+        try:
+            raw = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
+            rec["tcp_info"] = parse_tcp_info(raw)
+        except OSError as exc:
+            rec["errors"].append(f"TCP_INFO: {exc}")
+        s.close()
+
+
+def ping_exec(a: argparse.Namespace) -> None:
+    """Sleep until --start, then become ping (same PID, stdout inherited)."""
+    _sleep_until(a.start)
+    if a.out_offset:
+        # ping -D prints CLOCK_REALTIME; this pair converts it to monotonic
+        _write(a.out_offset, {"realtime_minus_monotonic": time.time() - time.monotonic()})
+    sys.stdout.flush()
+    os.execvp(a.argv[0], a.argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m meshstress.flowagent")
+    p.add_argument("mode", choices=["udp-recv", "udp-send", "tcp-recv", "tcp-send", "ping"])
+    p.add_argument("--bind", default="")
+    p.add_argument("--to", default="")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--start", type=float, default=0.0)
+    p.add_argument("--end", type=float, default=0.0)
+    p.add_argument("--pps", type=float, default=100.0)
+    p.add_argument("--bps", type=int, default=0)
+    p.add_argument("--size", type=int, default=200)
+    p.add_argument("--bin", type=float, default=0.1)
+    p.add_argument("--out", default="")
+    p.add_argument("--out-offset", default="")
+    p.add_argument("--ready", default="")
+    args = list(sys.argv[1:] if argv is None else argv)
+    rest: list[str] = []
+    if "--" in args:
+        cut = args.index("--")
+        args, rest = args[:cut], args[cut + 1 :]
+    a = p.parse_args(args)
+    a.argv = rest
+    now = time.monotonic()
+    if a.mode == "ping":
+        if not a.argv:
+            p.error("ping needs the ping command after --")
+        ping_exec(a)
+        return 0
+    if not a.out or not a.bind:
+        p.error("--out and --bind are required")
+    if not (now - 60 < a.end <= now + MAX_LIFETIME):
+        p.error(f"--end {a.end} is not within {MAX_LIFETIME:g} s from now ({now})")
+    if a.mode.endswith("send") and not a.to:
+        p.error("--to is required")
+    if a.mode == "udp-send" and not (a.pps > 0):
+        p.error("--pps must be positive")
+    rec: dict[str, Any] = {"mode": a.mode, "pid": os.getpid(), "started": now, "errors": []}
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    run = {"udp-recv": udp_recv, "udp-send": udp_send, "tcp-recv": tcp_recv,
+           "tcp-send": tcp_send}[a.mode]  # fmt: skip
+    try:
+        run(a, rec)
+    except _Stop:
+        rec["stopped"] = True
+    except OSError as exc:
+        rec["errors"].append(f"{a.mode}: {exc}")
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        rec["ended"] = time.monotonic()
+        if isinstance(rec.get("bins"), dict):
+            rec["bins"] = sorted(rec["bins"].items())
+        _write(a.out, rec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,447 @@
+"""Traffic flows whose every packet is accounted for (docs/traffic.md).
+
+`parse_flows` turns a scenario's `[[traffic]]` tables into FlowSpecs (pure).
+`start_flow` starts both ends of one flow inside the nodes' namespaces (receiver first,
+then sender; each a `python -m meshstress.flowagent` process, or iputils ping for
+`ping`), records their PIDs in the run's state, and returns a Flow; `Flow.record()`
+reads the ends' files into a FlowRecord, which meshstress.metrics turns into numbers.
+All times are time.monotonic() values.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from meshstress import units
+from meshstress.errors import InputError
+
+if TYPE_CHECKING:
+    from meshstress.build import Mesh
+    from meshstress.topology import Topology
+
+KINDS = ("udp", "tcp", "ping")
+KEYS = ("name", "kind", "from", "to", "start", "duration", "rate", "size", "port")
+DEFAULT_PPS = {"udp": 100.0, "ping": 10.0}
+MAX_PPS = 100_000.0
+UDP_MIN_SIZE = 16  # seq (8 bytes) and send time (8 bytes)
+MAX_PAYLOAD = 65507
+LINGER = 1.0  # receivers stay this long after the sender's end for packets in flight
+PING_WAIT = 1.0  # ping -W: seconds to wait for each reply
+TCP_BIN = 0.1  # goodput interval of the tcp receiver
+PORT_BASE = 40000
+_ports = itertools.count()
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    name: str
+    kind: str  # "udp" | "tcp" | "ping"
+    src: str  # node names of the topology
+    dst: str
+    start: float = 0.0  # seconds after the traffic start (t0)
+    duration: float | None = None  # None: until the scenario's end (given to start_flow)
+    rate_pps: float | None = None  # udp/ping: packets per second
+    rate_bps: int | None = None  # udp: bitrate alternative to rate_pps; tcp: optional cap
+    size: int = 200  # udp payload / ping payload bytes
+    port: int | None = None  # None: assigned
+
+    def pps(self) -> float:
+        """Packets per second of a udp or ping flow (a udp bitrate counts payload bits)."""
+        if self.rate_pps is not None:
+            return self.rate_pps
+        if self.kind == "udp" and self.rate_bps is not None:
+            return self.rate_bps / (8 * self.size)
+        return DEFAULT_PPS.get(self.kind, 100.0)
+
+
+@dataclass
+class FlowRecord:
+    """What both ends of a flow wrote, in monotonic seconds.
+
+    udp:  sent [(seq, t_send)], received [(seq, t_send, t_recv)] in arrival order,
+          duplicates included.
+    ping: sent [(seq, t_send)] (t_send of unanswered echoes interpolated from the
+          answered ones), received [(seq, t_send, t_reply)], duplicates included.
+    tcp:  bins [(t_bin_start, bytes)] every bin_s from the receiver, tcp_info from the
+          sender at its end, bytes_written by the sender.
+    """
+
+    spec: FlowSpec
+    t_start: float  # when the sender was scheduled to start (t0 + spec.start)
+    t_end: float  # when it was scheduled to stop
+    sent: list[tuple[int, float]] = field(default_factory=list)
+    received: list[tuple[int, float, float]] = field(default_factory=list)
+    bins: list[tuple[float, int]] = field(default_factory=list)
+    bin_s: float = TCP_BIN
+    tcp_info: dict[str, int] = field(default_factory=dict)
+    bytes_written: int = 0
+    connected: bool | None = None
+    send_errors: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def interval(self) -> float | None:
+        """Seconds between packets of a udp or ping flow."""
+        if self.spec.kind == "tcp":
+            return None
+        return 1.0 / self.spec.pps()
+
+
+# --- parsing ---------------------------------------------------------------------
+
+
+def _rate(value: object, kind: str, source: str, fld: str) -> tuple[float | None, int | None]:
+    if isinstance(value, str) and value.strip().lower().endswith("pps"):
+        if kind == "tcp":
+            raise InputError(source, fld, 'a tcp flow takes a bitrate cap like "2mbit", not pps')
+        text = value.strip()[:-3].strip()
+        try:
+            pps = float(text)
+        except ValueError:
+            raise InputError(source, fld, f'expected a rate like "100pps", got {value!r}') from None
+        if not (math.isfinite(pps) and 0 < pps <= MAX_PPS):
+            raise InputError(source, fld, f"packets per second must be in (0, {MAX_PPS:g}]")
+        return pps, None
+    if kind == "ping":
+        raise InputError(
+            source, fld, f'a ping flow takes packets per second like "10pps", got {value!r}'
+        )
+    try:
+        bps = units.parse_rate(value)
+    except ValueError as exc:
+        raise InputError(source, fld, f'{exc} (or packets per second: "100pps")') from None
+    return None, bps
+
+
+def parse_flows(raw: object, source: str, topo: Topology, field: str = "traffic") -> list[FlowSpec]:
+    """A scenario's [[traffic]] array -> FlowSpecs; bad input raises InputError naming
+    `field[i].key`."""
+    if not isinstance(raw, list):
+        raise InputError(source, field, "expected an array of tables [[traffic]]")
+    nodes = set(topo.node_names())
+    specs: list[dict[str, Any]] = []
+    for i, item in enumerate(raw):
+        at = f"{field}[{i}]"
+        if not isinstance(item, dict):
+            raise InputError(source, at, "expected a table")
+        for key in item:
+            if key not in KEYS:
+                raise InputError(source, f"{at}.{key}", f"unknown key (known: {', '.join(KEYS)})")
+        kind = item.get("kind")
+        if kind not in KINDS:
+            raise InputError(
+                source, f"{at}.kind", f"expected one of {', '.join(KINDS)}, got {kind!r}"
+            )
+        ends = {}
+        for key in ("from", "to"):
+            node = item.get(key)
+            if node is None:
+                raise InputError(source, f"{at}.{key}", "missing (a node name)")
+            if not isinstance(node, str) or node not in nodes:
+                raise InputError(source, f"{at}.{key}", f"unknown node {node!r}")
+            ends[key] = node
+        if ends["from"] == ends["to"]:
+            raise InputError(source, f"{at}.to", f"same node as from ({ends['to']!r})")
+        start = 0.0
+        duration: float | None = None
+        for key in ("start", "duration"):
+            if key in item:
+                try:
+                    v = units.parse_duration(item[key])
+                except ValueError as exc:
+                    raise InputError(source, f"{at}.{key}", str(exc)) from None
+                if key == "start":
+                    start = v
+                elif v <= 0:
+                    raise InputError(source, f"{at}.{key}", "must be positive")
+                else:
+                    duration = v
+        pps: float | None = None
+        bps: int | None = None
+        if "rate" in item:
+            pps, bps = _rate(item["rate"], kind, source, f"{at}.rate")
+        elif kind in DEFAULT_PPS:
+            pps = DEFAULT_PPS[kind]
+        size = 200 if kind == "udp" else 56
+        if "size" in item:
+            if kind == "tcp":
+                raise InputError(source, f"{at}.size", "a tcp flow has no packet size")
+            try:
+                size = units.parse_size(item["size"])
+            except ValueError as exc:
+                raise InputError(source, f"{at}.size", str(exc)) from None
+            low = UDP_MIN_SIZE if kind == "udp" else 0
+            if not low <= size <= MAX_PAYLOAD:
+                raise InputError(source, f"{at}.size", f"must be {low} to {MAX_PAYLOAD} bytes")
+        if kind == "udp" and bps is not None and not 0 < bps / (8 * size) <= MAX_PPS:
+            raise InputError(
+                source, f"{at}.rate", f"{bps} bit/s at {size} B is not within (0, {MAX_PPS:g}] pps"
+            )
+        port = None
+        if "port" in item:
+            port = item["port"]
+            if kind == "ping":
+                raise InputError(source, f"{at}.port", "a ping flow has no port")
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise InputError(source, f"{at}.port", f"expected a port 1..65535, got {port!r}")
+        name = item.get("name")
+        if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
+            raise InputError(
+                source,
+                f"{at}.name",
+                f"expected a name of letters, digits, '.', '_', '-', got {name!r}",
+            )
+        specs.append(
+            dict(name=name, kind=kind, src=ends["from"], dst=ends["to"], start=start,
+                 duration=duration, rate_pps=pps, rate_bps=bps, size=size, port=port)
+        )  # fmt: skip
+    taken: set[str] = set()
+    for i, s in enumerate(specs):
+        if s["name"] is not None:
+            if s["name"] in taken:
+                raise InputError(source, f"{field}[{i}].name", f"duplicate flow name {s['name']!r}")
+            taken.add(s["name"])
+    for s in specs:
+        if s["name"] is None:
+            base = f"{s['kind']}-{s['src']}-{s['dst']}"
+            name, n = base, 1
+            while name in taken:
+                n += 1
+                name = f"{base}-{n}"
+            s["name"] = name
+            taken.add(name)
+    return [FlowSpec(**s) for s in specs]
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+# --- running ---------------------------------------------------------------------
+
+
+def _agent(mode: str, *args: object) -> list[str]:
+    return [sys.executable, "-m", "meshstress.flowagent", mode, *(str(a) for a in args)]
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(empty log)"
+
+
+def _alive(proc: subprocess.Popen[Any]) -> bool:
+    return proc.poll() is None
+
+
+class Flow:
+    """Both ends of a running flow; `wait`, `stop`, then `record`."""
+
+    def __init__(self, spec: FlowSpec, workdir: str, t_start: float, t_end: float) -> None:
+        self.spec = spec
+        self.workdir = workdir
+        self.t_start = t_start
+        self.t_end = t_end
+        self.procs: list[tuple[str, subprocess.Popen[Any]]] = []  # (role, process)
+        self.files: dict[str, str] = {}
+        self.notes: list[str] = []
+        self._logs: list[Any] = []
+        self._record: FlowRecord | None = None
+
+    def path(self, what: str) -> str:
+        return os.path.join(self.workdir, f"{self.spec.name}.{what}")
+
+    def running(self) -> bool:
+        return any(_alive(p) for _, p in self.procs)
+
+    def wait(self, timeout: float) -> None:
+        """Until both ends have finished and written their records; past `timeout`
+        seconds they are stopped (SIGTERM, records still flushed) and that is noted."""
+        limit = time.monotonic() + timeout
+        for _, p in self.procs:
+            try:
+                p.wait(timeout=max(0.0, limit - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        if self.running():
+            self.notes.append(f"still running {timeout:g} s after wait() began: stopped")
+            self.stop()
+        self._close_logs()
+
+    def stop(self) -> None:
+        """Early stop: SIGTERM (ping: SIGINT, on which it prints its summary) to each end
+        by PID; the ends flush their records. Idempotent; SIGKILL after 3 s."""
+        for role, p in self.procs:
+            if _alive(p):
+                try:
+                    p.send_signal(signal.SIGINT if role == "ping" else signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        limit = time.monotonic() + 3.0
+        for _, p in self.procs:
+            try:
+                p.wait(timeout=max(0.0, limit - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+                self.notes.append(f"pid {p.pid} ignored SIGTERM for 3 s: killed")
+        self._close_logs()
+
+    def _close_logs(self) -> None:
+        if not self.running():
+            for f in self._logs:
+                f.close()
+            self._logs.clear()
+
+    def record(self) -> FlowRecord:
+        """The per-packet data, read from the ends' files (after the flow ended)."""
+        if self.running():
+            raise RuntimeError(f"flow {self.spec.name} is still running: wait() or stop() first")
+        if self._record is None:
+            self._record = load_record(self.spec, self.files, self.t_start, self.t_end)
+            self._record.errors[:0] = self.notes
+            for role, p in self.procs:
+                if p.returncode not in (0, None) and not (role == "ping" and p.returncode == 1):
+                    self._record.errors.append(
+                        f"{role} exited with {p.returncode}: {_last_line(self.path(role + '.log'))}"
+                    )
+        return self._record
+
+
+def start_flow(mesh: Mesh, spec: FlowSpec, workdir: str, t0: float, duration: float) -> Flow:
+    """Start one flow without blocking: receiver first, then sender, inside the nodes'
+    namespaces, PIDs recorded in the run's state. The sender starts at t0 + spec.start
+    and sends for spec.duration (or `duration`, the scenario's, minus spec.start when
+    spec.duration is None)."""
+    os.makedirs(workdir, exist_ok=True)
+    t_start = t0 + spec.start
+    length = spec.duration if spec.duration is not None else duration - spec.start
+    t_end = t_start + max(0.0, length)
+    flow = Flow(spec, workdir, t_start, t_end)
+    src, dst = mesh.address(spec.src), mesh.address(spec.dst)
+    port = spec.port if spec.port is not None else PORT_BASE + next(_ports) % 20000
+    for what in ("ready", "send.json", "recv.json", "ping.txt", "offset.json"):
+        try:
+            os.unlink(flow.path(what))
+        except FileNotFoundError:
+            pass
+    ready = flow.path("ready")
+
+    def launch(role: str, node: str, argv: list[str], stdout: Any = None) -> None:
+        err = open(flow.path(f"{role}.log"), "w")  # noqa: SIM115 - closed when it ended
+        flow._logs.append(err)
+        if stdout is None:
+            stdout = subprocess.DEVNULL
+        else:
+            flow._logs.append(stdout)
+        p = mesh.popen(node, argv, stdout=stdout, stderr=err, stdin=subprocess.DEVNULL)
+        flow.procs.append((role, p))
+        try:
+            mesh.record_process(p, node, "traffic", argv)
+        except psutil.NoSuchProcess:
+            pass  # already gone (its exit code tells)
+
+    if spec.kind == "udp":
+        flow.files = {"recv": flow.path("recv.json"), "send": flow.path("send.json")}
+        launch("recv", spec.dst, _agent(
+            "udp-recv", "--bind", dst, "--port", port, "--end", t_end + LINGER,
+            "--out", flow.files["recv"], "--ready", ready))  # fmt: skip
+        launch("send", spec.src, _agent(
+            "udp-send", "--bind", src, "--to", dst, "--port", port, "--start", t_start,
+            "--end", t_end, "--pps", repr(spec.pps()), "--size", spec.size,
+            "--out", flow.files["send"], "--ready", ready))  # fmt: skip
+    elif spec.kind == "tcp":
+        flow.files = {"recv": flow.path("recv.json"), "send": flow.path("send.json")}
+        launch("recv", spec.dst, _agent(
+            "tcp-recv", "--bind", dst, "--port", port, "--start", t_start,
+            "--end", t_end + LINGER, "--bin", TCP_BIN, "--out", flow.files["recv"],
+            "--ready", ready))  # fmt: skip
+        launch("send", spec.src, _agent(
+            "tcp-send", "--bind", src, "--to", dst, "--port", port, "--start", t_start,
+            "--end", t_end, "--bps", spec.rate_bps or 0, "--out", flow.files["send"],
+            "--ready", ready))  # fmt: skip
+    elif spec.kind == "ping":
+        # no -w: with a deadline iputils ping quits at the first ICMP error (a lost route);
+        # -c bounds it (count * interval, then -W for the last reply)
+        flow.files = {"ping": flow.path("ping.txt"), "offset": flow.path("offset.json")}
+        interval = 1.0 / spec.pps()
+        count = max(1, round((t_end - t_start) / interval))
+        argv = ["ping", "-n", "-D", "-I", src, "-i", f"{interval:.6f}", "-c", str(count),
+                "-W", f"{PING_WAIT:g}", "-s", str(spec.size), dst]  # fmt: skip
+        out = open(flow.files["ping"], "w")  # noqa: SIM115 - closed when it ended
+        launch("ping", spec.src, _agent(
+            "ping", "--start", t_start, "--out-offset", flow.files["offset"], "--", *argv),
+            stdout=out)  # fmt: skip
+    else:
+        raise ValueError(f"unknown flow kind {spec.kind!r}")
+    return flow
+
+
+# --- reading the ends' files ---------------------------------------------------------
+
+
+def _load_json(path: str, errors: list[str], what: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        errors.append(f"{what}: no record ({os.path.basename(path)} missing)")
+        return {}
+    except (OSError, ValueError) as exc:
+        errors.append(f"{what}: unreadable record: {exc}")
+        return {}
+    errors.extend(f"{what}: {e}" for e in data.get("errors", []))
+    return data if isinstance(data, dict) else {}
+
+
+def load_record(spec: FlowSpec, files: dict[str, str], t_start: float, t_end: float) -> FlowRecord:
+    """The ends' files -> FlowRecord (missing or broken files become errors, not raises)."""
+    rec = FlowRecord(spec=spec, t_start=t_start, t_end=t_end)
+    if spec.kind == "udp":
+        send = _load_json(files["send"], rec.errors, "sender")
+        recv = _load_json(files["recv"], rec.errors, "receiver")
+        rec.sent = [(int(s), float(t)) for s, t in send.get("sent", [])]
+        rec.received = [(int(s), float(a), float(b)) for s, a, b in recv.get("packets", [])]
+        rec.send_errors = int(send.get("send_errors", 0))
+        for kind, n in (send.get("error_kinds") or {}).items():
+            rec.errors.append(f"sender: {n} send(s) failed: {kind}")
+    elif spec.kind == "tcp":
+        send = _load_json(files["send"], rec.errors, "sender")
+        recv = _load_json(files["recv"], rec.errors, "receiver")
+        bin_s = float(recv.get("bin_s", TCP_BIN))
+        origin = float(recv.get("origin", t_start))
+        rec.bin_s = bin_s
+        rec.bins = [(origin + int(k) * bin_s, int(n)) for k, n in recv.get("bins", [])]
+        rec.tcp_info = {k: int(v) for k, v in (send.get("tcp_info") or {}).items()}
+        rec.bytes_written = int(send.get("bytes_written", 0))
+        rec.connected = "connected_at" in send if send else None
+    elif spec.kind == "ping":
+        from meshstress.traffic import ping_records
+
+        try:
+            with open(files["ping"]) as f:
+                text = f.read()
+        except OSError as exc:
+            rec.errors.append(f"ping: no output: {exc}")
+            text = ""
+        offset_data = _load_json(files["offset"], rec.errors, "ping")
+        offset = offset_data.get("realtime_minus_monotonic")
+        if offset is None:
+            offset = time.time() - time.monotonic()
+            rec.errors.append("ping: clock offset not recorded; using the current one")
+        rec.sent, rec.received = ping_records(text, float(offset), 1.0 / spec.pps(), t_start)
+    return rec
