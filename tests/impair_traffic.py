@@ -194,10 +194,28 @@ class Stream:
         return late
 
 
+def pin_neighbour(mesh: Mesh, src: str, dst: str) -> None:
+    """A permanent ARP entry for dst on src's link to it: a lossy direction could
+    otherwise lose the ARP request itself and drop a second of the stream meanwhile."""
+    src_if = next(i["ifname"] for i in mesh.state.interfaces[src] if i["peer"] == dst)
+    dst_if = next(i["ifname"] for i in mesh.state.interfaces[dst] if i["peer"] == src)
+    dsock = mesh.netlink(dst)
+    mac = dsock.get_links(dsock.link_lookup(ifname=dst_if)[0])[0].get_attr("IFLA_ADDRESS")
+    ssock = mesh.netlink(src)
+    ssock.neigh(
+        "replace",
+        dst=mesh.address(dst),
+        lladdr=mac,
+        ifindex=ssock.link_lookup(ifname=src_if)[0],
+        state=0x80,  # NUD_PERMANENT
+    )
+
+
 def udp_stream(
     mesh: Mesh, src: str, dst: str, count: int, gap: float = 0.0005, port: int = 5301
 ) -> Stream:
     """Send `count` numbered 100-byte UDP datagrams from src to dst, `gap` seconds apart."""
+    pin_neighbour(mesh, src, dst)
     total = 30 + count * gap * 5
     recv = _start(mesh, dst, _UDP_RECV, mesh.address(dst), port, total, 2.0)
     try:
