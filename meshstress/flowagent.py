@@ -244,6 +244,8 @@ def tcp_send(a: argparse.Namespace, rec: dict[str, Any]) -> None:
     try:
         s.setblocking(False)
         chunk = b"\0" * 65536
+        # a cap writes in quanta of 10 ms worth of bytes (at least one MSS), not trickles
+        quantum = min(len(chunk), max(1448, a.bps // 800))
         began = time.monotonic()
         while True:
             now = time.monotonic()
@@ -251,8 +253,9 @@ def tcp_send(a: argparse.Namespace, rec: dict[str, Any]) -> None:
                 break
             if a.bps:
                 allowed = int((now - began) * a.bps / 8) - rec["bytes_written"]
-                if allowed <= 0:
-                    time.sleep(min(0.01, a.end - now))
+                if allowed < quantum:
+                    wait = (quantum - allowed) * 8 / a.bps
+                    time.sleep(max(0.0, min(wait, a.end - now)))
                     continue
             else:
                 allowed = len(chunk)
