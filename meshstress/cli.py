@@ -36,8 +36,11 @@ def cli() -> None:
 def _register() -> None:
     from meshstress import hostcli
     from meshstress.lab import lab
+    from meshstress.run_cli import report_cmd, run
     from meshstress.topo_cli import topo
 
+    cli.add_command(run)
+    cli.add_command(report_cmd, name="report")
     cli.add_command(lab)
     cli.add_command(topo)
     for command in hostcli.COMMANDS:

@@ -205,3 +205,45 @@ def mesh_factory() -> Iterator[Callable[..., Any]]:
         for mesh in made:
             mesh.close()
             build.teardown(mesh.state)
+
+
+@pytest.fixture
+def run_scenario(tmp_path: Any) -> Callable[..., dict[str, Any]]:
+    """Run a scenario on this kernel and return its results dict (results.json):
+
+        @pytest.mark.network
+        def test_survives_partition(run_scenario):
+            r = run_scenario("scenarios/partition.toml")
+            assert r["passed"], r["checks"]
+            assert r["flows"]["cbr"]["delivery_ratio"] > 0.5
+
+    The argument is a scenario file or scenario TOML text (relative topology paths then
+    resolve from the current directory); `duration=` overrides the scenario's. A scenario
+    needing what this kernel lacks is skipped naming it (failed with MESHSTRESS_REQUIRE);
+    mark such tests `@pytest.mark.kernel(...)` so `auto` runs them in the VM lab.
+    Everything the run built is torn down before the fixture returns."""
+    from pathlib import Path
+
+    from meshstress import runner, scenario
+
+    count = 0
+
+    def run(source: str | Path, duration: float | None = None) -> dict[str, Any]:
+        nonlocal count
+        count += 1
+        if isinstance(source, Path) or "\n" not in source:
+            sc = scenario.load(source)
+        else:
+            sc = scenario.loads(source, f"<scenario {count}>", base=Path.cwd())
+        if duration is not None:
+            sc.duration = duration
+            scenario.check_times(sc)
+        missing = runner.missing_here(sc)
+        if missing:
+            msg = f"missing capability {'; '.join(missing)}"
+            if require_capabilities():
+                pytest.fail(f"MESHSTRESS_REQUIRE is set and {msg}", pytrace=False)
+            pytest.skip(msg)
+        return runner.run(sc, Path(tmp_path) / f"run{count}")
+
+    return run

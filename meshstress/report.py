@@ -70,7 +70,9 @@ def summary(results: Mapping[str, Any]) -> str:
         rows = [["name", "kind", "path", "sent", "received", "delivery", "p50 ms", "p99 ms",
                  "longest outage s", "throughput", "retrans"]]  # fmt: skip
         for name, f in flows.items():
-            lat = f.get("latency_ms") or f.get("rtt_ms") or {}
+            lat = next(
+                (v for v in (f.get("latency_ms"), f.get("rtt_ms")) if isinstance(v, dict)), {}
+            )
             rows.append(
                 [
                     name,
@@ -206,15 +208,30 @@ def plot(results: Mapping[str, Any], out_dir: Path) -> list[str]:
 
 
 def write_all(results: dict[str, Any], out_dir: Path) -> None:
+    """results.json first (the source of everything else), then its views."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.txt").write_text(summary(results), encoding="utf-8")
-    (out_dir / "junit.xml").write_text(junit(results), encoding="utf-8")
-    try:
-        plots = plot(results, out_dir)
-    except Exception as exc:  # a plot must never lose the results
-        plots = []
-        results.setdefault("run", {})["plot_error"] = f"{type(exc).__name__}: {exc}"
-    results.setdefault("run", {})["plots"] = [os.path.basename(p) for p in plots]
+    run = results.setdefault("run", {})
+    _write_json(results, out_dir)
+    views = (
+        ("summary.txt", lambda: (out_dir / "summary.txt").write_text(summary(results), "utf-8")),
+        ("junit.xml", lambda: (out_dir / "junit.xml").write_text(junit(results), "utf-8")),
+        (
+            "plots",
+            lambda: run.__setitem__("plots", [os.path.basename(p) for p in plot(results, out_dir)]),
+        ),
+    )
+    errors = {}
+    for name, render in views:
+        try:
+            render()
+        except Exception as exc:  # a view must never lose the results
+            errors[name] = f"{type(exc).__name__}: {exc}"
+    if errors:
+        run["render_errors"] = errors
+    _write_json(results, out_dir)
+
+
+def _write_json(results: dict[str, Any], out_dir: Path) -> None:
     tmp = out_dir / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, out_dir / "results.json")

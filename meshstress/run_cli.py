@@ -1,0 +1,117 @@
+"""`meshstress run [SCENARIO]` and `meshstress report DIR`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from meshstress.errors import MeshstressError
+
+DEFAULT = "default.toml"
+
+
+def default_scenario() -> Path:
+    """The packaged default scenario (meshstress/data/default.toml)."""
+    return Path(str(resources.files("meshstress") / "data" / DEFAULT))
+
+
+def _say(msg: str) -> None:
+    click.echo(f"meshstress: {msg}", err=True)
+
+
+@click.command()
+@click.argument("scenario_file", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--where",
+    type=click.Choice(["auto", "host", "lab"]),
+    default=None,
+    help="host, the VM lab, or auto: the lab when this kernel lacks what the scenario needs "
+    "[default: the scenario's, else auto]",
+)
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="run folder [default: results/SCENARIO-TIME]")  # fmt: skip
+@click.option("--duration", default=None, help="override the scenario's duration, e.g. 30s")
+@click.option("--timeout", type=float, default=1800.0, show_default=True,
+              help="lab only: kill the VM after this many seconds")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="print results.json instead of the summary")
+@click.option("--check", "check_only", is_flag=True,
+              help="only validate the scenario and say where it would run")  # fmt: skip
+def run(
+    scenario_file: str | None,
+    where: str | None,
+    out: str | None,
+    duration: str | None,
+    timeout: float,
+    as_json: bool,
+    check_only: bool,
+) -> None:
+    """Run a scenario: build the mesh, send traffic, apply events, measure, judge.
+
+    Without SCENARIO_FILE, runs the default scenario (a 3x3 grid routed by babeld, UDP,
+    ping and TCP flows corner to corner, a partition that heals, checks on delivery and
+    recovery). Writes results.json, summary.txt, junit.xml and timeline.png into the run
+    folder. Exit code: 0 all checks passed, 1 a check failed, 2 bad input, 3 missing
+    capability.
+    """
+    from meshstress import report, runner, scenario, units
+
+    path = Path(scenario_file) if scenario_file else default_scenario()
+    sc = scenario.load(path)
+    if duration is not None:
+        try:
+            sc.duration = units.parse_duration(duration)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--duration") from None
+        if "scenario" not in sc.raw:
+            sc.raw["scenario"] = {}
+        sc.raw["scenario"]["duration"] = duration
+        scenario.check_times(sc)
+    chosen, why = runner.choose_where(sc, where)
+    if check_only:
+        click.echo(f"{path}: valid; {len(sc.topology.nodes)} nodes, {len(sc.flows)} flows, "
+                   f"{len(sc.events)} events, {len(sc.assertions)} checks; would run on "
+                   f"{chosen} ({why})")  # fmt: skip
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(out) if out else Path("results") / f"{sc.name}-{stamp}"
+    out_dir = out_dir.absolute()
+    if (out_dir / "results.json").exists():
+        raise MeshstressError(f"{out_dir} holds a run already: choose another --out")
+    if chosen == "lab":
+        if (where or sc.where) == "auto":
+            _say(f"auto: {why}")
+        rc = runner.run_in_lab(sc, out_dir, timeout, _say, (("--json",) if as_json else ()))
+        sys.exit(rc)
+    if os.geteuid() != 0:
+        raise MeshstressError("meshstress run needs root (network namespaces): sudo meshstress run")
+    _say(f"{sc.name}: run folder {out_dir}")
+    results = runner.run(sc, out_dir, say=_say)
+    if as_json:
+        click.echo(json.dumps(results, indent=1))
+    else:
+        click.echo(report.summary(results), nl=False)
+        click.echo(f"results: {out_dir}/results.json")
+    sys.exit(0 if results["passed"] else 1)
+
+
+@click.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True)
+def report_cmd(run_dir: str, as_json: bool) -> None:
+    """Render a run folder again (summary.txt, junit.xml, plots) from its results.json."""
+    from meshstress import report
+
+    try:
+        results = report.rerender(Path(run_dir))
+    except FileNotFoundError:
+        raise MeshstressError(f"{run_dir}: no results.json") from None
+    except ValueError as exc:
+        raise MeshstressError(f"{run_dir}/results.json: {exc}") from None
+    click.echo(json.dumps(results, indent=1) if as_json else report.summary(results), nl=False)
+    sys.exit(0 if results.get("passed") else 1)

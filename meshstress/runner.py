@@ -1,0 +1,315 @@
+"""Run a scenario: build the mesh, let traffic flow, apply the events, measure, judge.
+
+    results = run(scenario, out_dir, say=print)     # on this kernel (host, or inside the lab)
+    where, why = choose_where(scenario, "auto")      # "host" or "lab", and why
+
+The sequence, every step bounded in time and undone in `finally` (also on Ctrl-C,
+SIGTERM or a crash: `meshstress clean` finds the rest from the state file):
+1. probes compile and attach (if the scenario asks for any; the slow part, done once);
+2. `hostcli.bring_up`: namespaces, links, impairments, routing, wait for convergence;
+3. t0 = now + a short lead; every flow starts at t0 + its start; a route recorder
+   samples every node's table in its own thread; the event timeline runs;
+4. at t0 + duration the flows end; their records become metrics (meshstress.metrics),
+   each event gets the recovery time of every flow (delivery resumed after it), the
+   route snapshots become flap and reachability counts, probes become counter deltas;
+5. the verdict's assertions are judged against that results dict; the run folder gets
+   results.json (report.write_all renders the rest from it);
+6. teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from meshstress import build, verdict
+from meshstress.errors import CapabilityError, MeshstressError
+from meshstress.scenario import Scenario
+
+Say = Callable[[str], None]
+LEAD = 0.5  # seconds between starting the flow processes and t0
+
+
+def missing_here(sc: Scenario) -> list[str]:
+    """The doctor checks this scenario needs that this kernel fails, with remedies."""
+    from meshstress import doctor
+
+    needs = ["netns", "veth", *sc.needs()]
+    if os.geteuid() != 0:
+        return ["root: run as root (sudo meshstress run ...)"]
+    checks = {c.name: c for c in doctor.run_checks()}
+    out = []
+    for name in needs:
+        c = checks.get(name)
+        if c is None or not c.ok:
+            out.append(f"{name}" + (f" ({c.remedy})" if c is not None and c.remedy else ""))
+    return out
+
+
+def choose_where(sc: Scenario, where: str | None = None) -> tuple[str, str]:
+    """('host' | 'lab', why). Raises CapabilityError when neither can run it."""
+    where = where or sc.where
+    if where == "lab":
+        return "lab", "asked for the VM lab"
+    missing = missing_here(sc)
+    if not missing:
+        return "host", "this host has everything the scenario needs"
+    names = ", ".join(m.split(" ")[0] for m in missing)
+    if where == "host" or missing[0].startswith("root"):
+        raise CapabilityError(f"{sc.source}: this host lacks {'; '.join(missing)}")
+    from meshstress.lab import lab_available
+
+    ok, why = lab_available()
+    if not ok:
+        raise CapabilityError(
+            f"{sc.source}: this host lacks {'; '.join(missing)}, and the VM lab cannot run "
+            f"here either: {why}"
+        )
+    return "lab", f"this host lacks {names}: running it in the VM lab (stock kernel under qemu)"
+
+
+class _RouteRecorder(threading.Thread):
+    """Route snapshots every `interval` s until stopped, through its own Mesh sockets."""
+
+    def __init__(self, st: Any, backend: Any, interval: float) -> None:
+        super().__init__(name="meshstress-routes", daemon=True)
+        self.st, self.backend, self.interval = st, backend, interval
+        self.snaps: list[Any] = []
+        self.errors: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        from meshstress.routing import snapshot
+
+        mesh = build.Mesh(self.st)
+        try:
+            while not self.halt.is_set():
+                t = time.monotonic()
+                try:
+                    self.snaps.append(snapshot(mesh, self.backend))
+                except Exception as exc:  # a node mid-restart: note it, keep sampling
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                self.halt.wait(max(0.0, self.interval - (time.monotonic() - t)))
+        finally:
+            mesh.close()
+
+
+def routing_summary(snaps: list[Any], t0: float) -> dict[str, Any]:
+    """Pure: flaps and reachability over the run's route snapshots."""
+    from meshstress.routing import route_changes
+
+    if not snaps:
+        return {"snapshots": 0}
+    changes = route_changes(snaps)
+    reach = []
+    for s in snaps:
+        nodes = list(s.routes)
+        pairs = [(a, b) for a in nodes for b in nodes if a != b]
+        ok = sum(1 for a, b in pairs if s.path(a, b) is not None)
+        reach.append((round(s.t - t0, 3), ok / len(pairs) if pairs else 1.0))
+    return {
+        "snapshots": len(snaps),
+        "route_changes": sum(changes.values()),
+        "pairs_changed": len(changes),
+        "most_changed": [
+            {"src": a, "dst": b, "changes": n} for (a, b), n in changes.most_common(5)
+        ],
+        "reachable_min": round(min(r for _, r in reach), 4),
+        "reachable_final": round(reach[-1][1], 4),
+        "reachable_series": reach,
+    }
+
+
+def event_recoveries(events: list[dict[str, Any]], records: dict[str, Any], horizon: float) -> None:
+    """Add recovery_s {flow: seconds} to each event record (in place)."""
+    from meshstress.metrics import outage_after
+
+    for ev in events:
+        rec: dict[str, float | None] = {}
+        for name, record in records.items():
+            value = outage_after(record, ev["t"], horizon=horizon)
+            rec[name] = None if value is None else round(value, 3)
+        ev["recovery_s"] = rec
+
+
+def run(sc: Scenario, out_dir: Path, say: Say | None = None) -> dict[str, Any]:
+    """Run `sc` on this kernel; return the results dict (also written to out_dir)."""
+    from meshstress import hostcli, report
+    from meshstress.events import EventRunner, run_timeline
+    from meshstress.flows import start_flow
+    from meshstress.metrics import flow_metrics
+
+    say = say or (lambda msg: None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = out_dir / "raw"
+    raw.mkdir(exist_ok=True)
+    started = time.time()
+    results: dict[str, Any] = {
+        "run": {
+            "scenario": sc.name,
+            "source": sc.source,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "where": os.environ.get("MESHSTRESS_WHERE_LABEL", "host"),
+            "kernel": os.uname().release,
+            "duration_s": sc.duration,
+        }
+    }
+    probes = None
+    up = None
+    flows: list[Any] = []
+    recorder: _RouteRecorder | None = None
+    stop = threading.Event()
+    try:
+        with build.sigterm_as_interrupt():
+            if sc.probes:
+                from meshstress.probes import Probes
+
+                say(f"probes: compiling and attaching {', '.join(sc.probes)} (once per run)")
+                t = time.monotonic()
+                probes = Probes(sc.probes)
+                results["run"]["probes_attach_s"] = round(time.monotonic() - t, 2)
+            topo = sc.topology
+            say(
+                f"mesh: {len(topo.nodes)} nodes, {len(topo.links)} links, "
+                f"{len(topo.segments)} segments, routing {topo.routing}"
+            )
+            up = hostcli.bring_up(
+                topo, wait=True, timeout=sc.converge_timeout, say=lambda m: None,
+                impair=not sc.ideal,
+            )  # fmt: skip
+            info = dict(up.info)
+            results["mesh"] = info
+            results["run"]["id"] = up.state.run_id
+            if up.result is not None:
+                say(f"routing: {up.result}")
+            mesh = build.Mesh(up.state)
+            try:
+                if probes is not None:
+                    probes.watch(mesh)
+                    before = probes.snapshot()
+                recorder = _RouteRecorder(up.state, up.backend, sc.route_interval)
+                time.sleep(sc.warmup)
+                t0 = time.monotonic() + LEAD
+                for spec in sc.flows:
+                    flows.append(start_flow(mesh, spec, str(raw), t0, sc.duration))
+                recorder.start()
+                say(
+                    f"traffic: {len(flows)} flow(s) for {sc.duration:g} s, "
+                    f"{len(sc.events)} event(s)"
+                )
+                ev_mesh = build.Mesh(up.state)
+                try:
+                    runner = EventRunner(ev_mesh, up.backend, topo)
+                    events = run_timeline(_Announcing(runner, say, t0), sc.events, t0, stop)
+                finally:
+                    ev_mesh.close()
+                _sleep_until(t0 + sc.duration, say, t0)
+                for f in flows:
+                    f.wait(timeout=15.0)
+                recorder.halt.set()
+                recorder.join(timeout=10)
+                records = {f.spec.name: f.record() for f in flows}
+                results["flows"] = {}
+                for f in flows:
+                    m = flow_metrics(records[f.spec.name], t0)
+                    results["flows"][f.spec.name] = {
+                        "kind": f.spec.kind, "from": f.spec.src, "to": f.spec.dst, **m,
+                    }  # fmt: skip
+                for ev in events:
+                    ev["t_rel"] = round(ev["t"] - t0, 3)
+                event_recoveries(events, records, horizon=max(5.0, sc.duration))
+                for ev in events:
+                    del ev["t"]
+                for name, fl in results["flows"].items():
+                    fl["recovery_s"] = [ev["recovery_s"].get(name) for ev in events]
+                results["events"] = events
+                results["routing"] = routing_summary(recorder.snaps, t0)
+                if recorder.errors:
+                    results["routing"]["sample_errors"] = recorder.errors[:5]
+                if probes is not None:
+                    from meshstress.probes import delta
+
+                    results["probes"] = delta(before, probes.snapshot())
+            finally:
+                stop.set()
+                for f in flows:
+                    f.stop()
+                if recorder is not None and recorder.is_alive():
+                    recorder.halt.set()
+                    recorder.join(timeout=10)
+                mesh.close()
+    finally:
+        if probes is not None:
+            probes.close()
+        if up is not None:
+            t = time.monotonic()
+            problems = build.teardown(up.state, timeout=60)
+            results.setdefault("mesh", {})["teardown_s"] = round(time.monotonic() - t, 3)
+            if problems:
+                results["mesh"]["teardown_problems"] = problems
+    checks = []
+    if sc.require_converged and up is not None and up.result is not None:
+        checks.append(
+            {
+                "assert": "mesh converged before traffic started",
+                "metric": "mesh.converged",
+                "actual": bool(up.result.converged),
+                "passed": bool(up.result.converged),
+            }
+        )
+    checks += verdict.judge(sc.assertions, results)
+    results["checks"] = checks
+    results["passed"] = all(c["passed"] for c in checks)
+    results["run"]["wall_s"] = round(time.time() - started, 2)
+    report.write_all(results, out_dir)
+    return results
+
+
+class _Announcing:
+    """An EventRunner that also says what it did."""
+
+    def __init__(self, runner: Any, say: Say, t0: float) -> None:
+        self.runner, self.say, self.t0 = runner, say, t0
+
+    def apply(self, event: Any) -> dict[str, Any]:
+        rec: dict[str, Any] = self.runner.apply(event)
+        self.say(f"[{time.monotonic() - self.t0:6.1f} s] {rec['action']} {rec.get('target', '')}")
+        return rec
+
+
+def _sleep_until(deadline: float, say: Say, t0: float, every: float = 5.0) -> None:
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, every))
+        now = time.monotonic() - t0
+        if deadline - time.monotonic() > 0.5:
+            say(f"[{now:6.1f} s] traffic running")
+
+
+def run_in_lab(
+    sc: Scenario, out_dir: Path, timeout: float, say: Say, extra: tuple[str, ...] = ()
+) -> int:
+    """Run the scenario inside the VM lab (`meshstress run --where host` there); return
+    its exit code. The scenario and its topology are written into out_dir first, which
+    the guest shares writable, so files the guest cannot see (e.g. under /tmp) work."""
+    import sys
+
+    from meshstress import report
+    from meshstress.lab import run_in_lab as lab_run
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = report.write_resolved(sc, out_dir)
+    argv = [sys.executable, "-m", "meshstress", "run", "--where", "host",
+            "--out", str(out_dir), *extra, str(path)]  # fmt: skip
+    env = dict(os.environ, MESHSTRESS_WHERE_LABEL="lab")
+    say(f"lab: booting the VM lab for {sc.name} (timeout {timeout:g} s)")
+    rc = lab_run(argv, cwd=os.getcwd(), env=env, timeout=timeout, share=str(out_dir))
+    if rc == 124:
+        raise MeshstressError(f"lab run of {sc.name} timed out after {timeout:g} s")
+    return rc

@@ -1,0 +1,349 @@
+"""Scenario files: a mesh, the traffic across it, the stress applied, and the verdict.
+
+Pure: `load(path)` / `loads(text, source, base)` -> Scenario, every error an InputError
+naming the file and the field. The format (docs/scenario.md):
+
+    [scenario]
+    name = "grid-cut"
+    duration = "20s"              # how long traffic runs
+    where = "auto"                # auto | host | lab
+    probes = ["traffic", "drops"] # BCC probes (need the VM lab on our hosts)
+
+    [mesh]
+    topology = "../topologies/grid3x3.toml"   # relative to this file; or:
+    generate = "grid4 3 3"                    # a generator and its arguments
+    routing = "babeld"                        # overrides the topology's
+    settings = { hello_interval = "1s" }      # routing settings, over the topology's
+    ideal = false                             # drop the topology's impairments
+    converge_timeout = "60s"
+
+    [[traffic]]  ... (meshstress.flows.parse_flows)
+    [[events]]   ... (meshstress.events.parse_events)
+
+    [verdict]
+    assert = ["flows.cbr.delivery_ratio >= 90%", "events[0].recovery_s.cbr <= 10s"]
+"""
+
+from __future__ import annotations
+
+import shlex
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from meshstress import generators, topofile, units, verdict
+from meshstress.errors import InputError
+from meshstress.topology import Topology
+
+if TYPE_CHECKING:
+    from meshstress.events import Event
+    from meshstress.flows import FlowSpec
+
+WHERE = ("auto", "host", "lab")
+SCENARIO_KEYS = ("name", "description", "duration", "where", "probes", "warmup", "route_interval")
+MESH_KEYS = (
+    "topology",
+    "generate",
+    "routing",
+    "settings",
+    "prefix",
+    "ideal",
+    "converge_timeout",
+    "require_converged",
+)
+ROOT_KEYS = ("scenario", "mesh", "traffic", "events", "verdict")
+DEFAULT_DURATION = 10.0
+
+
+@dataclass
+class Scenario:
+    name: str
+    source: str
+    topology: Topology
+    duration: float = DEFAULT_DURATION
+    description: str = ""
+    where: str = "auto"
+    flows: list[FlowSpec] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    assertions: list[verdict.Assertion] = field(default_factory=list)
+    probes: list[str] = field(default_factory=list)
+    ideal: bool = False
+    converge_timeout: float = 120.0
+    require_converged: bool = True
+    warmup: float = 1.0  # after convergence, before traffic starts
+    route_interval: float = 1.0  # route snapshots during the run
+    raw: dict[str, Any] = field(default_factory=dict)  # the file's data, as parsed
+
+    def needs(self) -> list[str]:
+        """Doctor check names this scenario needs from the kernel, beyond netns and veth."""
+        from meshstress import impair
+        from meshstress.plan import make_plan
+
+        out: list[str] = []
+        if self.topology.routing == "batman-adv":
+            out.append("batman-adv")
+        kinds: set[str] = set()
+        if not self.ideal:
+            p = make_plan(self.topology, "x", impair=True)
+            for spec in p.impaired():
+                kinds |= _needs(impair, spec.egress)
+        for ev in self.events:
+            for imp in (getattr(ev, "ab", None), getattr(ev, "ba", None)):
+                if imp is not None:
+                    kinds |= _needs(impair, imp)
+        out += sorted(kinds)
+        if self.probes:
+            out.append("bcc+headers")
+        return out
+
+
+def _needs(impair: Any, imp: Any) -> set[str]:
+    if imp.is_ideal():
+        return set()
+    fn = getattr(impair, "needs", None)
+    return set(fn(imp)) if fn else {"netem"}
+
+
+def load(path: str | Path) -> Scenario:
+    source = str(path)
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(source, "file", "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(source, "file", f"cannot read: {exc}") from None
+    return loads(text, source, base=p.parent)
+
+
+def loads(text: str, source: str = "<memory>", base: str | Path = ".") -> Scenario:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(source, "toml", f"syntax error: {exc}") from None
+    return from_data(data, source, Path(base))
+
+
+def _fail(source: str, fld: str, msg: str) -> InputError:
+    return InputError(source, fld, msg)
+
+
+def _table(source: str, data: Any, fld: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise _fail(source, fld, f"expected a table, got {type(data).__name__}")
+    for key in data:
+        if key not in allowed:
+            raise _fail(source, f"{fld}.{key}", f"unknown key (allowed: {', '.join(allowed)})")
+    return data
+
+
+def _unit(source: str, value: Any, fld: str, parse: Any) -> Any:
+    try:
+        return parse(value)
+    except (ValueError, OverflowError) as exc:
+        raise _fail(source, fld, str(exc)) from None
+
+
+def _bool(source: str, value: Any, fld: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(source, fld, f"expected true or false, got {value!r}")
+    return value
+
+
+def _str(source: str, value: Any, fld: str) -> str:
+    if not isinstance(value, str):
+        raise _fail(source, fld, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def generate(spec: str, source: str, fld: str) -> Topology:
+    """'grid4 3 3' (or 'random 20 seed=3 degree=4') -> a generated Topology."""
+    from meshstress.topo_cli import _GEN_ARGS
+
+    words = shlex.split(spec)
+    if not words or words[0] not in _GEN_ARGS:
+        raise _fail(source, fld, f"expected one of {', '.join(_GEN_ARGS)} with its arguments")
+    kind, rest = words[0], words[1:]
+    args = [w for w in rest if "=" not in w]
+    opts = dict(w.split("=", 1) for w in rest if "=" in w)
+    want = _GEN_ARGS[kind]
+    if len(args) != len(want):
+        raise _fail(source, fld, f"{kind} takes {len(want)} argument(s): {' '.join(want)}")
+    try:
+        nums = [int(a) for a in args]
+        if kind == "random":
+            unknown = set(opts) - {"seed", "radius", "degree"}
+            if unknown:
+                raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
+            return generators.random_geometric(
+                nums[0],
+                radius=float(opts["radius"]) if "radius" in opts else None,
+                degree=float(opts.get("degree", 4.0)),
+                seed=int(opts.get("seed", 0)),
+            )
+        if opts:
+            raise ValueError(f"{kind} takes no options")
+        topo: Topology = getattr(generators, kind)(*nums)
+        return topo
+    except ValueError as exc:
+        raise _fail(source, fld, f"{spec!r}: {exc}") from None
+
+
+def _topology(source: str, mesh: dict[str, Any], base: Path) -> Topology:
+    if ("topology" in mesh) == ("generate" in mesh):
+        raise _fail(source, "mesh", "give exactly one of topology (a file) or generate")
+    if "topology" in mesh:
+        rel = _str(source, mesh["topology"], "mesh.topology")
+        path = Path(rel) if Path(rel).is_absolute() else base / rel
+        try:
+            topo = topofile.load(path)
+        except InputError as exc:
+            if exc.field == "file":
+                raise _fail(source, "mesh.topology", f"{path}: {exc.message}") from None
+            raise
+    else:
+        topo = generate(_str(source, mesh["generate"], "mesh.generate"), source, "mesh.generate")
+        topo.source = source
+    if "routing" in mesh:
+        from meshstress.routing import get_backend
+
+        name = _str(source, mesh["routing"], "mesh.routing")
+        try:
+            get_backend(name, {}, source=source)
+        except InputError as exc:
+            raise _fail(source, "mesh.routing", exc.message) from None
+        if name != topo.routing:
+            topo.routing_settings = {}
+        topo.routing = name
+    if "settings" in mesh:
+        settings = mesh["settings"]
+        if not isinstance(settings, dict):
+            raise _fail(source, "mesh.settings", "expected a table of routing settings")
+        topo.routing_settings = {**topo.routing_settings, **settings}
+    if "prefix" in mesh:
+        topo.prefix = _str(source, mesh["prefix"], "mesh.prefix")
+        # the topology file's own checks (capacity, syntax) run on a round trip
+        topofile.loads_toml(topofile.dumps_toml(topo), source)
+    from meshstress.routing import get_backend
+
+    try:
+        backend = get_backend(topo.routing, topo.routing_settings, source=source)
+        backend.node_settings(topo)
+    except InputError as exc:
+        if exc.source == source and not exc.field.startswith("mesh"):
+            raise _fail(
+                source, f"mesh.settings.{exc.field.split('.', 1)[-1]}", exc.message
+            ) from None
+        raise
+    return topo
+
+
+def from_data(data: dict[str, Any], source: str, base: Path) -> Scenario:
+    for key in data:
+        if key not in ROOT_KEYS:
+            raise _fail(source, key, f"unknown key (allowed: {', '.join(ROOT_KEYS)})")
+    head = _table(source, data.get("scenario", {}), "scenario", SCENARIO_KEYS)
+    if "mesh" not in data:
+        raise _fail(source, "mesh", "missing: say which mesh (topology = FILE or generate = ...)")
+    mesh = _table(source, data["mesh"], "mesh", MESH_KEYS)
+    topo = _topology(source, mesh, base)
+    sc = Scenario(name=Path(source).stem, source=source, topology=topo, raw=data)
+    if "name" in head:
+        sc.name = _str(source, head["name"], "scenario.name")
+    if "description" in head:
+        sc.description = _str(source, head["description"], "scenario.description")
+    if "duration" in head:
+        sc.duration = _unit(source, head["duration"], "scenario.duration", units.parse_duration)
+        if sc.duration <= 0:
+            raise _fail(source, "scenario.duration", "must be more than 0s")
+    for key, attr in (("warmup", "warmup"), ("route_interval", "route_interval")):
+        if key in head:
+            setattr(sc, attr, _unit(source, head[key], f"scenario.{key}", units.parse_duration))
+    if sc.route_interval <= 0:
+        raise _fail(source, "scenario.route_interval", "must be more than 0s")
+    if "where" in head:
+        sc.where = _str(source, head["where"], "scenario.where")
+        if sc.where not in WHERE:
+            raise _fail(source, "scenario.where", f"must be one of {', '.join(WHERE)}")
+    if "probes" in head:
+        sc.probes = _probes(source, head["probes"])
+    if "ideal" in mesh:
+        sc.ideal = _bool(source, mesh["ideal"], "mesh.ideal")
+    if "converge_timeout" in mesh:
+        sc.converge_timeout = _unit(
+            source, mesh["converge_timeout"], "mesh.converge_timeout", units.parse_duration
+        )
+    if "require_converged" in mesh:
+        sc.require_converged = _bool(source, mesh["require_converged"], "mesh.require_converged")
+
+    from meshstress.events import parse_events
+    from meshstress.flows import parse_flows
+
+    sc.flows = parse_flows(data.get("traffic", []), source, topo, field="traffic")
+    sc.events = parse_events(data.get("events", []), source, topo, field="events")
+    check_times(sc)
+    ver = _table(source, data.get("verdict", {}), "verdict", ("assert",))
+    sc.assertions = _assertions(source, ver.get("assert", []), sc)
+    return sc
+
+
+def check_times(sc: Scenario) -> None:
+    """Every event and flow start lies inside the scenario's duration."""
+    for i, ev in enumerate(sc.events):
+        if ev.at > sc.duration:
+            raise _fail(
+                sc.source,
+                "events",
+                f"event {i} ({ev.action}) at {units.format_duration(ev.at)} is after the "
+                f"scenario ends (duration {units.format_duration(sc.duration)})",
+            )
+    for i, spec in enumerate(sc.flows):
+        if spec.start >= sc.duration:
+            raise _fail(sc.source, f"traffic[{i}].start", "starts after the scenario ends")
+
+
+def _probes(source: str, value: Any) -> list[str]:
+    from meshstress.probes import PROBES
+
+    if value is True:
+        return list(PROBES)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(source, "scenario.probes", f"expected a list of names from {PROBES} or true")
+    for i, name in enumerate(value):
+        if name not in PROBES:
+            raise _fail(source, f"scenario.probes[{i}]", f"unknown probe {name!r} ({PROBES})")
+    return list(dict.fromkeys(value))
+
+
+def _assertions(source: str, value: Any, sc: Scenario) -> list[verdict.Assertion]:
+    if not isinstance(value, list):
+        raise _fail(source, "verdict.assert", "expected a list of strings")
+    flows = {f.name for f in sc.flows}
+    out = []
+    for i, text in enumerate(value):
+        fld = f"verdict.assert[{i}]"
+        try:
+            a = verdict.parse_assertion(text)
+        except ValueError as exc:
+            raise _fail(source, fld, str(exc)) from None
+        p = a.path
+        if p[0] == "flows" and len(p) > 1 and p[1] not in flows:
+            raise _fail(source, fld, f"no flow {p[1]!r} (flows: {', '.join(sorted(flows))})")
+        if p[0] == "events" and len(p) > 1:
+            if not isinstance(p[1], int) or p[1] >= len(sc.events):
+                raise _fail(source, fld, f"there are {len(sc.events)} events (events[0]...)")
+            if len(p) > 3 and p[2] == "recovery_s" and p[3] not in flows:
+                raise _fail(source, fld, f"no flow {p[3]!r} (flows: {', '.join(sorted(flows))})")
+        if p[0] not in RESULT_KEYS:
+            raise _fail(source, fld, f"unknown metric root {p[0]!r} ({', '.join(RESULT_KEYS)})")
+        out.append(a)
+    return out
+
+
+# The top-level keys of results.json that assertions may start from.
+RESULT_KEYS = ("mesh", "flows", "events", "routing", "probes", "run")
+
+
+def with_overrides(sc: Scenario, **kw: Any) -> Scenario:
+    return replace(sc, **{k: v for k, v in kw.items() if v is not None})

@@ -1,0 +1,143 @@
+"""`meshstress run` on this host: real traffic, real events, real numbers, nothing left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from meshstress import build, netns, state
+
+pytestmark = pytest.mark.network
+
+LINE = """
+[scenario]
+name = "line-cut"
+duration = "7s"
+warmup = "0.5s"
+route_interval = "0.5s"
+
+[mesh]
+generate = "line 3"
+routing = "static"
+
+[[traffic]]
+name = "cbr"
+kind = "udp"
+from = "n0"
+to = "n2"
+rate = "100pps"
+
+[[traffic]]
+name = "echo"
+kind = "ping"
+from = "n2"
+to = "n0"
+rate = "10pps"
+
+[[events]]
+at = "2s"
+action = "link-down"
+link = ["n1", "n2"]
+for = "2s"
+
+[verdict]
+assert = [
+  "flows.cbr.delivery_ratio >= 40%",
+  "flows.cbr.delivery_ratio < 95%",
+  "events[1].recovery_s.cbr <= 1s",
+  "flows.echo.delivery_ratio >= 40%",
+]
+"""
+
+
+def _ours(run_id: str) -> list[str]:
+    return [n for n in netns.list_names() if n.startswith(f"ms-{run_id}-")]
+
+
+def test_run_measures_an_outage_and_judges_it(run_scenario) -> None:
+    r = run_scenario(LINE)
+    cbr = r["flows"]["cbr"]
+    # 7 s at 100 pps; the n1-n2 link is down from 2 s to 4 s: about 200 packets lost
+    assert 600 <= cbr["sent"] <= 720, cbr["sent"]
+    assert 0.5 <= cbr["delivery_ratio"] <= 0.85, cbr["delivery_ratio"]
+    down, up = r["events"]
+    assert (down["action"], up["action"]) == ("link-down", "link-up")
+    assert 1.95 <= down["t_rel"] <= 2.5 and 3.95 <= up["t_rel"] <= 4.5
+    # the outage starts at the cut and lasts until the link is back (static routes stay)
+    assert 1.5 <= down["recovery_s"]["cbr"] <= 3.0, down
+    assert up["recovery_s"]["cbr"] <= 1.0, up
+    assert 1.5 <= cbr["longest_outage_s"] <= 3.0
+    assert r["passed"], r["checks"]
+    assert [c["passed"] for c in r["checks"]] == [True] * 5  # converged + 4 asserts
+    assert r["routing"]["snapshots"] >= 5
+    assert not _ours(r["run"]["id"]) and state.load(r["run"]["id"]) is None
+
+
+def test_failed_checks_fail_the_run_and_say_why(run_scenario) -> None:
+    text = LINE.replace('"flows.cbr.delivery_ratio >= 40%"', '"flows.cbr.delivery_ratio >= 99%"')
+    r = run_scenario(text, duration=6.0)
+    assert not r["passed"]
+    failed = [c for c in r["checks"] if not c["passed"]]
+    assert [c["metric"] for c in failed] == ["flows.cbr.delivery_ratio"]
+    assert failed[0]["actual"] < 0.99
+
+
+def test_cli_run_writes_the_run_folder(tmp_path: Path) -> None:
+    scen = tmp_path / "line.toml"
+    scen.write_text(LINE)
+    out = tmp_path / "out"
+    p = subprocess.run(
+        [sys.executable, "-m", "meshstress", "run", "--where", "host", "--out", str(out), str(scen)],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "PASSED" in p.stdout and "PASS flows.cbr.delivery_ratio" in p.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["passed"] and results["run"]["where"] == "host"
+    assert (out / "junit.xml").exists() and (out / "summary.txt").exists()
+    assert (out / "timeline.png").exists() or results["run"]["plots"] == []
+    assert any((out / "raw").iterdir())
+    assert not _ours(results["run"]["id"])
+
+
+def test_sigterm_mid_run_removes_everything(tmp_path: Path) -> None:
+    scen = tmp_path / "long.toml"
+    scen.write_text(LINE.replace('duration = "7s"', 'duration = "60s"'))
+    before = set(netns.list_names())
+    p = subprocess.Popen(
+        [sys.executable, "-m", "meshstress", "run", "--where", "host",
+         "--out", str(tmp_path / "o"), str(scen)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        children: list[psutil.Process] = []
+        while time.monotonic() < deadline:
+            children = psutil.Process(p.pid).children(recursive=True)
+            if len(children) >= 3:  # udp receiver and sender, and ping, are running
+                break
+            time.sleep(0.2)
+        assert len(children) >= 3, "flows never started"
+        made = set(netns.list_names()) - before
+        assert made
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        for st in state.all_runs():  # only if the run failed to clean up: do it here
+            if st.source == str(scen):
+                build.teardown(st)
+    assert p.returncode == 143, out
+    assert not (set(netns.list_names()) & made)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert os.path.exists(tmp_path / "o")
