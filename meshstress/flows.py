@@ -88,6 +88,7 @@ class FlowRecord:
     tcp_info: dict[str, int] = field(default_factory=dict)
     bytes_written: int = 0
     connected: bool | None = None
+    connected_at: float | None = None  # tcp: when the sender's connect() succeeded
     send_errors: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -429,6 +430,8 @@ def load_record(spec: FlowSpec, files: dict[str, str], t_start: float, t_end: fl
         rec.tcp_info = {k: int(v) for k, v in (send.get("tcp_info") or {}).items()}
         rec.bytes_written = int(send.get("bytes_written", 0))
         rec.connected = "connected_at" in send if send else None
+        if send.get("connected_at") is not None:
+            rec.connected_at = float(send["connected_at"])
     elif spec.kind == "ping":
         from meshstress.traffic import ping_records
 

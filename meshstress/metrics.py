@@ -203,6 +203,7 @@ def _packet_metrics(record: FlowRecord, t0: float) -> dict[str, Any]:
         "reordered": reordered,
         "delivery_ratio": round(n_recv / n_sent, 6) if n_sent else 0.0,
         "span_s": round(hi - lo, 3),
+        "start_delay_s": round(lo - record.t_start, 3) if sent else None,
     }
     sd = _stddev(delays)
     if record.spec.kind == "ping":
@@ -260,6 +261,9 @@ def _tcp_metrics(record: FlowRecord, t0: float) -> dict[str, Any]:
         "bytes_retrans": info.get("bytes_retrans"),
         "rtt_ms": round(info["rtt"] / 1000.0, 3) if "rtt" in info else None,
         "span_s": round(length, 3),
+        "start_delay_s": None
+        if record.connected_at is None
+        else round(record.connected_at - record.t_start, 3),
         "interval_s": record.bin_s,
     }
     out.update(_outage_fields(record, t0))

@@ -72,7 +72,7 @@ def test_udp_example_counts_loss_duplicates_reordering_latency() -> None:
     assert m["latency_ms"]["p50"] == pytest.approx(4.0) and m["latency_ms"]["max"] == 4.0
     assert m["jitter_ms"] == pytest.approx(0.0, abs=1e-6)
     assert m["outages"] == [[1.4, 1.6, 0.2]] and m["longest_outage_s"] == 0.2
-    assert m["span_s"] == 1.0
+    assert m["span_s"] == 1.0 and m["start_delay_s"] == 0.0
     assert m["throughput_bps"] == pytest.approx(80 * 200 * 8 / 1.0)
     assert m["series"]["t"] == [1.0, 1.5] and m["series"]["delivery_ratio"] == [0.8, 0.8]
     json.dumps(m, allow_nan=False)  # JSON-ready
