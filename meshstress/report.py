@@ -113,13 +113,16 @@ def summary(results: Mapping[str, Any]) -> str:
             f"{_fmt(routing.get('reachable_min'))}, "
             f"at the end {_fmt(routing.get('reachable_final'))}"
         )
-    probes = results.get("probes")
-    if probes:
-        nodes = probes.get("nodes", {})
-        drops = sum(sum((n.get("drops") or {}).values()) for n in nodes.values())
-        retrans = sum(n.get("tcp_retransmits") or 0 for n in nodes.values())
+    totals = (results.get("probes") or {}).get("totals")
+    if totals:
+        top = ", ".join(f"{k} {v}" for k, v in list(totals["drop_reasons"].items())[:3])
+        share = totals.get("batman_control_share")
         lines.append(
-            f"probes: {drops} drops, {retrans} TCP retransmissions across {len(nodes)} nodes"
+            f"probes: {totals['tx_packets']} packets sent on mesh interfaces; "
+            f"{totals['drops']} drops ({top or 'none'}); "
+            f"{totals['tcp_retransmits']} TCP retransmissions; batman-adv signalling "
+            f"{totals['batman_control_tx_bytes']} bytes"
+            + (f" ({share:.1%} of bytes sent)" if share is not None else "")
         )
     checks = results.get("checks") or []
     if checks:

@@ -31,7 +31,10 @@ from meshstress.errors import CapabilityError, MeshstressError
 from meshstress.scenario import Scenario
 
 Say = Callable[[str], None]
-LEAD = 0.5  # seconds between starting the flow processes and t0
+# Seconds between starting the flow processes and t0: an agent (a Python process) needs
+# about 0.1 s to start on our host and 0.75-1.3 s in the VM lab (software emulation).
+LEAD = 1.0
+LEAD_LAB = 3.0
 
 
 def missing_here(sc: Scenario) -> list[str]:
@@ -124,6 +127,37 @@ def routing_summary(snaps: list[Any], t0: float) -> dict[str, Any]:
     }
 
 
+# batman-adv's own signalling (originator messages, echo location, TVLVs) as opposed to
+# the payload it carries (unicast, broadcast, fragments, network coding, multicast).
+BATMAN_CONTROL = ("iv_ogm", "elp", "ogm2", "icmp", "unicast_tvlv")
+
+
+def probe_totals(delta: dict[str, Any]) -> dict[str, Any]:
+    """Pure: mesh-wide totals of a probes delta (what assertions usually want)."""
+    drops: dict[str, int] = {}
+    out = {"tx_packets": 0, "tx_bytes": 0, "tcp_retransmits": 0, "drops": 0,
+           "batman_control_tx_packets": 0, "batman_control_tx_bytes": 0}  # fmt: skip
+    for node in (delta.get("nodes") or {}).values():
+        out["tcp_retransmits"] += node.get("tcp_retransmits") or 0
+        for reason, n in (node.get("drops") or {}).items():
+            drops[reason] = drops.get(reason, 0) + n
+        for ifname, c in (node.get("interfaces") or {}).items():
+            if ifname == "lo":
+                continue
+            out["tx_packets"] += c.get("tx_packets", 0)
+            out["tx_bytes"] += c.get("tx_bytes", 0)
+            for kind, t in (c.get("batman_types") or {}).items():
+                if kind in BATMAN_CONTROL:
+                    out["batman_control_tx_packets"] += t.get("tx_packets", 0)
+                    out["batman_control_tx_bytes"] += t.get("tx_bytes", 0)
+    out["drops"] = sum(drops.values())
+    out["drop_reasons"] = dict(sorted(drops.items(), key=lambda kv: -kv[1]))
+    out["batman_control_share"] = (
+        round(out["batman_control_tx_bytes"] / out["tx_bytes"], 4) if out["tx_bytes"] else None
+    )
+    return out
+
+
 def event_recoveries(events: list[dict[str, Any]], records: dict[str, Any], horizon: float) -> None:
     """Add recovery_s {flow: seconds} to each event record (in place)."""
     from meshstress.metrics import outage_after
@@ -193,7 +227,8 @@ def run(sc: Scenario, out_dir: Path, say: Say | None = None) -> dict[str, Any]:
                     before = probes.snapshot()
                 recorder = _RouteRecorder(up.state, up.backend, sc.route_interval)
                 time.sleep(sc.warmup)
-                t0 = time.monotonic() + LEAD
+                lead = LEAD_LAB if results["run"]["where"] == "lab" else LEAD
+                t0 = time.monotonic() + lead + 0.05 * len(sc.flows)
                 for spec in sc.flows:
                     flows.append(start_flow(mesh, spec, str(raw), t0, sc.duration))
                 recorder.start()
@@ -234,6 +269,7 @@ def run(sc: Scenario, out_dir: Path, say: Say | None = None) -> dict[str, Any]:
                     from meshstress.probes import delta
 
                     results["probes"] = delta(before, probes.snapshot())
+                    results["probes"]["totals"] = probe_totals(results["probes"])
             finally:
                 stop.set()
                 for f in flows:

@@ -86,3 +86,24 @@ def test_routing_summary_counts_changes_and_reachability() -> None:
     assert s["reachable_series"] == [(0.0, 1.0), (1.0, 0.5), (2.0, 1.0)]
     assert s["route_changes"] >= 1
     assert routing_summary([], 0.0) == {"snapshots": 0}
+
+
+def test_probe_totals_sum_nodes_and_split_batman_signalling_from_payload() -> None:
+    from meshstress.runner import probe_totals
+
+    iface = {"tx_packets": 10, "tx_bytes": 1000, "rx_packets": 0, "rx_bytes": 0,
+             "batman_types": {"ogm2": {"tx_packets": 4, "tx_bytes": 200},
+                              "unicast": {"tx_packets": 6, "tx_bytes": 800}}}  # fmt: skip
+    delta = {
+        "nodes": {
+            "a": {"interfaces": {"i0": iface, "lo": {"tx_packets": 99, "tx_bytes": 99}},
+                  "drops": {"NO_SOCKET": 2}, "tcp_retransmits": 3},
+            "b": {"interfaces": {"i1": iface}, "drops": {"NO_SOCKET": 1, "QDISC_DROP": 5},
+                  "tcp_retransmits": 0},
+        }
+    }  # fmt: skip
+    t = probe_totals(delta)
+    assert t["tx_packets"] == 20 and t["tx_bytes"] == 2000  # lo left out
+    assert t["drops"] == 8 and list(t["drop_reasons"]) == ["QDISC_DROP", "NO_SOCKET"]
+    assert t["tcp_retransmits"] == 3
+    assert t["batman_control_tx_bytes"] == 400 and t["batman_control_share"] == 0.2

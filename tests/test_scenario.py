@@ -73,14 +73,24 @@ def test_topology_file_is_relative_to_the_scenario(tmp_path: Path) -> None:
     assert sc.topology.node_names() == ["a", "b"] and sc.topology.routing == "static"
 
 
-def test_needs_names_what_the_kernel_must_offer() -> None:
+def test_needs_names_what_the_kernel_must_offer(tmp_path: Path) -> None:
     text = GOOD.replace('routing = "static"', 'routing = "batman-adv"')
     assert scenario.loads(text, "s.toml").needs() == ["batman-adv"]
-    lossy = """
-[mesh]
-topology = "t.toml"
-"""
-    del lossy
+    link = '\n[[links]]\na = "a"\nb = "b"\n'
+    (tmp_path / "rate.toml").write_text('nodes = ["a", "b"]' + link + 'rate = "2mbit"\n')
+    (tmp_path / "loss.toml").write_text('nodes = ["a", "b"]' + link + 'loss = "5%"\n')
+    rate = scenario.loads('[mesh]\ntopology = "rate.toml"\n', "s.toml", base=tmp_path)
+    assert rate.needs() == ["tbf"]  # a rate limit alone runs on hosts without netem
+    lossy = scenario.loads('[mesh]\ntopology = "loss.toml"\n', "s.toml", base=tmp_path)
+    assert lossy.needs() == ["netem"]
+    ideal = scenario.loads(
+        '[mesh]\ntopology = "loss.toml"\nideal = true\n', "s.toml", base=tmp_path
+    )
+    assert ideal.needs() == []
+    probes = scenario.loads('[scenario]\nprobes = ["drops"]\n' + GOOD.split("\n", 4)[4], "s.toml")
+    assert probes.probes == ["drops"] and probes.needs() == ["bcc+headers"]
+    ev = GOOD + '[[events]]\nat = "1s"\naction = "impair"\nlink = ["n4", "n5"]\ndelay = "5ms"\n'
+    assert scenario.loads(ev, "s.toml").needs() == ["netem"]
 
 
 def _err(text: str, tmp_path: Path | None = None) -> InputError:
