@@ -135,7 +135,7 @@ BATMAN_CONTROL = ("iv_ogm", "elp", "ogm2", "icmp", "unicast_tvlv")
 def probe_totals(delta: dict[str, Any]) -> dict[str, Any]:
     """Pure: mesh-wide totals of a probes delta (what assertions usually want)."""
     drops: dict[str, int] = {}
-    out = {"tx_packets": 0, "tx_bytes": 0, "tcp_retransmits": 0, "drops": 0,
+    out: dict[str, Any] = {"tx_packets": 0, "tx_bytes": 0, "tcp_retransmits": 0, "drops": 0,
            "batman_control_tx_packets": 0, "batman_control_tx_bytes": 0}  # fmt: skip
     for node in (delta.get("nodes") or {}).values():
         out["tcp_retransmits"] += node.get("tcp_retransmits") or 0
