@@ -194,8 +194,11 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
 # --- teardown ------------------------------------------------------------------
 
 
-def stop_processes(records: Sequence[ProcessRecord], timeout: float = 3.0) -> list[int]:
-    """Stop recorded processes (and their children) by PID; never by name.
+def stop_processes(
+    records: Sequence[ProcessRecord], timeout: float = 3.0, kill: bool = False
+) -> list[int]:
+    """Stop recorded processes (and their children) by PID; never by name: SIGTERM,
+    then SIGKILL for what is left after `timeout` (`kill`: SIGKILL at once, a crash).
 
     A PID is only ours if its create time matches the record, so a recycled PID is
     left alone. Returns the PIDs that were signalled."""
@@ -211,7 +214,7 @@ def stop_processes(records: Sequence[ProcessRecord], timeout: float = 3.0) -> li
             continue
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
+            p.kill() if kill else p.terminate()
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     for p in alive:
         with contextlib.suppress(psutil.NoSuchProcess):

@@ -27,7 +27,6 @@ naming the file and the field. The format (docs/scenario.md):
 from __future__ import annotations
 
 import shlex
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,11 +117,7 @@ def load(path: str | Path) -> Scenario:
 
 
 def loads(text: str, source: str = "<memory>", base: str | Path = ".") -> Scenario:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(source, "toml", f"syntax error: {exc}") from None
-    return from_data(data, source, Path(base))
+    return from_data(topofile.toml_data(text, source), source, Path(base))
 
 
 def _fail(source: str, fld: str, msg: str) -> InputError:

@@ -93,6 +93,11 @@ def load(path: str | Path) -> Topology:
 
 def loads_toml(text: str, source: str = "<memory>") -> Topology:
     """Parse and validate a meshstress TOML topology."""
+    return _from_toml_data(toml_data(text, source), source)
+
+
+def toml_data(text: str, source: str) -> dict[str, Any]:
+    """tomllib.loads, with a syntax error as one InputError line (field "toml")."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -104,7 +109,7 @@ def loads_toml(text: str, source: str = "<memory>") -> Topology:
         raise InputError(source, "toml", f"syntax error: {message}") from None
     except RecursionError:
         raise InputError(source, "toml", "syntax error: nested too deeply") from None
-    return _from_toml_data(data, source)
+    return data
 
 
 def load_meshnet_json(path: str | Path) -> Topology:

@@ -191,21 +191,7 @@ def kill_processes(records: Sequence[state_mod.ProcessRecord], timeout: float = 
     """SIGKILL recorded processes (and their children) by PID, a crash with no goodbye,
     and wait until they are gone (reaped, if they are our children). A PID whose create
     time does not match its record is not ours and is left alone. Returns the PIDs killed."""
-    procs: list[psutil.Process] = []
-    for rec in records:
-        try:
-            p = psutil.Process(rec.pid)
-            if abs(p.create_time() - rec.create_time) > 0.05:
-                continue
-            procs.extend(p.children(recursive=True))
-            procs.append(p)
-        except psutil.NoSuchProcess:
-            continue
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(procs, timeout=timeout)
-    return [p.pid for p in procs]
+    return stop_processes(records, timeout=timeout, kill=True)
 
 
 def live_records(mesh: Mesh, node: str, role: str) -> list[state_mod.ProcessRecord]:
