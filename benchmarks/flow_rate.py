@@ -22,7 +22,7 @@ from meshstress import build, generators, hostcli
 from meshstress.flows import FlowSpec, start_flow
 from meshstress.metrics import flow_metrics
 
-RATES = (100, 1000, 2000, 5000, 10000, 20000)
+RATES = (100, 1000, 5000, 20000, 50000, 100000)
 
 
 def one(mesh: build.Mesh, spec: FlowSpec, seconds: float, workdir: str) -> dict:  # type: ignore[type-arg]
