@@ -107,13 +107,7 @@ def _needs(impair: Any, imp: Any) -> set[str]:
 def load(path: str | Path) -> Scenario:
     source = str(path)
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(source, "file", "no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(source, "file", f"cannot read: {exc}") from None
-    return loads(text, source, base=p.parent)
+    return loads(topofile.read_text(p, source), source, base=p.parent)
 
 
 def loads(text: str, source: str = "<memory>", base: str | Path = ".") -> Scenario:

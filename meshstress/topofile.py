@@ -80,15 +80,20 @@ def load(path: str | Path) -> Topology:
             f"unknown topology file type {p.suffix or '(none)'!r}; "
             "use .toml (meshstress) or .json (meshnet-lab)",
         )
+    text = read_text(p, source)
+    if suffix == ".toml":
+        return loads_toml(text, source)
+    return loads_meshnet_json(text, source)
+
+
+def read_text(path: Path, source: str) -> str:
+    """A UTF-8 input file's text; a missing or unreadable file is an InputError ("file")."""
     try:
-        text = p.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(source, "file", "no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(source, "file", f"cannot read: {_one_line(str(exc))}") from None
-    if suffix == ".toml":
-        return loads_toml(text, source)
-    return loads_meshnet_json(text, source)
 
 
 def loads_toml(text: str, source: str = "<memory>") -> Topology:
@@ -115,13 +120,7 @@ def toml_data(text: str, source: str) -> dict[str, Any]:
 def load_meshnet_json(path: str | Path) -> Topology:
     """Read a meshnet-lab JSON file (e.g. the Freifunk maps)."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(source, "file", "no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(source, "file", f"cannot read: {_one_line(str(exc))}") from None
-    return loads_meshnet_json(text, source)
+    return loads_meshnet_json(read_text(Path(path), source), source)
 
 
 def loads_meshnet_json(text: str, source: str = "<memory>", name: str | None = None) -> Topology:
