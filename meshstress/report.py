@@ -124,6 +124,14 @@ def summary(results: Mapping[str, Any]) -> str:
             f"{totals['batman_control_tx_bytes']} bytes"
             + (f" ({share:.1%} of bytes sent)" if share is not None else "")
         )
+    host = run.get("host") or {}
+    if host:
+        lines.append(
+            f"host: CPU {host.get('cpu_mean_pct')}% busy on average, "
+            f"{host.get('cpu_max_pct')}% at most"
+        )
+        if host.get("warning"):
+            lines.append(f"WARNING: {host['warning']}")
     checks = results.get("checks") or []
     if checks:
         lines.append("checks:")

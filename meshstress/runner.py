@@ -83,12 +83,17 @@ class _RouteRecorder(threading.Thread):
         self.st, self.backend, self.interval = st, backend, interval
         self.snaps: list[Any] = []
         self.errors: list[str] = []
+        self.cpu: list[float] = []  # host CPU busy %, all cores, between samples
+        self.snapshot_s: list[float] = []  # what one route snapshot cost
         self.halt = threading.Event()
 
     def run(self) -> None:
+        import psutil
+
         from meshstress.routing import snapshot
 
         mesh = build.Mesh(self.st)
+        psutil.cpu_percent(interval=None)
         try:
             while not self.halt.is_set():
                 t = time.monotonic()
@@ -96,9 +101,36 @@ class _RouteRecorder(threading.Thread):
                     self.snaps.append(snapshot(mesh, self.backend))
                 except Exception as exc:  # a node mid-restart: note it, keep sampling
                     self.errors.append(f"{type(exc).__name__}: {exc}")
+                self.snapshot_s.append(time.monotonic() - t)
                 self.halt.wait(max(0.0, self.interval - (time.monotonic() - t)))
+                self.cpu.append(psutil.cpu_percent(interval=None))
         finally:
             mesh.close()
+
+
+SATURATED = 95.0  # % busy over all cores
+SATURATED_WARN = 0.25  # share of the run
+
+
+def host_load(cpu: list[float], snapshot_s: list[float]) -> dict[str, Any]:
+    """Pure: how busy the host was while the run measured. A saturated host measures
+    itself: flows start late, daemons miss their timers, outages grow."""
+    if not cpu:
+        return {}
+    saturated = sum(1 for c in cpu if c >= SATURATED) / len(cpu)
+    out: dict[str, Any] = {
+        "cpu_mean_pct": round(sum(cpu) / len(cpu), 1),
+        "cpu_max_pct": round(max(cpu), 1),
+        "saturated_share": round(saturated, 3),
+        "route_snapshot_s": round(sum(snapshot_s) / len(snapshot_s), 3) if snapshot_s else None,
+    }
+    if saturated >= SATURATED_WARN:
+        out["warning"] = (
+            f"the host's CPUs were {SATURATED:g}%+ busy for {saturated:.0%} of the run: "
+            "these numbers may measure the host rather than the mesh (fewer nodes, or a "
+            "bigger machine)"
+        )
+    return out
 
 
 def routing_summary(snaps: list[Any], t0: float) -> dict[str, Any]:
@@ -265,6 +297,7 @@ def run(sc: Scenario, out_dir: Path, say: Say | None = None) -> dict[str, Any]:
                 results["routing"] = routing_summary(recorder.snaps, t0)
                 if recorder.errors:
                     results["routing"]["sample_errors"] = recorder.errors[:5]
+                results["run"]["host"] = host_load(recorder.cpu, recorder.snapshot_s)
                 if probes is not None:
                     from meshstress.probes import delta
 
