@@ -202,8 +202,14 @@ def event_recoveries(events: list[dict[str, Any]], records: dict[str, Any], hori
         ev["recovery_s"] = rec
 
 
-def run(sc: Scenario, out_dir: Path, say: Say | None = None) -> dict[str, Any]:
-    """Run `sc` on this kernel; return the results dict (also written to out_dir)."""
+def run(
+    sc: Scenario, out_dir: Path, say: Say | None = None, probes: Any = None
+) -> dict[str, Any]:
+    """Run `sc` on this kernel; return the results dict (also written to out_dir).
+
+    `probes`: an attached meshstress.probes.Probes to reuse (a BCC compile costs about a
+    minute under emulation); it is left open. Without it, the scenario's `probes` are
+    compiled here and closed at the end."""
     from meshstress import hostcli, report
     from meshstress.events import EventRunner, run_timeline
     from meshstress.flows import start_flow
@@ -224,14 +230,14 @@ def run(sc: Scenario, out_dir: Path, say: Say | None = None) -> dict[str, Any]:
             "duration_s": sc.duration,
         }
     }
-    probes = None
+    own_probes = probes is None
     up = None
     flows: list[Any] = []
     recorder: _RouteRecorder | None = None
     stop = threading.Event()
     try:
         with build.sigterm_as_interrupt():
-            if sc.probes:
+            if sc.probes and probes is None:
                 from meshstress.probes import Probes
 
                 say(f"probes: compiling and attaching {', '.join(sc.probes)} (once per run)")
@@ -312,7 +318,7 @@ def run(sc: Scenario, out_dir: Path, say: Say | None = None) -> dict[str, Any]:
                     recorder.join(timeout=10)
                 mesh.close()
     finally:
-        if probes is not None:
+        if probes is not None and own_probes:
             probes.close()
         if up is not None:
             t = time.monotonic()

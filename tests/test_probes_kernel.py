@@ -179,3 +179,46 @@ def test_batman_ogms_counted_per_interface(probes: Probes, mesh_factory) -> None
         assert abs(i["batman_tx_packets"] - j["batman_rx_packets"]) <= 2, (i, j)
     # batman-adv frames never appear on bat0 itself (it carries the payload)
     assert nodes["n1"]["interfaces"]["bat0"]["batman_tx_packets"] == 0
+
+
+RUN = """
+[scenario]
+name = "probed-line"
+duration = "4s"
+warmup = "0.2s"
+
+[mesh]
+generate = "line 3"
+routing = "static"
+
+[[traffic]]
+name = "cbr"
+kind = "udp"
+from = "n0"
+to = "n2"
+rate = "100pps"
+size = "300B"
+"""
+
+
+def test_a_run_reports_probe_counters_per_node(probes: Probes, tmp_path) -> None:
+    """`meshstress run` with probes (here the session's, to compile once): the UDP flow's
+    packets show on each hop's interfaces, and the totals add them up."""
+    from meshstress import runner, scenario
+
+    r = runner.run(scenario.loads(RUN, "probed-line.toml"), tmp_path, probes=probes)
+    cbr = r["flows"]["cbr"]
+    assert cbr["sent"] >= 350 and cbr["delivery_ratio"] == 1.0, cbr
+    nodes = r["probes"]["nodes"]
+    n0_tx = sum(c["tx_packets"] for name, c in nodes["n0"]["interfaces"].items() if name != "lo")
+    n1 = nodes["n1"]["interfaces"]
+    n2_rx = sum(c["rx_packets"] for name, c in nodes["n2"]["interfaces"].items() if name != "lo")
+    assert n0_tx >= cbr["sent"]  # every datagram left n0 (plus ARP)
+    assert sum(c["rx_packets"] for c in n1.values()) >= cbr["sent"]  # crossed n1 ...
+    assert sum(c["tx_packets"] for c in n1.values()) >= cbr["sent"]  # ... and on
+    assert n2_rx >= cbr["received"]
+    totals = r["probes"]["totals"]
+    assert totals["tx_packets"] >= 2 * cbr["sent"]  # two hops
+    assert totals["tx_bytes"] >= 2 * cbr["sent"] * 300
+    assert totals["tcp_retransmits"] == 0 and totals["batman_control_tx_bytes"] == 0
+    assert (tmp_path / "results.json").exists()
