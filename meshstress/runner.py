@@ -234,7 +234,6 @@ def run(
     up = None
     flows: list[Any] = []
     recorder: _RouteRecorder | None = None
-    stop = threading.Event()
     try:
         with build.sigterm_as_interrupt():
             if sc.probes and probes is None:
@@ -274,12 +273,8 @@ def run(
                     f"traffic: {len(flows)} flow(s) for {sc.duration:g} s, "
                     f"{len(sc.events)} event(s)"
                 )
-                ev_mesh = build.Mesh(up.state)
-                try:
-                    runner = EventRunner(ev_mesh, up.backend, topo)
-                    events = run_timeline(_Announcing(runner, say, t0), sc.events, t0, stop)
-                finally:
-                    ev_mesh.close()
+                runner = EventRunner(mesh, up.backend, topo)
+                events = run_timeline(_Announcing(runner, say, t0), sc.events, t0)
                 _sleep_until(t0 + sc.duration, say, t0)
                 for f in flows:
                     f.wait(timeout=15.0)
@@ -297,8 +292,6 @@ def run(
                 event_recoveries(events, records, horizon=max(5.0, sc.duration))
                 for ev in events:
                     del ev["t"]
-                for name, fl in results["flows"].items():
-                    fl["recovery_s"] = [ev["recovery_s"].get(name) for ev in events]
                 results["events"] = events
                 results["routing"] = routing_summary(recorder.snaps, t0)
                 if recorder.errors:
@@ -310,7 +303,6 @@ def run(
                     results["probes"] = delta(before, probes.snapshot())
                     results["probes"]["totals"] = probe_totals(results["probes"])
             finally:
-                stop.set()
                 for f in flows:
                     f.stop()
                 if recorder is not None and recorder.is_alive():

@@ -27,7 +27,7 @@ naming the file and the field. The format (docs/scenario.md):
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,31 +77,20 @@ class Scenario:
     def needs(self) -> list[str]:
         """Doctor check names this scenario needs from the kernel, beyond netns and veth."""
         from meshstress import impair
-        from meshstress.plan import make_plan
 
-        out: list[str] = []
-        if self.topology.routing == "batman-adv":
-            out.append("batman-adv")
+        topo = self.topology
+        out = ["batman-adv"] if topo.routing == "batman-adv" else []
+        directions = [] if self.ideal else [d for link in topo.links for d in (link.ab, link.ba)]
+        directions += [] if self.ideal else [seg.egress for seg in topo.segments]
+        directions += [imp for ev in self.events for imp in (ev.ab, ev.ba) if imp is not None]
         kinds: set[str] = set()
-        if not self.ideal:
-            p = make_plan(self.topology, "x", impair=True)
-            for spec in p.impaired():
-                kinds |= _needs(impair, spec.egress)
-        for ev in self.events:
-            for imp in (getattr(ev, "ab", None), getattr(ev, "ba", None)):
-                if imp is not None:
-                    kinds |= _needs(impair, imp)
+        for imp in directions:
+            if not imp.is_ideal():
+                kinds |= impair.needs(imp)
         out += sorted(kinds)
         if self.probes:
             out.append("bcc+headers")
         return out
-
-
-def _needs(impair: Any, imp: Any) -> set[str]:
-    if imp.is_ideal():
-        return set()
-    fn = getattr(impair, "needs", None)
-    return set(fn(imp)) if fn else {"netem"}
 
 
 def load(path: str | Path) -> Scenario:
@@ -195,13 +184,7 @@ def _topology(source: str, mesh: dict[str, Any], base: Path) -> Topology:
         topo = generate(_str(source, mesh["generate"], "mesh.generate"), source, "mesh.generate")
         topo.source = source
     if "routing" in mesh:
-        from meshstress.routing import get_backend
-
         name = _str(source, mesh["routing"], "mesh.routing")
-        try:
-            get_backend(name, {}, source=source)
-        except InputError as exc:
-            raise _fail(source, "mesh.routing", exc.message) from None
         if name != topo.routing:
             topo.routing_settings = {}
         topo.routing = name
@@ -220,10 +203,11 @@ def _topology(source: str, mesh: dict[str, Any], base: Path) -> Topology:
         backend = get_backend(topo.routing, topo.routing_settings, source=source)
         backend.node_settings(topo)
     except InputError as exc:
-        if exc.source == source and not exc.field.startswith("mesh"):
-            raise _fail(
-                source, f"mesh.settings.{exc.field.split('.', 1)[-1]}", exc.message
-            ) from None
+        # the backend names "routing" and "routing.FIELD"; here they come from [mesh]
+        if exc.source == source and exc.field == "routing":
+            raise _fail(source, "mesh.routing", exc.message) from None
+        if exc.source == source and exc.field.startswith("routing."):
+            raise _fail(source, f"mesh.settings.{exc.field[8:]}", exc.message) from None
         raise
     return topo
 
@@ -332,7 +316,3 @@ def _assertions(source: str, value: Any, sc: Scenario) -> list[verdict.Assertion
 
 # The top-level keys of results.json that assertions may start from.
 RESULT_KEYS = ("mesh", "flows", "events", "routing", "probes", "run")
-
-
-def with_overrides(sc: Scenario, **kw: Any) -> Scenario:
-    return replace(sc, **{k: v for k, v in kw.items() if v is not None})

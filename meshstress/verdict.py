@@ -87,7 +87,6 @@ def parse_value(text: str, key: str) -> float | bool:
         return number
     if t.endswith("%"):
         return units.parse_fraction(t)
-    errors = []
     for parse, scale in (
         (units.parse_duration, 1000.0 if key.endswith("_ms") else 1.0),
         (units.parse_rate, 1.0),
@@ -95,8 +94,8 @@ def parse_value(text: str, key: str) -> float | bool:
     ):
         try:
             return float(parse(t)) * scale
-        except ValueError as exc:
-            errors.append(str(exc))
+        except ValueError:
+            continue
     raise ValueError(
         f"{t!r} is not a number, true/false, or a value with a unit (95%, 8s, 20ms, 2mbit, 64kb)"
     )
