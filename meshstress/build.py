@@ -312,6 +312,7 @@ class Mesh:
         self.state = state
         self._factory: netns.NetnsFactory | None = None
         self._socks: dict[str, IPRoute] = {}
+        self._ethtools: dict[str, IoctlEthtool] = {}
         _LIVE_MESHES.add(self)
 
     @property
@@ -342,6 +343,19 @@ class Mesh:
             finally:
                 os.close(fd)
         return self._socks[node]
+
+    def ethtool(self, node: str) -> IoctlEthtool:
+        """A cached ethtool ioctl socket inside the node's namespace."""
+        if node not in self._ethtools:
+            if self._factory is None:
+                self._factory = netns.NetnsFactory()
+            fd = os.open(netns.path(self.ns(node)), os.O_RDONLY)
+            try:
+                with self._factory.inside(fd):
+                    self._ethtools[node] = IoctlEthtool()
+            finally:
+                os.close(fd)
+        return self._ethtools[node]
 
     def popen(self, node: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         name = self.ns(node)
@@ -384,6 +398,9 @@ class Mesh:
         for s in self._socks.values():
             s.close()
         self._socks.clear()
+        for e in self._ethtools.values():
+            e.close()
+        self._ethtools.clear()
         if self._factory is not None:
             self._factory.close()
             self._factory = None

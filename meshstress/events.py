@@ -9,15 +9,13 @@ See docs/events.md.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from meshstress import impair, netns, units
+from meshstress import impair, units
 from meshstress.errors import MeshstressError
 from meshstress.topofile import _IMPAIR_KEYS, _Ctx
 from meshstress.topology import Impairment, Topology
@@ -387,42 +385,17 @@ class EventRunner:
             found = ipr.link_lookup(ifname=ifname)
             if not found:
                 raise MeshstressError(f"interface {ifname} of node {node} is gone")
-            if not imp.is_ideal():
-                self._offloads_off(node, ifname)
-            replace_qdisc(ipr, found[0], imp, mtu=self.mtu)
+            if not imp.is_ideal():  # as the builder does: netem acts per packet
+                impair.disable_offloads(self.mesh.ethtool(node), ifname)
+            impair.replace(ipr, found[0], imp, mtu=self.mtu)
             detail[direction] = {"ifname": ifname, "impairment": impair.describe(imp)}
         return detail
-
-    def _offloads_off(self, node: str, ifname: str) -> None:
-        """As the builder does for impaired interfaces: netem acts per packet."""
-        from pyroute2.ethtool.ioctl import IoctlEthtool
-
-        fd = os.open(netns.path(self.mesh.ns(node)), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            with netns.NetnsFactory() as factory:
-                with factory.inside(fd):
-                    ethtool = IoctlEthtool()
-                try:
-                    impair.disable_offloads(ethtool, ifname)
-                finally:
-                    ethtool.close()
-        finally:
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 class Applier(Protocol):
     """What run_timeline needs: an EventRunner, or a wrapper around one."""
 
     def apply(self, event: Event) -> dict[str, Any]: ...
-
-
-def replace_qdisc(sock: Any, index: int, imp: Impairment, mtu: int = 1500) -> None:
-    """meshstress.impair.replace (looked up when called: it is being added to impair.py)."""
-    fn = vars(impair).get("replace")
-    if fn is None:
-        raise MeshstressError("impair events need meshstress.impair.replace, not available")
-    fn(sock, index, imp, mtu=mtu)
 
 
 def run_timeline(
