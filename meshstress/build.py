@@ -34,6 +34,19 @@ if TYPE_CHECKING:
 
 HUB_SYSCTLS = {"net.ipv6.conf.default.disable_ipv6": "1", "net.ipv6.conf.all.disable_ipv6": "1"}
 
+# Every veth end is created with gso_max_segs 1, so that each skb a qdisc sees is one
+# wire packet, and netem's loss, delay and counters act per packet. Turning the
+# segmentation offloads off is not enough: since Linux 4.13 TCP builds GSO skbs of up to
+# 64 KB whatever the device's features say ("tcp: switch to GSO being always on"), and
+# they are cut into packets only after the qdisc (validate_xmit_skb). A forwarding node
+# passes such a super-packet on as it is, so a lossy link in the middle of a path saw it
+# too. The cap is read into each TCP socket (sk_gso_max_segs) when it connects, so it
+# must be in place before any traffic: it is set when the link is made. Measured on the
+# host (tracepoint net:net_dev_queue, 400 kB of TCP over a veth with tso, gso and gro
+# off): 37 skbs reached the qdisc, 16 of them larger than a frame (up to 65,226 bytes);
+# with gso_max_segs 1: 382, none larger than 1514 bytes. More in docs/topology.md.
+ONE_PACKET_PER_SKB: dict[str, int] = {"gso_max_segs": 1}
+
 
 class Interrupted(BaseException):
     """SIGTERM during a build or a run: unwound like Ctrl-C, so `finally` cleans up."""
@@ -112,12 +125,17 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
 
             say(f"veth pairs: {len(plan.veths)}")
             for v in plan.veths:
-                kwargs: dict[str, Any] = {}
+                # One packet per skb on every end (see ONE_PACKET_PER_SKB).
+                kwargs: dict[str, Any] = dict(ONE_PACKET_PER_SKB)
                 if v.master_a:
                     kwargs["master"] = bridge_index[v.a.ns]
                 if v.mtu:
                     kwargs["mtu"] = v.mtu
-                peer: dict[str, Any] = {"ifname": v.b.ifname, "net_ns_fd": fds[v.b.ns]}
+                peer: dict[str, Any] = {
+                    "ifname": v.b.ifname,
+                    "net_ns_fd": fds[v.b.ns],
+                    **ONE_PACKET_PER_SKB,
+                }
                 if v.mtu:
                     peer["mtu"] = v.mtu
                 root.link(

@@ -324,8 +324,11 @@ def replace(sock: Any, index: int, imp: Impairment, mtu: int = 1500) -> None:
     apply(sock, index, imp, mtu)
 
 
-# Segmentation offloads make a veth send 64 KB super-packets that netem drops or delays
-# as one: per-packet loss figures need them off on every impaired interface.
+# What makes netem act per packet is the builder's cap of one segment per skb on every
+# veth end (build.ONE_PACKET_PER_SKB): TCP builds GSO super-packets whatever these
+# features say, and they are segmented only after the qdisc. Turning the features off on
+# an impaired interface as well keeps its own segmentation and GRO out of the picture,
+# so a capture on it sees the frames the qdisc saw.
 OFFLOADS = (
     "tx-tcp-segmentation",
     "tx-tcp6-segmentation",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -239,3 +240,67 @@ def test_replace_swaps_netem_chains(mesh_factory) -> None:
     impair.replace(sock, index, Impairment())
     assert kinds() == []
     assert mesh.ping("a", "b", count=3).loss == 0
+
+
+# --- netem sees wire packets: TCP loss acts on every segment -------------------------
+
+
+def _wilson(k: int, n: int, z: float) -> tuple[float, float]:
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def _netem_counts(mesh: Mesh, node: str, ifname: str) -> tuple[int, int]:
+    sock = mesh.netlink(node)
+    index = sock.link_lookup(ifname=ifname)[0]
+    for q in sock.get_qdiscs(index=index):
+        if q["index"] == index and q.get_attr("TCA_KIND") == "netem":
+            stats = q.get_attr("TCA_STATS2")
+            passed = stats.get_attr("TCA_STATS_BASIC")["packets"]
+            return int(passed), int(stats.get_attr("TCA_STATS_QUEUE")["drops"])
+    raise AssertionError(f"no netem on {node}:{ifname}")
+
+
+def _tcp_snmp(mesh: Mesh, node: str) -> dict[str, int]:
+    text = mesh.run(node, ["cat", "/proc/net/snmp"], capture_output=True, text=True).stdout
+    head, values = [line.split() for line in text.splitlines() if line.startswith("Tcp:")][:2]
+    return {k: int(v) for k, v in zip(head[1:], values[1:], strict=True)}
+
+
+def test_tcp_loss_in_the_middle_of_a_path_acts_on_every_segment(mesh_factory) -> None:
+    """a -> b -> c, 10% loss on b -> c only; 400 kB of TCP a -> c. Every data skb that
+    reaches b's netem is one frame, netem drops about 10% of them (99.9% interval of its
+    own counters), and a retransmits. Before every veth end was capped at one segment
+    per skb, a's TCP handed b super-packets of up to 64 KB, which b forwarded whole:
+    netem dropped or passed them as one, and a transfer with no loss at all was likely."""
+    from impair_traffic import tcp_goodput
+
+    from meshstress.observe.skbtrace import SkbTrace
+
+    topo = topofile.loads_toml(
+        'nodes = ["a", "b", "c"]\n[[links]]\na = "a"\nb = "b"\n'
+        '[[links]]\na = "b"\nb = "c"\na_to_b = { loss = "10%" }\n',
+        "midloss.toml",
+    )
+    mesh = mesh_factory(topo, routing="static")
+    b_to_c = next(i["ifname"] for i in mesh.state.interfaces["b"] if i["peer"] == "c")
+    size = 400_000
+    passed0, drops0 = _netem_counts(mesh, "b", b_to_c)
+    retrans0 = _tcp_snmp(mesh, "a")["RetransSegs"]
+    with SkbTrace(b_to_c, min_len=200) as trace:  # the name is b's alone; ACKs left out
+        tcp_goodput(mesh, "a", "c", size)
+    passed1, drops1 = _netem_counts(mesh, "b", b_to_c)
+    drops, offered = drops1 - drops0, (drops1 - drops0) + (passed1 - passed0)
+    retrans = _tcp_snmp(mesh, "a")["RetransSegs"] - retrans0
+    lo, hi = _wilson(drops, offered, 3.29)
+    print(
+        f"\n{len(trace.lengths)} data skbs at b's netem, largest {max(trace.lengths)}; "
+        f"netem dropped {drops} of {offered} ({drops / offered:.2%}, 99.9% CI {lo:.3f}-{hi:.3f}); "
+        f"a retransmitted {retrans}"
+    )
+    assert max(trace.lengths) <= 1514, sorted(trace.lengths)[-5:]
+    assert offered >= size // 1448  # at least every data segment went through netem
+    assert retrans >= 1 and drops >= 1
+    assert lo <= 0.10 <= hi, (drops, offered)

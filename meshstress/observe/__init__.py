@@ -1,0 +1,1 @@
+"""Observing a live mesh through the kernel's own instruments (tracepoints, counters)."""
