@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshstress import generators, topofile, units, verdict
+from meshstress import generators, names, topofile, units, verdict
 from meshstress.errors import InputError
 from meshstress.topology import Topology
 
@@ -224,6 +224,13 @@ def from_data(data: dict[str, Any], source: str, base: Path) -> Scenario:
     sc = Scenario(name=Path(source).stem, source=source, topology=topo, raw=data)
     if "name" in head:
         sc.name = _str(source, head["name"], "scenario.name")
+    # the name becomes the run folder results/NAME-TIME: no "/", "..", leading "-"
+    why = names.scenario_problem(sc.name)
+    if why is not None:
+        shown = f"{sc.name!r} {why}"
+        if "name" not in head:
+            shown += " (the name comes from the file name: set scenario.name)"
+        raise _fail(source, "scenario.name", shown)
     if "description" in head:
         sc.description = _str(source, head["description"], "scenario.description")
     if "duration" in head:
