@@ -83,7 +83,8 @@ def _dir_fd(directory: str | Path) -> Iterator[int]:
     try:
         fd = os.open(directory, _DIR_FLAGS)
     except OSError as exc:
-        raise MeshstressError(f"{directory}: cannot open as a directory: {exc.strerror}") from None
+        why = "is a symbolic link" if os.path.islink(directory) else exc.strerror
+        raise MeshstressError(f"{directory} {why}: refusing to write into it") from None
     try:
         yield fd
     finally:
