@@ -336,7 +336,7 @@ def test_run_folder_and_new_results_dir_go_back_to_the_sudo_user(
     from meshstress import runner
 
     def fake_run(sc, out_dir, say=None, probes=None):  # type: ignore[no-untyped-def]
-        (out_dir / "raw").mkdir()
+        (out_dir / "raw").mkdir(parents=True)  # as runner.run does
         (out_dir / "raw" / "echo.ping.txt").write_text("x")
         results = {"run": {"scenario": sc.name}, "passed": True, "checks": []}
         report.write_all(results, out_dir)
