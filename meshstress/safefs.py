@@ -7,7 +7,8 @@
   relative to a descriptor of `dir` with O_CREAT|O_EXCL|O_NOFOLLOW, then renamed over
   `name`; a symlink planted at `name` is replaced, never followed.
 - `open_write(dir, name)`: the same as a context manager yielding a binary file.
-- `private_dir(path)`: a directory only we may use (owner us, mode 0700), or an error.
+- `private_dir(path)`: a directory only we may use (owner us, mode 0700, every directory
+  above it root's or ours and not writable by others unless sticky), or an error.
 - `give_back(path, owner)`: chown a tree to SUDO_UID/SUDO_GID, never following symlinks.
 """
 
@@ -55,6 +56,23 @@ def dir_problem(st: os.stat_result, uids: set[int]) -> str | None:
     return None
 
 
+def ancestors_problem(path: str | Path, owners: set[int] | None = None) -> str | None:
+    """Why a directory above `path` would let someone else swap `path` (rename it away
+    and put their own in its place), or None: an ancestor writable by group or others
+    without the sticky bit, or (with `owners`) one owned by a uid outside `owners`."""
+    p = Path(os.path.abspath(path))
+    for anc in p.parents:
+        try:
+            st = os.stat(anc)  # a symlinked ancestor (/var/run) counts as its target
+        except OSError:
+            continue
+        if owners is not None and st.st_uid not in owners:
+            return f"lies in {anc}, which belongs to uid {st.st_uid}"
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return f"lies in {anc}, which others can write to (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
 def make_dir(path: str | Path, mode: int = 0o755) -> list[Path]:
     """Create `path` (and missing parents); refuse an existing one that is a symlink or
     that someone else could write to. Returns the directories created, outermost first."""
@@ -72,7 +90,7 @@ def make_dir(path: str | Path, mode: int = 0o755) -> list[Path]:
         except FileExistsError:
             pass
     st = os.lstat(p)
-    problem = dir_problem(st, _trusted_uids())
+    problem = dir_problem(st, _trusted_uids()) or ancestors_problem(p)
     if problem is not None:
         raise MeshstressError(f"{p} {problem}: refusing to write into it")
     return created
@@ -138,7 +156,7 @@ def private_dir(path: str | Path) -> Path:
         raise MeshstressError(f"{p} {why}: refusing to use it") from None
     try:
         st = os.fstat(fd)
-        problem = dir_problem(st, {os.geteuid()})
+        problem = dir_problem(st, {os.geteuid()}) or ancestors_problem(p, {0, os.geteuid()})
         if problem is not None:
             raise MeshstressError(f"{p} {problem}: refusing to use it")
         if stat.S_IMODE(st.st_mode) & 0o077:

@@ -386,3 +386,18 @@ def test_lab_share_output_made_by_root_goes_back_since_the_start(tmp_path: Path)
 def test_no_sudo_no_give_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("SUDO_UID", raising=False)
     assert safefs.sudo_owner() is None and safefs.give_back(tmp_path) == 0
+
+
+def test_state_dir_inside_a_directory_others_can_write_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever can write to the parent can swap a good state dir for their own."""
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    parent.chmod(0o777)  # no sticky bit
+    (parent / "state").mkdir(mode=0o700)
+    monkeypatch.setattr(state, "STATE_DIR", str(parent / "state"))
+    with pytest.raises(MeshstressError, match="others can write"):
+        state.all_runs()
+    parent.chmod(0o1777)  # sticky, like /tmp: others cannot rename our entries
+    assert state.all_runs() == []
