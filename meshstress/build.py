@@ -26,7 +26,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from meshstress import impair, netns
 from meshstress.errors import MeshstressError
 from meshstress.plan import OBJECT_RE, Plan, run_prefix
-from meshstress.state import ProcessRecord, RunState
+from meshstress.state import ProcessRecord, RunState, removable
 from meshstress.topology import Impairment
 
 if TYPE_CHECKING:
@@ -266,7 +266,8 @@ def teardown(state: RunState, wait: bool = True, timeout: float = 60.0) -> list[
 
     With `wait`, returns only when the kernel has destroyed the run's namespaces and
     their links (the witness veth in the host namespace is gone). Returns problems."""
-    problems: list[str] = []
+    # Only what carries the run's prefix and lies where meshstress puts it (state.removable).
+    namespaces, host_links, files, problems = removable(state)
     # Open netlink sockets hold their namespace alive: close this process's own first.
     for mesh in list(_LIVE_MESHES):
         if mesh.state.run_id == state.run_id:
@@ -275,21 +276,21 @@ def teardown(state: RunState, wait: bool = True, timeout: float = 60.0) -> list[
     with contextlib.suppress(OSError):
         state.save()
     stop_processes(state.processes)
-    for name in state.namespaces:
+    for name in namespaces:
         try:
             netns.delete(name)
         except OSError as exc:
             problems.append(f"namespace {name}: {exc}")
-    if wait and state.host_links:
-        left = wait_host_links_gone(state.host_links, timeout)
+    if wait and host_links:
+        left = wait_host_links_gone(host_links, timeout)
         if left:
             problems.append(
                 f"the kernel had not destroyed the run's namespaces after {timeout:.0f}s "
                 f"(still present: {', '.join(left)}); a process may still hold one"
             )
-    delete_host_links(state.host_links)
-    for path in state.files:
-        shutil.rmtree(path, ignore_errors=True)
+    delete_host_links(host_links)
+    for path in files:
+        shutil.rmtree(path, ignore_errors=True)  # fd-based: follows no symlink inside
     state.remove()
     return problems
 

@@ -14,7 +14,6 @@ import itertools
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from meshstress import units
+from meshstress import names, units
 from meshstress.errors import InputError
 
 if TYPE_CHECKING:
@@ -198,12 +197,8 @@ def parse_flows(raw: object, source: str, topo: Topology, field: str = "traffic"
             if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
                 raise InputError(source, f"{at}.port", f"expected a port 1..65535, got {port!r}")
         name = item.get("name")
-        if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
-            raise InputError(
-                source,
-                f"{at}.name",
-                f"expected a name of letters, digits, '.', '_', '-', got {name!r}",
-            )
+        if name is not None:
+            names.check(name, source, f"{at}.name", names.flow_problem)  # raw/NAME.* files
         specs.append(
             dict(name=name, kind=kind, src=ends["from"], dst=ends["to"], start=start,
                  duration=duration, rate_pps=pps, rate_bps=bps, size=size, port=port)
@@ -224,9 +219,6 @@ def parse_flows(raw: object, source: str, topo: Topology, field: str = "traffic"
             s["name"] = name
             taken.add(name)
     return [FlowSpec(**s) for s in specs]
-
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 # --- running ---------------------------------------------------------------------

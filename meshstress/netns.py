@@ -56,6 +56,9 @@ def ensure_netns_dir() -> None:
 
 
 def path(name: str) -> str:
+    """/run/netns/NAME; a name that would leave /run/netns is refused."""
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
+        raise ValueError(f"{name!r} is not a namespace name")
     return f"{NETNS_DIR}/{name}"
 
 

@@ -19,6 +19,7 @@ import string
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from meshstress.names import node_problem
 from meshstress.topology import Impairment, Topology
 
 NS_PREFIX = "ms-"
@@ -154,6 +155,14 @@ def make_plan(
     if not RUN_ID_RE.match(run_id):
         raise ValueError(f"run id {run_id!r}: use 1-6 lowercase letters or digits")
     pre = run_prefix(run_id)
+    # Node and segment names become namespace names (files under /run/netns): a topology
+    # built in Python, not read from a file, is checked here too.
+    for what, name in [("node", n.name) for n in topo.nodes] + [
+        ("segment", seg.name) for seg in topo.segments
+    ]:
+        why = node_problem(name)
+        if why is not None:
+            raise ValueError(f"{what} name {name!r} {why}")
     if not impair:
         topo = _ideal(topo)
     plan = Plan(run_id=run_id, topology=topo.name, sysctls=dict(NODE_SYSCTLS))

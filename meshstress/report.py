@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
+from meshstress import safefs
+
 if TYPE_CHECKING:
     from meshstress.scenario import Scenario
 
@@ -212,20 +214,22 @@ def plot(results: Mapping[str, Any], out_dir: Path) -> list[str]:
     axes[-1][0].set_xlabel("seconds since traffic start (red: events)")
     fig.tight_layout()
     path = out_dir / "timeline.png"
-    fig.savefig(path, dpi=90)
+    with safefs.open_write(out_dir, path.name) as f:
+        fig.savefig(f, dpi=90, format="png")
     plt.close(fig)
     written.append(str(path))
     return written
 
 
 def write_all(results: dict[str, Any], out_dir: Path) -> None:
-    """results.json first (the source of everything else), then its views."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """results.json first (the source of everything else), then its views. Every file is
+    written through meshstress.safefs: a symlink planted in the folder is never followed."""
+    safefs.make_dir(out_dir)
     run = results.setdefault("run", {})
     _write_json(results, out_dir)
     views = (
-        ("summary.txt", lambda: (out_dir / "summary.txt").write_text(summary(results), "utf-8")),
-        ("junit.xml", lambda: (out_dir / "junit.xml").write_text(junit(results), "utf-8")),
+        ("summary.txt", lambda: safefs.write_file(out_dir, "summary.txt", summary(results))),
+        ("junit.xml", lambda: safefs.write_file(out_dir, "junit.xml", junit(results))),
         (
             "plots",
             lambda: run.__setitem__("plots", [os.path.basename(p) for p in plot(results, out_dir)]),
@@ -243,9 +247,7 @@ def write_all(results: dict[str, Any], out_dir: Path) -> None:
 
 
 def _write_json(results: dict[str, Any], out_dir: Path) -> None:
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / "results.json")
+    safefs.write_file(out_dir, "results.json", json.dumps(results, indent=1) + "\n")
 
 
 def rerender(out_dir: Path) -> dict[str, Any]:
@@ -296,13 +298,11 @@ def write_resolved(sc: Scenario, out_dir: Path) -> Path:
     routing, settings and prefix applied, the rest of the scenario as it was given."""
     from meshstress.topofile import dumps_toml
 
-    (out_dir / "topology.toml").write_text(dumps_toml(sc.topology), encoding="utf-8")
+    safefs.write_file(out_dir, "topology.toml", dumps_toml(sc.topology))
     data = {k: v for k, v in sc.raw.items() if k != "mesh"}
     mesh = {k: v for k, v in sc.raw.get("mesh", {}).items()
             if k in ("ideal", "converge_timeout", "require_converged")}  # fmt: skip
     mesh["topology"] = "topology.toml"
     head = {"name": sc.name, **data.pop("scenario", {})}
     ordered = {"scenario": head, "mesh": mesh, **data}
-    path = out_dir / "scenario.toml"
-    path.write_text(dumps_scenario_data(ordered), encoding="utf-8")
-    return path
+    return safefs.write_file(out_dir, "scenario.toml", dumps_scenario_data(ordered))

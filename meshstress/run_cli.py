@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from meshstress import safefs
 from meshstress.errors import MeshstressError
 
 DEFAULT = "default.toml"
@@ -79,25 +80,45 @@ def run(
                    f"{chosen} ({why})")  # fmt: skip
         return
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(out) if out else Path("results") / f"{sc.name}-{stamp}"
-    out_dir = out_dir.absolute()
-    if (out_dir / "results.json").exists():
+    out_dir = run_folder(sc.name, stamp, out)
+    if chosen != "lab" and os.geteuid() != 0:
+        raise MeshstressError("meshstress run needs root (network namespaces): sudo meshstress run")
+    if os.path.lexists(out_dir / "results.json"):
         raise MeshstressError(f"{out_dir} holds a run already: choose another --out")
+    created = safefs.make_dir(out_dir)
+    # Under sudo, the run folder (and a results/ made for it) goes back to the user.
+    give_back = created[0] if created else out_dir
     if chosen == "lab":
         if (where or sc.where) == "auto":
             _say(f"auto: {why}")
-        rc = runner.run_in_lab(sc, out_dir, timeout, _say, (("--json",) if as_json else ()))
+        try:
+            rc = runner.run_in_lab(sc, out_dir, timeout, _say, (("--json",) if as_json else ()))
+        finally:
+            safefs.give_back(give_back)
         sys.exit(rc)
-    if os.geteuid() != 0:
-        raise MeshstressError("meshstress run needs root (network namespaces): sudo meshstress run")
     _say(f"{sc.name}: run folder {out_dir}")
-    results = runner.run(sc, out_dir, say=_say)
+    try:
+        results = runner.run(sc, out_dir, say=_say)
+    finally:
+        safefs.give_back(give_back)
     if as_json:
         click.echo(json.dumps(results, indent=1))
     else:
         click.echo(report.summary(results), nl=False)
         click.echo(f"results: {out_dir}/results.json")
     sys.exit(0 if results["passed"] else 1)
+
+
+def run_folder(name: str, stamp: str, out: str | None) -> Path:
+    """The run folder: --out as given, else results/NAME-STAMP, which must lie directly
+    in results/ (the scenario name was checked; this is the last line of defence)."""
+    if out:
+        return Path(out).absolute()
+    results = Path("results").absolute()
+    folder = results / f"{name}-{stamp}"
+    if os.path.normpath(folder) != str(folder) or folder.parent != results:
+        raise MeshstressError(f"run folder {folder} would lie outside {results}: refusing")
+    return folder
 
 
 @click.command("report")

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meshstress import build, verdict
+from meshstress import build, safefs, verdict
 from meshstress.errors import CapabilityError, MeshstressError
 from meshstress.scenario import Scenario
 
@@ -216,9 +216,9 @@ def run(
     from meshstress.metrics import flow_metrics
 
     say = say or (lambda msg: None)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    safefs.make_dir(out_dir)
     raw = out_dir / "raw"
-    raw.mkdir(exist_ok=True)
+    safefs.make_dir(raw)  # never a symlink, nobody else's
     started = time.time()
     results: dict[str, Any] = {
         "run": {
@@ -370,7 +370,7 @@ def run_in_lab(
     from meshstress import report
     from meshstress.lab import run_in_lab as lab_run
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    safefs.make_dir(out_dir)
     path = report.write_resolved(sc, out_dir)
     argv = [sys.executable, "-m", "meshstress", "run", "--where", "host",
             "--out", str(out_dir), *extra, str(path)]  # fmt: skip

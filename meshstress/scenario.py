@@ -26,12 +26,13 @@ naming the file and the field. The format (docs/scenario.md):
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshstress import generators, topofile, units, verdict
+from meshstress import generators, names, topofile, units, verdict
 from meshstress.errors import InputError
 from meshstress.topology import Topology
 
@@ -212,6 +213,14 @@ def _topology(source: str, mesh: dict[str, Any], base: Path) -> Topology:
     return topo
 
 
+def default_name(source: str) -> str:
+    """The name of a scenario without scenario.name: its file's stem, made a safe file
+    name (characters other than letters, digits, '.', '_', '-' become '_')."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(source).stem)[:64]
+    stem = re.sub(r"^[._-]+", "", stem)
+    return stem if names.scenario_problem(stem) is None else "scenario"
+
+
 def from_data(data: dict[str, Any], source: str, base: Path) -> Scenario:
     for key in data:
         if key not in ROOT_KEYS:
@@ -221,9 +230,13 @@ def from_data(data: dict[str, Any], source: str, base: Path) -> Scenario:
         raise _fail(source, "mesh", "missing: say which mesh (topology = FILE or generate = ...)")
     mesh = _table(source, data["mesh"], "mesh", MESH_KEYS)
     topo = _topology(source, mesh, base)
-    sc = Scenario(name=Path(source).stem, source=source, topology=topo, raw=data)
+    sc = Scenario(name=default_name(source), source=source, topology=topo, raw=data)
     if "name" in head:
-        sc.name = _str(source, head["name"], "scenario.name")
+        # the name becomes the run folder results/NAME-TIME: no "/", "..", leading "-"
+        sc.name = names.check(
+            _str(source, head["name"], "scenario.name"), source, "scenario.name",
+            names.scenario_problem,
+        )  # fmt: skip
     if "description" in head:
         sc.description = _str(source, head["description"], "scenario.description")
     if "duration" in head:

@@ -3,6 +3,12 @@
 The file is written before the first kernel object exists and rewritten as the run
 grows (namespaces, processes), always atomically (write, fsync, rename). `down` and
 `clean` trust it; `clean` also sweeps by prefix for what a crash left unrecorded.
+
+Because teardown removes what a state file names, the state directory must be ours
+alone: a real directory (not a symlink) owned by the user running meshstress (root, for
+runs) that nobody else can write to. It is created 0700, an existing one of ours is
+tightened to 0700, and any other (e.g. a MESHSTRESS_STATE_DIR that is someone else's or
+world-writable) is refused. Run ids are checked before they become file names.
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from meshstress import names, safefs
+from meshstress.errors import InputError
 
 STATE_DIR = os.environ.get("MESHSTRESS_STATE_DIR", "/run/meshstress")
 
@@ -48,7 +57,7 @@ class RunState:
         return state_path(self.run_id)
 
     def save(self) -> None:
-        os.makedirs(STATE_DIR, exist_ok=True)
+        state_dir(create=True)
         tmp = f"{self.path}.tmp{os.getpid()}"
         with open(tmp, "w") as f:
             json.dump(asdict(self), f, indent=1)
@@ -69,29 +78,100 @@ class RunState:
         return cls(processes=procs, **known)
 
 
+def state_dir(create: bool = False) -> str | None:
+    """STATE_DIR once checked to be ours alone (see above); None if it does not exist and
+    `create` is false. Raises MeshstressError for a directory we must not trust."""
+    if not create and not os.path.lexists(STATE_DIR):
+        return None
+    if create:
+        parent = os.path.dirname(os.path.abspath(STATE_DIR))
+        os.makedirs(parent, exist_ok=True)
+    return str(safefs.private_dir(STATE_DIR))
+
+
 def state_path(run_id: str) -> str:
+    why = names.run_id_problem(run_id)
+    if why is not None:
+        raise InputError("--run", "run", f"{run_id!r}: {why}")
     return os.path.join(STATE_DIR, f"{run_id}.json")
 
 
+def run_files_dir(run_id: str) -> str:
+    """Where a run keeps its per-node files: STATE_DIR/ms-RUN-files (teardown removes
+    exactly this path, nothing else a state file may name)."""
+    state_path(run_id)  # checks the id
+    return os.path.join(STATE_DIR, f"ms-{run_id}-files")
+
+
 def load(run_id: str) -> RunState | None:
+    path = state_path(run_id)
+    if state_dir() is None:
+        return None
     try:
-        with open(state_path(run_id)) as f:
-            return RunState.from_dict(json.load(f))
+        with open(path) as f:
+            st = RunState.from_dict(json.load(f))
     except FileNotFoundError:
         return None
+    return st if st.run_id == run_id else None
 
 
 def all_runs() -> list[RunState]:
+    if state_dir() is None:
+        return []
     try:
-        names = sorted(os.listdir(STATE_DIR))
+        files = sorted(os.listdir(STATE_DIR))
     except FileNotFoundError:
         return []
     runs = []
-    for name in names:
-        if name.endswith(".json"):
+    for name in files:
+        if name.endswith(".json") and names.run_id_problem(name[:-5]) is None:
             try:
                 with open(os.path.join(STATE_DIR, name)) as f:
-                    runs.append(RunState.from_dict(json.load(f)))
+                    st = RunState.from_dict(json.load(f))
             except (OSError, ValueError, TypeError):
                 continue
+            if st.run_id == name[:-5]:  # a file claiming another run's id is not trusted
+                runs.append(st)
     return runs
+
+
+def _ours(name: object, prefix: str) -> bool:
+    return (
+        isinstance(name, str)
+        and name.startswith(prefix)
+        and len(name) > len(prefix)
+        and "/" not in name
+        and "\0" not in name
+    )
+
+
+def removable(st: RunState) -> tuple[list[str], list[str], list[str], list[str]]:
+    """What teardown may remove of what `st` names: (namespaces, host links, files,
+    problems). A namespace or host link must carry the run's prefix ms-RUN- (namespaces
+    live in /run/netns, so no "/"); a file must be the run's own files directory. Anything
+    else is refused with a problem, never removed."""
+    prefix = f"ms-{st.run_id}-"
+    problems: list[str] = []
+    nss, links, files = [], [], []
+    for ns in st.namespaces:
+        if _ours(ns, prefix):
+            nss.append(ns)
+        else:
+            problems.append(f"refusing to remove namespace {ns!r}: not a {prefix}* name")
+    for link in st.host_links:
+        if _ours(link, prefix) and len(link) <= 15:
+            links.append(link)
+        else:
+            problems.append(f"refusing to remove host link {link!r}: not a {prefix}* name")
+    allowed = {run_files_dir(st.run_id)}
+    if st.run_id != "lab":  # the layout before ms-RUN-files
+        allowed.add(os.path.join(STATE_DIR, st.run_id))
+    for path in st.files:
+        if isinstance(path, str) and os.path.normpath(path) == path and path in allowed:
+            files.append(path)
+        else:
+            problems.append(
+                f"refusing to remove {path!r}: not this run's files directory "
+                f"{run_files_dir(st.run_id)}"
+            )
+    return nss, links, files, problems

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshstress import safefs
+from meshstress.errors import MeshstressError
 from meshstress.lab.guest import ERR_PORT, OUT_PORT
 from meshstress.lab.initramfs import ROOT_TAG, XCHG_TAG
 
@@ -92,8 +95,10 @@ def qemu_binary() -> str | None:
 
 
 def _probe_cache() -> Path:
-    return Path("/run/meshstress/lab/kvm-probe.json" if os.geteuid() == 0 else
-                f"/tmp/meshstress-kvm-probe-{os.geteuid()}.json")  # fmt: skip
+    """In the lab's own directory (checked: ours, 0700), never a guessable /tmp name."""
+    from meshstress.lab.runner import state_dir
+
+    return state_dir() / "kvm-probe.json"
 
 
 def kvm_usable(qemu: str) -> bool:
@@ -102,17 +107,17 @@ def kvm_usable(qemu: str) -> bool:
         return os.environ["MESHSTRESS_LAB_ACCEL"] == "kvm"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
-    cache = _probe_cache()
+    try:
+        cache = _probe_cache()
+    except (OSError, MeshstressError):
+        return _probe_kvm(qemu)
     try:
         return bool(json.loads(cache.read_text())["kvm"])
     except (OSError, ValueError, KeyError):
         pass
     ok = _probe_kvm(qemu)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"kvm": ok}))
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        safefs.write_file(cache.parent, cache.name, json.dumps({"kvm": ok}))
     return ok
 
 

@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 import psutil
 
+from meshstress import safefs
 from meshstress.errors import CapabilityError, MeshstressError
 from meshstress.lab import guest, kernel, qemu
 from meshstress.lab.initramfs import build_initramfs, find_busybox
@@ -47,11 +48,55 @@ class LabTerminated(BaseException):
         self.signum = signum
 
 
+_FALLBACK: dict[int, Path] = {}  # euid -> a mkdtemp directory, when the usual one is not ours
+
+
 def state_dir() -> Path:
-    if os.geteuid() == 0:
-        return Path("/run/meshstress/lab")
+    """The lab's directory for run dirs, state files and the KVM probe cache, checked to
+    be ours alone (owner us, mode 0700, not a symlink: meshstress.safefs.private_dir).
+
+    Root: /run/meshstress/lab. Others: $XDG_RUNTIME_DIR/meshstress-lab-UID, else
+    /tmp/meshstress-lab-UID; if that one was planted by someone else (another owner, a
+    symlink, group or world access we cannot take away), a fresh tempfile.mkdtemp
+    directory is used instead, and said once."""
+    uid = os.geteuid()
+    if uid in _FALLBACK:
+        return _FALLBACK[uid]
+    if uid == 0:
+        parent = Path("/run/meshstress")
+        parent.mkdir(mode=0o700, exist_ok=True)
+        safefs.private_dir(parent)
+        return safefs.private_dir(parent / "lab")
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return Path(base) / f"meshstress-lab-{os.geteuid()}"
+    try:
+        return safefs.private_dir(Path(base) / f"meshstress-lab-{uid}")
+    except (MeshstressError, OSError) as exc:
+        d = Path(tempfile.mkdtemp(prefix=f"meshstress-lab-{uid}-"))
+        print(f"meshstress lab: {exc}; using {d}", file=sys.stderr, flush=True)
+        _FALLBACK[uid] = d
+        return d
+
+
+# What the guest gets of the caller's environment: what COMMAND needs to run as it would
+# here (paths, locale, terminal, meshstress/Python/pytest settings, CI), nothing else:
+# no tokens, keys, agent sockets or session variables.
+ENV_NAMES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "COLORTERM", "NO_COLOR",
+     "FORCE_COLOR", "COLUMNS", "LINES", "LANG", "LANGUAGE", "TZ", "CI", "VIRTUAL_ENV"}
+)  # fmt: skip
+ENV_PREFIXES = ("LC_", "MESHSTRESS_", "PYTHON", "PYTEST_", "COVERAGE_", "COV_CORE_")
+_SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE")
+
+
+def lab_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The allow-listed part of `env` (ENV_NAMES, ENV_PREFIXES), never a name that looks
+    like a secret. Pure."""
+    return {
+        k: v
+        for k, v in env.items()
+        if (k in ENV_NAMES or k.startswith(ENV_PREFIXES))
+        and not any(w in k.upper() for w in _SECRET_WORDS)
+    }
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -319,7 +364,7 @@ def _prepare(
     shares = [(SHARE_TAG, share)] if share else []
     (run.xchg / "boot.conf").write_text(guest.boot_conf(k.bind_mounts(), shares))
     (run.xchg / "stage2.sh").write_text(guest.stage2_script(argv, cwd))
-    (run.xchg / "env").write_bytes(guest.env_file(env))
+    (run.xchg / "env").write_bytes(guest.env_file(lab_env(env)))
     return shares
 
 
@@ -366,7 +411,6 @@ def run_in_lab(
     k = kernel.fetch_kernel(kernel_package)
     initrd = build_initramfs(k)
     sdir = state_dir()
-    sdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     reap_stale()
     base = qemu.VmSpec(
         vmlinuz=str(kernel.boot_image(k)),
@@ -382,7 +426,8 @@ def run_in_lab(
     )
     # The timeout covers boot and COMMAND, not a first kernel download.
     deadline = None if not timeout else time.monotonic() + timeout
-    with _signals():
+    since = time.time() - 1.0
+    with _signals(), _giving_back(share_path, since):
         for attempt in (1, 2):
             rundir = Path(tempfile.mkdtemp(prefix="run-", dir=sdir))
             run = _Run(rundir, rundir.with_suffix(".json"), timeout)
@@ -410,6 +455,17 @@ def run_in_lab(
             finally:
                 _teardown(run, keep)
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _giving_back(share: str | None, since: float) -> Iterator[None]:
+    """Under sudo: what the root guest wrote into the share goes back to the user."""
+    try:
+        yield
+    finally:
+        if share is not None:
+            with contextlib.suppress(OSError):
+                safefs.give_back_new(share, since)
 
 
 def _boot(

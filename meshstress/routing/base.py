@@ -251,11 +251,12 @@ def restore_neighbour_routes(mesh: Mesh, node: str) -> list[str]:
 
 
 def run_dir(mesh: Mesh) -> str:
-    return os.path.join(state_mod.STATE_DIR, mesh.state.run_id)
+    return state_mod.run_files_dir(mesh.state.run_id)
 
 
 def node_dir(mesh: Mesh, node: str) -> str:
-    """/run/meshstress/<run_id>/<node>/, made on first use; the run dir is in state.files."""
+    """/run/meshstress/ms-<run_id>-files/<node>/, made on first use; the run dir is in
+    state.files (teardown removes exactly that path)."""
     top = run_dir(mesh)
     path = os.path.join(top, node)
     os.makedirs(path, exist_ok=True)

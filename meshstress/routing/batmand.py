@@ -5,7 +5,7 @@ fails multi-hop with "Network is unreachable"), so this backend asks make_plan f
 l3=False and itself puts the node's address with the topology's prefix length (a /16
 by default, with its broadcast address, which batmand sends OGMs to) on every mesh
 interface. Every instance uses /run/batmand.socket, so each runs in a private mount
-namespace with its node dir (/run/meshstress/<run>/<node>/) bind-mounted on /run."""
+namespace with its node dir (/run/meshstress/ms-<run>-files/<node>/) bind-mounted on /run."""
 
 from __future__ import annotations
 

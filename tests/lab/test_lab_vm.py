@@ -82,11 +82,11 @@ def test_cli_runs_in_cwd_with_venv_env_and_results_come_back(tmp_path: Path) -> 
     weird = 'it\'s "odd" $x\nline2'
     code = (
         "import os, sys, meshstress; "
-        "open('results/out.txt', 'w').write(os.environ['MS_WEIRD']); "
+        "open('results/out.txt', 'w').write(os.environ['MESHSTRESS_TEST_WEIRD']); "
         "print(sys.executable, os.getcwd(), meshstress.__file__)"
     )
     (proj / "results").mkdir()
-    env = {**os.environ, "MS_WEIRD": weird, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "MESHSTRESS_TEST_WEIRD": weird, "PYTHONPATH": str(REPO)}
     res = subprocess.run(
         [*MESHSTRESS, "lab", "run", "--timeout", "120", "--", sys.executable, "-c", code],
         cwd=proj, env=env, capture_output=True, text=True, timeout=180,
