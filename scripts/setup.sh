@@ -29,5 +29,17 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.
   rm -rf .venv
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v -e '^WARNING: Location' || true
+# From the package index; where it cannot be reached (a CI runner without network), from
+# a local wheelhouse of the same packages if there is one (MESHSTRESS_WHEELHOUSE).
+wheelhouse=${MESHSTRESS_WHEELHOUSE:-/var/lib/meshstress/wheels}
+if ! .venv/bin/pip install -q --disable-pip-version-check --retries 1 --timeout 20 -e ".[test]" \
+     >.venv/pip-install.log 2>&1; then
+  if [ -d "$wheelhouse" ]; then
+    echo "setup: the package index is out of reach; installing from $wheelhouse"
+    .venv/bin/pip install -q --disable-pip-version-check --no-index --find-links "$wheelhouse" \
+      -e ".[test]" || { tail -n 5 .venv/pip-install.log; exit 1; }
+  else
+    tail -n 5 .venv/pip-install.log; exit 1
+  fi
+fi
 .venv/bin/meshstress --version
