@@ -121,7 +121,7 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
                     state="up",
                 )
                 bridge_index[br.ns] = _index(s, br.ifname)
-                s.link("set", index=1, state="up")
+                s.link("set", index=1, state="up", ifalias=mark(state.run_id))
 
             say(f"veth pairs: {len(plan.veths)}")
             for v in plan.veths:
@@ -154,6 +154,7 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
                     kind="veth",
                     peer={"ifname": plan.witness + "p", "net_ns_fd": fds[plan.witness_ns]},
                 )
+                root.link("set", ifname=plan.witness, ifalias=mark(state.run_id))
 
             say("addresses, routes and impairments")
             peers_up: dict[str, list[str]] = {}
@@ -174,7 +175,7 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
                     continue
                 s = sock(spec.name)
                 index = {link.get_attr("IFLA_IFNAME"): link["index"] for link in s.get_links()}
-                s.link("set", index=index["lo"], state="up")
+                s.link("set", index=index["lo"], state="up", ifalias=mark(state.run_id))
                 for ifname in peers_up.get(spec.name, []):
                     s.link("set", index=index[ifname], state="up")
                 for ifname, address in addrs.get(spec.name, []):
@@ -295,27 +296,71 @@ def teardown(state: RunState, wait: bool = True, timeout: float = 60.0) -> list[
     return problems
 
 
-def sweep(run_ids: Sequence[str] | None) -> list[str]:
-    """Remove meshstress objects by prefix: namespaces and host links whose names start
-    with ms-RUN- (any run if `run_ids` is None). Nothing without the prefix is touched."""
-    removed: list[str] = []
+def mark(run_id: str) -> str:
+    """The interface alias that says meshstress made an object of run `run_id`: set on
+    the loopback of each namespace of the run and on its witness link in the host."""
+    return f"{MARK_PREFIX}{run_id}"
 
-    def ours(name: str) -> bool:
+
+MARK_PREFIX = "meshstress:"
+
+
+def _namespace_mark(name: str) -> str | None:
+    """The alias of the loopback inside namespace `name`, or None."""
+    try:
+        fd = os.open(netns.path(name), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with netns.NetnsFactory() as factory:
+            with factory.netlink(fd) as sock:
+                for link in sock.get_links():
+                    if link.get_attr("IFLA_IFNAME") == "lo":
+                        alias = link.get_attr("IFLA_IFALIAS")
+                        return str(alias) if alias is not None else None
+    except (OSError, NetlinkError):
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
+def sweep(run_ids: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """Remove what meshstress made and no state file lists: namespaces and host links
+    whose names start with ms-RUN- (any run if `run_ids` is None) *and* that carry the
+    run's mark (`mark`). A look-alike that someone else made keeps its life.
+    Returns (removed, spared)."""
+    removed: list[str] = []
+    spared: list[str] = []
+
+    def run_of(name: str) -> str | None:
         m = OBJECT_RE.match(name)
-        return bool(m) and (run_ids is None or m.group(1) in run_ids)  # type: ignore[union-attr]
+        if not m or (run_ids is not None and m.group(1) not in run_ids):
+            return None
+        return m.group(1)
 
     for name in netns.list_names():
-        if ours(name):
+        run = run_of(name)
+        if run is None:
+            continue
+        if _namespace_mark(name) == mark(run):
             netns.delete(name)
             removed.append(name)
+        else:
+            spared.append(name)
     with IPRoute(groups=0) as ipr:
         for link in ipr.get_links():
             name = link.get_attr("IFLA_IFNAME")
-            if ours(name):
+            run = run_of(name)
+            if run is None:
+                continue
+            if link.get_attr("IFLA_IFALIAS") == mark(run):
                 with contextlib.suppress(NetlinkError):
                     ipr.link("del", index=link["index"])
                 removed.append(name)
-    return removed
+            else:
+                spared.append(name)
+    return removed, spared
 
 
 # --- a live mesh ---------------------------------------------------------------

@@ -402,7 +402,7 @@ def routes(
     help="Also sweep every ms-* object with no state file (and the VM lab's).",
 )
 def clean(sweep_all: bool) -> None:
-    """Remove what runs left behind: by state file, then by prefix."""
+    """Remove what runs left behind: by state file, then by prefix and mark."""
     require_root()
     runs = state.all_runs()
     for st in runs:
@@ -410,9 +410,11 @@ def clean(sweep_all: bool) -> None:
         for p in problems:
             _echo_err(f"meshstress: {p}")
         click.echo(f"run {st.run_id}: removed")
-    removed = build.sweep(None if sweep_all else [r.run_id for r in runs])
+    removed, spared = build.sweep(None if sweep_all else [r.run_id for r in runs])
     for name in removed:
         click.echo(f"swept {name}")
+    for name in spared:
+        click.echo(f"left {name}: named like meshstress's, but not marked as made by it")
     if sweep_all:
         from meshstress.lab import runner
 
