@@ -187,28 +187,13 @@ def test_netem_with_rate_delays_and_limits(mesh_factory) -> None:
         if q["index"] == index
     }
     assert ("netem", 0x10000, impair.TC_H_ROOT) in qdiscs and ("tbf", 0x100000, 0x10001) in qdiscs
-
-    def tbf_overlimits() -> int:
-        for q in sock.get_qdiscs(index=index):
-            if q["index"] == index and q.get_attr("TCA_KIND") == "tbf":
-                return int(q.get_attr("TCA_STATS2").get_attr("TCA_STATS_QUEUE")["overlimits"])
-        raise AssertionError("no tbf")
-
     ping = mesh.ping("a", "b", count=5)
-    held = tbf_overlimits()
     shaped = tcp_goodput(mesh, "a", "b", 1_500_000)
-    held = tbf_overlimits() - held
     free = tcp_goodput(mesh, "b", "a", 1_500_000, port=5202)
-    print(
-        f"rtt min {ping.rtt_min_ms} ms; a->b {shaped / 1e6:.2f} Mbit/s "
-        f"(tbf held packets back {held} times); b->a {free / 1e6:.1f}"
-    )
+    print(f"rtt min {ping.rtt_min_ms} ms; a->b {shaped / 1e6:.2f} Mbit/s; b->a {free / 1e6:.1f}")
     assert ping.rtt_min_ms is not None and 49.0 <= ping.rtt_min_ms < 150.0, ping
-    # The cap holds whatever the host's speed; that the sender reached it shows in tbf's
-    # own count of packets it held back. How close a loaded host gets to the rate is
-    # for benchmarks/fidelity.py, not a test.
-    assert shaped <= 4.6e6, shaped
-    assert held > 0
+    assert 2.5e6 <= shaped <= 4.6e6, shaped
+    assert free > 2 * shaped, (free, shaped)
 
 
 def test_replace_swaps_netem_chains(mesh_factory) -> None:
