@@ -1,4 +1,5 @@
-"""Processes started inside node namespaces while other threads run (root).
+"""Processes started inside node namespaces while other threads run (root), and qemu
+dying with its parent.
 
 A preexec_fn runs Python code in the forked child, which Python documents can deadlock
 in a threaded process (a lock another thread held at fork time stays held in the child
@@ -8,10 +9,13 @@ between fork and exec."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import psutil
@@ -21,8 +25,6 @@ from meshstress import build, netns
 from meshstress.routing.base import node_dir as node_dir_of
 from meshstress.routing.testing import missing_handler, routed_meshes
 from meshstress.topology import Link, Node, Topology
-
-pytestmark = pytest.mark.network
 
 
 def ns_inode(pid: int | str) -> int:
@@ -107,6 +109,7 @@ class Busy(threading.Thread):
             os.close(fd)
 
 
+@pytest.mark.network
 def test_200_children_start_in_their_namespace_while_another_thread_runs(
     mesh_factory, child_python: ChildPython
 ) -> None:
@@ -140,6 +143,7 @@ def test_200_children_start_in_their_namespace_while_another_thread_runs(
     assert child_python.count() == 0
 
 
+@pytest.mark.network
 def test_batmand_starts_in_the_node_namespace_with_a_private_run(
     child_python: ChildPython,
 ) -> None:
@@ -168,3 +172,47 @@ def check_batmand(mesh: build.Mesh, host_mnt: int) -> None:
         node_dir = node_dir_of(mesh, rec.node)
         assert os.path.exists(f"/proc/{rec.pid}/root/run/batmand.log")
         assert sorted(os.listdir(f"/proc/{rec.pid}/root/run")) == sorted(os.listdir(node_dir))
+
+
+OWNER = """
+import sys, time
+from meshstress.lab.runner import spawn_dying_with_parent
+with open("/dev/null", "wb") as log:
+    p = spawn_dying_with_parent(["sleep", "600"], log)
+print(p.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_lab_qemu_spawn_dies_with_its_parent_and_runs_no_python_in_the_child(
+    child_python: ChildPython,
+) -> None:
+    from meshstress.lab.runner import spawn_dying_with_parent
+
+    with open(os.devnull, "wb") as log:
+        p = spawn_dying_with_parent(["true"], log)
+    assert p.wait(timeout=30) == 0
+    assert child_python.count() == 0  # setpriv sets the parent-death signal, not Python
+    # the owner (meshstress) is SIGKILLed: its child gets SIGKILL too
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True)
+    child = None
+    try:
+        assert owner.stdout is not None
+        pid = int(owner.stdout.readline())
+        child = psutil.Process(pid)
+        assert child.ppid() == owner.pid
+        # setpriv execs sleep: the PID meshstress records is the program's own
+        for _ in range(3000):  # a hang guard, 30 s
+            if os.readlink(f"/proc/{pid}/exe").endswith("/sleep"):
+                break
+            time.sleep(0.01)
+        assert os.readlink(f"/proc/{pid}/exe").endswith("/sleep")
+        owner.kill()
+        owner.wait()
+        child.wait(timeout=30)  # a hang guard: without the signal it sleeps 600 s
+    finally:
+        owner.kill()
+        owner.wait()
+        if child is not None:  # psutil checks it is still the process it saw
+            with contextlib.suppress(psutil.Error):
+                child.kill()
