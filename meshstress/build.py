@@ -422,14 +422,18 @@ class Mesh:
         return self._ethtools[node]
 
     def popen(self, node: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        name = self.ns(node)
-        return subprocess.Popen(list(argv), preexec_fn=lambda: netns.enter_for_exec(name), **kwargs)
+        """Start argv inside the node's namespace: forked from this thread while it is
+        inside (netns.entered), no preexec_fn, so safe while other threads run; the
+        PID is the program's own."""
+        with netns.entered(self.ns(node)):
+            return subprocess.Popen(list(argv), **kwargs)
 
     def run(
         self, node: str, argv: Sequence[str], **kwargs: Any
     ) -> subprocess.CompletedProcess[Any]:
-        name = self.ns(node)
-        return subprocess.run(list(argv), preexec_fn=lambda: netns.enter_for_exec(name), **kwargs)
+        """subprocess.run inside the node's namespace (this thread waits in there)."""
+        with netns.entered(self.ns(node)):
+            return subprocess.run(list(argv), **kwargs)
 
     def ping(
         self, src: str, dst: str, count: int = 3, interval: float = 0.2, wait: float = 1.0

@@ -13,9 +13,13 @@ import ctypes
 import errno
 import os
 import resource
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from pyroute2 import IPRoute
+
+T = TypeVar("T")
 
 NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -146,9 +150,54 @@ def list_names() -> list[str]:
 
 
 def enter_for_exec(name: str) -> None:
-    """For a child before exec: join the namespace (used as preexec_fn)."""
-    fd = os.open(path(name), os.O_RDONLY)
+    """Join the namespace for good, just before this process execs (`meshstress exec`).
+    Not for a preexec_fn: Python code in a forked child can deadlock in a threaded
+    process; spawn children under `entered` instead."""
+    fd = os.open(path(name), os.O_RDONLY | os.O_CLOEXEC)
     try:
         setns(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def entered(name: str) -> Iterator[None]:
+    """The calling thread inside namespace `name` for the block, then back where it was.
+
+    A network namespace belongs to a thread, and a child inherits the one of the thread
+    that forks it: a subprocess started in the block (without preexec_fn) runs inside,
+    with no Python code between fork and exec (safe while other threads run, and no
+    helper process: its PID is the daemon's). Other threads are not affected."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(path(name), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            setns(fd)
+        finally:
+            os.close(fd)
+        try:
+            yield
+        finally:
+            setns(home)
+    finally:
+        os.close(home)
+
+
+def in_new_thread(fn: Callable[[], T]) -> T:
+    """fn() in a throwaway thread, its result or its exception here: for namespace
+    changes a thread cannot undo (unshare of the mount namespace), which end with it."""
+    out: list[T] = []
+    err: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:  # handed to the caller
+            err.append(exc)
+
+    t = threading.Thread(target=body, name="meshstress-spawn", daemon=True)
+    t.start()
+    t.join()
+    if err:
+        raise err[0]
+    return out[0]

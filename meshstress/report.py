@@ -53,11 +53,25 @@ def _get(d: Mapping[str, Any], *path: str) -> Any:
     return node
 
 
+def verdict_word(results: Mapping[str, Any]) -> str:
+    """INVALID (the host was saturated: exit 4) before PASSED or FAILED."""
+    if results.get("valid") is False:
+        return "INVALID"
+    return "PASSED" if results.get("passed") else "FAILED"
+
+
+def invalid_line(results: Mapping[str, Any]) -> str | None:
+    """The one line saying why a run is invalid (None when it is valid)."""
+    if results.get("valid") is False:
+        return f"INVALID: {results.get('validity')}"
+    return None
+
+
 def summary(results: Mapping[str, Any]) -> str:
     """A human summary of a results dict (what `meshstress run` prints at the end)."""
     run = results.get("run", {})
     mesh = results.get("mesh", {})
-    verdict = "PASSED" if results.get("passed") else "FAILED"
+    verdict = verdict_word(results)
     lines = [
         f"scenario {run.get('scenario')} ({run.get('source')}) on {run.get('where')}, "
         f"kernel {run.get('kernel')}: {verdict}",
@@ -129,11 +143,13 @@ def summary(results: Mapping[str, Any]) -> str:
     host = run.get("host") or {}
     if host:
         lines.append(
-            f"host: CPU {host.get('cpu_mean_pct')}% busy on average, "
-            f"{host.get('cpu_max_pct')}% at most"
+            f"host: CPU {_fmt(host.get('cpu_mean_pct'))}% busy on average, "
+            f"{_fmt(host.get('cpu_max_pct'))}% at most; "
+            f"{_fmt(host.get('softnet_dropped'))} softnet backlog drops"
         )
-        if host.get("warning"):
-            lines.append(f"WARNING: {host['warning']}")
+    why = invalid_line(results)
+    if why:
+        lines.append(why)
     checks = results.get("checks") or []
     if checks:
         lines.append("checks:")
@@ -146,17 +162,27 @@ def summary(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+INVALID_CASE = "run valid (host not saturated)"
+
+
 def junit(results: Mapping[str, Any]) -> str:
     """One JUnit testcase per check, for CI dashboards."""
     checks = results.get("checks") or []
     name = str(_get(results, "run", "scenario") or "scenario")
     failures = sum(1 for c in checks if not c.get("passed"))
+    invalid = results.get("valid") is False
     out = [
         '<?xml version="1.0" encoding="utf-8"?>',
-        f'<testsuite name={quoteattr("meshstress." + name)} tests="{len(checks)}" '
-        f'failures="{failures}" errors="0" skipped="0" '
+        f'<testsuite name={quoteattr("meshstress." + name)} tests="{len(checks) + invalid}" '
+        f'failures="{failures}" errors="{int(invalid)}" skipped="0" '
         f'time="{_get(results, "run", "wall_s") or 0}">',
     ]
+    if invalid:  # an error, not a failure: the run measured the host, not the mesh
+        msg = str(results.get("validity"))
+        case = f"  <testcase classname={quoteattr(name)} name={quoteattr(INVALID_CASE)}>"
+        out.append(case)
+        out.append(f"    <error message={quoteattr(msg)}>{escape(msg)}</error>")
+        out.append("  </testcase>")
     for c in checks:
         case = f"  <testcase classname={quoteattr(name)} name={quoteattr(str(c.get('assert')))}"
         if c.get("passed"):

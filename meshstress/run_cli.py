@@ -8,6 +8,7 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -58,7 +59,8 @@ def run(
     ping and TCP flows corner to corner, a partition that heals, checks on delivery and
     recovery). Writes results.json, summary.txt, junit.xml and timeline.png into the run
     folder. Exit code: 0 all checks passed, 1 a check failed, 2 bad input, 3 missing
-    capability.
+    capability, 4 invalid: the host was saturated while it measured (CPU, or softnet
+    backlog drops; limits in [verdict]), the numbers are kept in results.json.
     """
     from meshstress import report, runner, scenario, units
 
@@ -106,7 +108,18 @@ def run(
     else:
         click.echo(report.summary(results), nl=False)
         click.echo(f"results: {out_dir}/results.json")
-    sys.exit(0 if results["passed"] else 1)
+    invalid = report.invalid_line(results)
+    if invalid:
+        _say(invalid)
+    sys.exit(exit_code(results))
+
+
+def exit_code(results: dict[str, Any]) -> int:
+    """4 invalid (the host was saturated: the numbers measure it, not the mesh), else
+    0 every check passed, 1 one failed."""
+    if results.get("valid") is False:
+        return 4
+    return 0 if results.get("passed") else 1
 
 
 def run_folder(name: str, stamp: str, out: str | None) -> Path:
@@ -135,4 +148,4 @@ def report_cmd(run_dir: str, as_json: bool) -> None:
     except ValueError as exc:
         raise MeshstressError(f"{run_dir}/results.json: {exc}") from None
     click.echo(json.dumps(results, indent=1) if as_json else report.summary(results), nl=False)
-    sys.exit(0 if results.get("passed") else 1)
+    sys.exit(exit_code(results))

@@ -12,8 +12,10 @@ SIGTERM or a crash: `meshstress clean` finds the rest from the state file):
 4. at t0 + duration the flows end; their records become metrics (meshstress.metrics),
    each event gets the recovery time of every flow (delivery resumed after it), the
    route snapshots become flap and reachability counts, probes become counter deltas;
-5. the verdict's assertions are judged against that results dict; the run folder gets
-   results.json (report.write_all renders the rest from it);
+5. the verdict's assertions are judged against that results dict, and the run is
+   INVALID if the host was saturated meanwhile (CPU samples, softnet backlog drops;
+   verdict.judge_host); the run folder gets results.json (report.write_all renders
+   the rest from it);
 6. teardown.
 """
 
@@ -108,29 +110,39 @@ class _RouteRecorder(threading.Thread):
             mesh.close()
 
 
-SATURATED = 95.0  # % busy over all cores
-SATURATED_WARN = 0.25  # share of the run
-
-
-def host_load(cpu: list[float], snapshot_s: list[float]) -> dict[str, Any]:
-    """Pure: how busy the host was while the run measured. A saturated host measures
-    itself: flows start late, daemons miss their timers, outages grow."""
-    if not cpu:
-        return {}
-    saturated = sum(1 for c in cpu if c >= SATURATED) / len(cpu)
-    out: dict[str, Any] = {
-        "cpu_mean_pct": round(sum(cpu) / len(cpu), 1),
-        "cpu_max_pct": round(max(cpu), 1),
-        "saturated_share": round(saturated, 3),
-        "route_snapshot_s": round(sum(snapshot_s) / len(snapshot_s), 3) if snapshot_s else None,
-    }
-    if saturated >= SATURATED_WARN:
-        out["warning"] = (
-            f"the host's CPUs were {SATURATED:g}%+ busy for {saturated:.0%} of the run: "
-            "these numbers may measure the host rather than the mesh (fewer nodes, or a "
-            "bigger machine)"
+def host_load(
+    cpu: list[float],
+    snapshot_s: list[float],
+    limits: verdict.HostLimits | None = None,
+    softnet_dropped: int | None = None,
+) -> dict[str, Any]:
+    """Pure: how busy the host was while the run measured (CPU % busy, all cores, per
+    sample; packets dropped from full softnet backlogs over the run). A saturated host
+    measures itself: flows start late, daemons miss their timers, outages grow."""
+    limits = limits or verdict.HostLimits()
+    out: dict[str, Any] = {}
+    if cpu:
+        busy = limits.max_host_busy * 100
+        out.update(
+            cpu_mean_pct=round(sum(cpu) / len(cpu), 1),
+            cpu_max_pct=round(max(cpu), 1),
+            cpu_samples=len(cpu),
+            saturated_share=round(sum(1 for c in cpu if c >= busy) / len(cpu), 3),
         )
+    if snapshot_s:
+        out["route_snapshot_s"] = round(sum(snapshot_s) / len(snapshot_s), 3)
+    if softnet_dropped is not None:
+        out["softnet_dropped"] = softnet_dropped
     return out
+
+
+def read_softnet_dropped() -> int | None:
+    """Packets dropped so far from full per-CPU input backlogs (None: not readable)."""
+    try:
+        with open("/proc/net/softnet_stat") as f:
+            return verdict.softnet_dropped(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def routing_summary(snaps: list[Any], t0: float) -> dict[str, Any]:
@@ -231,6 +243,7 @@ def run(
         }
     }
     own_probes = probes is None
+    softnet: int | None = None
     up = None
     flows: list[Any] = []
     recorder: _RouteRecorder | None = None
@@ -268,6 +281,7 @@ def run(
                 t0 = time.monotonic() + lead + 0.05 * len(sc.flows)
                 for spec in sc.flows:
                     flows.append(start_flow(mesh, spec, str(raw), t0, sc.duration))
+                softnet_before = read_softnet_dropped()
                 recorder.start()
                 say(
                     f"traffic: {len(flows)} flow(s) for {sc.duration:g} s, "
@@ -280,6 +294,9 @@ def run(
                     f.wait(timeout=15.0)
                 recorder.halt.set()
                 recorder.join(timeout=10)
+                softnet_after = read_softnet_dropped()
+                if softnet_before is not None and softnet_after is not None:
+                    softnet = softnet_after - softnet_before
                 records = {f.spec.name: f.record() for f in flows}
                 results["flows"] = {}
                 for f in flows:
@@ -296,7 +313,9 @@ def run(
                 results["routing"] = routing_summary(recorder.snaps, t0)
                 if recorder.errors:
                     results["routing"]["sample_errors"] = recorder.errors[:5]
-                results["run"]["host"] = host_load(recorder.cpu, recorder.snapshot_s)
+                results["run"]["host"] = host_load(
+                    recorder.cpu, recorder.snapshot_s, sc.host_limits, softnet
+                )
                 if probes is not None:
                     from meshstress.probes import delta
 
@@ -331,6 +350,10 @@ def run(
     checks += verdict.judge(sc.assertions, results)
     results["checks"] = checks
     results["passed"] = all(c["passed"] for c in checks)
+    # a saturated host invalidates the run whatever the checks say (exit 4)
+    results["valid"], results["validity"] = verdict.judge_host(
+        [c / 100 for c in recorder.cpu] if recorder is not None else [], softnet, sc.host_limits
+    )
     results["run"]["wall_s"] = round(time.time() - started, 2)
     report.write_all(results, out_dir)
     return results

@@ -53,6 +53,7 @@ MESH_KEYS = (
     "require_converged",
 )
 ROOT_KEYS = ("scenario", "mesh", "traffic", "events", "verdict")
+VERDICT_KEYS = ("assert", "max_host_busy", "max_saturated_share", "max_softnet_drops")
 DEFAULT_DURATION = 10.0
 
 
@@ -67,6 +68,7 @@ class Scenario:
     flows: list[FlowSpec] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     assertions: list[verdict.Assertion] = field(default_factory=list)
+    host_limits: verdict.HostLimits = field(default_factory=verdict.HostLimits)
     probes: list[str] = field(default_factory=list)
     ideal: bool = False
     converge_timeout: float = 120.0
@@ -269,8 +271,9 @@ def from_data(data: dict[str, Any], source: str, base: Path) -> Scenario:
     sc.flows = parse_flows(data.get("traffic", []), source, topo, field="traffic")
     sc.events = parse_events(data.get("events", []), source, topo, field="events")
     check_times(sc)
-    ver = _table(source, data.get("verdict", {}), "verdict", ("assert",))
+    ver = _table(source, data.get("verdict", {}), "verdict", VERDICT_KEYS)
     sc.assertions = _assertions(source, ver.get("assert", []), sc)
+    sc.host_limits = _host_limits(source, ver)
     return sc
 
 
@@ -325,6 +328,22 @@ def _assertions(source: str, value: Any, sc: Scenario) -> list[verdict.Assertion
             raise _fail(source, fld, f"unknown metric root {p[0]!r} ({', '.join(RESULT_KEYS)})")
         out.append(a)
     return out
+
+
+def _host_limits(source: str, ver: dict[str, Any]) -> verdict.HostLimits:
+    """[verdict] max_host_busy, max_saturated_share (fractions or "95%"), max_softnet_drops."""
+    kw: dict[str, Any] = {}
+    for key in ("max_host_busy", "max_saturated_share"):
+        if key in ver:
+            kw[key] = _unit(source, ver[key], f"verdict.{key}", units.parse_fraction)
+            if kw[key] < 0:
+                raise _fail(source, f"verdict.{key}", f"must be 0% or more, got {ver[key]!r}")
+    if "max_softnet_drops" in ver:
+        n = ver["max_softnet_drops"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise _fail(source, "verdict.max_softnet_drops", f"expected a count >= 0, got {n!r}")
+        kw["max_softnet_drops"] = n
+    return verdict.HostLimits(**kw)
 
 
 # The top-level keys of results.json that assertions may start from.

@@ -167,3 +167,61 @@ def check(assertion: Assertion, results: Mapping[str, Any]) -> dict[str, Any]:
 
 def judge(assertions: Sequence[Assertion], results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [check(a, results) for a in assertions]
+
+
+# --- is the run valid at all: was the mesh measured, or the host? ----------------------
+
+
+@dataclass(frozen=True)
+class HostLimits:
+    """`[verdict]` limits beyond which a run measured the host rather than the mesh
+    (flows start late, daemons miss their timers, packets wait in backlogs): the run is
+    INVALID (exit 4), whatever its checks say."""
+
+    max_host_busy: float = 0.95  # a CPU sample (all cores) this busy or more is saturated
+    max_saturated_share: float = 0.25  # invalid above this share of saturated samples
+    max_softnet_drops: int = 0  # invalid when the host's softnet backlogs dropped more
+
+
+def judge_host(
+    cpu_busy: Sequence[float], softnet_dropped: int | None, limits: HostLimits
+) -> tuple[bool, str]:
+    """(valid, one line saying why) from the run's CPU samples (busy fraction of all
+    cores between route snapshots, 0..1) and the packets the kernel dropped because a
+    CPU's input backlog was full (/proc/net/softnet_stat, over the run; None: unread)."""
+    problems = []
+    facts = []
+    if cpu_busy:
+        saturated = sum(1 for c in cpu_busy if c >= limits.max_host_busy)
+        share = saturated / len(cpu_busy)
+        facts.append(
+            f"CPUs {limits.max_host_busy:.0%}+ busy in {saturated} of {len(cpu_busy)} samples"
+        )
+        if share > limits.max_saturated_share:
+            problems.append(
+                f"the host's CPUs were {limits.max_host_busy:.0%}+ busy in {share:.0%} of "
+                f"the run's samples (limit {limits.max_saturated_share:.0%})"
+            )
+    else:
+        facts.append("host CPU not sampled")
+    if softnet_dropped is not None:
+        facts.append(f"{softnet_dropped} softnet backlog drops")
+        if softnet_dropped > limits.max_softnet_drops:
+            problems.append(
+                f"the host dropped {softnet_dropped} packets from full softnet backlogs "
+                f"(limit {limits.max_softnet_drops})"
+            )
+    if problems:
+        return False, "; ".join(problems) + ": the numbers measure the host, not the mesh"
+    return True, "host not saturated: " + ", ".join(facts)
+
+
+def softnet_dropped(text: str) -> int:
+    """Packets dropped from full input backlogs, summed over CPUs: the second column of
+    /proc/net/softnet_stat (one line per CPU, hexadecimal)."""
+    total = 0
+    for line in text.splitlines():
+        cols = line.split()
+        if len(cols) >= 2:
+            total += int(cols[1], 16)
+    return total

@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
 # Debian packages, by purpose. --no-install-recommends keeps kernels and firmware off the host.
-PKGS_CORE="python3 python3-venv python3-pip iproute2 iputils-ping procps ethtool iperf3 kmod"
+PKGS_CORE="python3 python3-venv python3-pip iproute2 iputils-ping procps ethtool iperf3 kmod util-linux"
 PKGS_ROUTING="batctl babeld batmand"
 PKGS_PROBES="python3-bpfcc"
 PKGS_LAB="qemu-system-x86 busybox-static cpio zstd xz-utils"

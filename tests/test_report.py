@@ -107,16 +107,3 @@ def test_probe_totals_sum_nodes_and_split_batman_signalling_from_payload() -> No
     assert t["drops"] == 8 and list(t["drop_reasons"]) == ["QDISC_DROP", "NO_SOCKET"]
     assert t["tcp_retransmits"] == 3
     assert t["batman_control_tx_bytes"] == 400 and t["batman_control_share"] == 0.2
-
-
-def test_host_load_warns_when_the_host_was_saturated() -> None:
-    from meshstress.runner import host_load
-
-    calm = host_load([10.0, 30.0, 20.0], [0.01, 0.03])
-    assert calm["cpu_mean_pct"] == 20.0 and calm["saturated_share"] == 0.0
-    assert "warning" not in calm and calm["route_snapshot_s"] == 0.02
-    busy = host_load([99.0, 100.0, 40.0, 97.0], [])
-    assert busy["saturated_share"] == 0.75 and "host rather than the mesh" in busy["warning"]
-    assert host_load([], []) == {}
-    text = report.summary({**RESULTS, "run": {**RESULTS["run"], "host": busy}})
-    assert "WARNING: the host's CPUs were 95%+ busy for 75% of the run" in text

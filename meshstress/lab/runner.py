@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import selectors
@@ -474,23 +473,26 @@ def _boot(
     """Start qemu and relay its output until it exits. False if the deadline passed first."""
     run.listeners = [_listen(Path(spec.out_sock)), _listen(Path(spec.err_sock))]
     with open(run.rundir / "qemu.log", "wb") as qlog:
-        run.proc = subprocess.Popen(
-            qemu.qemu_argv(spec),
-            stdin=subprocess.DEVNULL,
-            stdout=qlog,
-            stderr=qlog,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        run.proc = spawn_dying_with_parent(qemu.qemu_argv(spec), qlog)
     _write_state(run)
     return _relay(run, out, err, deadline)
 
 
-def _die_with_parent() -> None:
-    """In the qemu child: get SIGKILL if meshstress itself dies (even by SIGKILL)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+def spawn_dying_with_parent(argv: Sequence[str], log: BinaryIO) -> subprocess.Popen[bytes]:
+    """Start argv in its own session, to get SIGKILL if meshstress itself dies (even by
+    SIGKILL): util-linux `setpriv --pdeathsig KILL` sets that and execs argv (same PID).
+    Not a preexec_fn: Python code in the forked child can deadlock in a threaded process
+    (the pytest plugin boots the lab from a test session). Without setpriv the stale-run
+    reaper (reap_stale) still stops a qemu whose owner died."""
+    setpriv = shutil.which("setpriv")
+    prefix = [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+    return subprocess.Popen(
+        [*prefix, *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
 
 
 def _failure_reason(run: _Run) -> str:

@@ -13,7 +13,7 @@ import contextlib
 import ipaddress
 import os
 import subprocess
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from meshstress import netns
 from meshstress.routing import settings as st
@@ -40,13 +40,25 @@ def batmand_argv(binary: str, interfaces: list[str], orig_interval: float) -> li
     return [binary, "--no-detach", "-o", str(round(orig_interval * 1000)), *interfaces]
 
 
-def _private_run(ns_name: str, directory: str) -> None:
-    """preexec_fn: join the node's netns, then a private mount ns with `directory` on /run."""
-    netns.enter_for_exec(ns_name)
-    libc = netns._libc
-    netns._check(libc.unshare(netns.CLONE_NEWNS), "unshare mount namespace")
-    netns._check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
-    netns._check(libc.mount(directory.encode(), b"/run", None, MS_BIND, None), "bind /run")
+def _spawn_private_run(
+    ns_name: str, directory: str, argv: list[str], **kwargs: Any
+) -> subprocess.Popen[bytes]:
+    """Start argv in the node's netns and in a private mount namespace with `directory`
+    on /run. The mount namespace is made by a throwaway thread (unshare gives that
+    thread its own, which it cannot leave), never by Python code in the forked child,
+    which can deadlock while other threads run (the route recorder)."""
+
+    def body() -> subprocess.Popen[bytes]:
+        libc = netns._libc
+        with netns.entered(ns_name):  # first: /run/netns is hidden once /run is bound
+            netns._check(libc.unshare(netns.CLONE_NEWNS), "unshare mount namespace")
+            netns._check(
+                libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private"
+            )
+            netns._check(libc.mount(directory.encode(), b"/run", None, MS_BIND, None), "bind /run")
+            return subprocess.Popen(argv, **kwargs)
+
+    return netns.in_new_thread(body)
 
 
 class BatmandBackend(Backend):
@@ -89,11 +101,7 @@ class BatmandBackend(Backend):
         argv = batmand_argv(binary, ifnames, orig_interval)
         ns_name = mesh.ns(node)
         with open(os.path.join(directory, "batmand.log"), "ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                preexec_fn=lambda: _private_run(ns_name, directory),
+            proc = _spawn_private_run(
+                ns_name, directory, argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log
             )
         mesh.record_process(proc, node, self.role, argv)
