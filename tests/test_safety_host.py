@@ -103,7 +103,7 @@ def test_sudo_run_leaves_results_to_the_user(tmp_path: Path) -> None:
         [sys.executable, "-m", "meshstress.cli", "run", "--where", "host", "s.toml"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert res.returncode in (0, 1), res.stdout + res.stderr
+    assert res.returncode in (0, 1, 4), res.stdout + res.stderr  # 4: a busy host; ownership still
     results = tmp_path / "results"
     entries = [results, *results.rglob("*")]
     names = {p.name for p in entries}
