@@ -325,17 +325,17 @@ def _namespace_mark(name: str) -> str | None:
     return None
 
 
-def sweep(run_ids: Sequence[str] | None) -> tuple[list[str], list[str]]:
+def sweep(run_ids: Sequence[str] | None, keep: Sequence[str] = ()) -> tuple[list[str], list[str]]:
     """Remove what meshstress made and no state file lists: namespaces and host links
     whose names start with ms-RUN- (any run if `run_ids` is None) *and* that carry the
-    run's mark (`mark`). A look-alike that someone else made keeps its life.
-    Returns (removed, spared)."""
+    run's mark (`mark`). A look-alike that someone else made keeps its life, and so do
+    the runs in `keep` (live ones). Returns (removed, spared)."""
     removed: list[str] = []
     spared: list[str] = []
 
     def run_of(name: str) -> str | None:
         m = OBJECT_RE.match(name)
-        if not m or (run_ids is not None and m.group(1) not in run_ids):
+        if not m or (run_ids is not None and m.group(1) not in run_ids) or m.group(1) in keep:
             return None
         return m.group(1)
 

@@ -402,15 +402,23 @@ def routes(
     help="Also sweep every ms-* object with no state file (and the VM lab's).",
 )
 def clean(sweep_all: bool) -> None:
-    """Remove what runs left behind: by state file, then by prefix and mark."""
+    """Remove what runs left behind: by state file, then by prefix and mark. A run whose
+    owner is still alive (a `meshstress run` or a test in progress) is left alone."""
     require_root()
-    runs = state.all_runs()
+    runs: list[state.RunState] = []
+    live: list[state.RunState] = []
+    for st in state.all_runs():
+        (live if state.owner_alive(st) else runs).append(st)
+    for st in live:
+        click.echo(f"run {st.run_id}: left, its owner (PID {st.owner_pid}) is still running")
     for st in runs:
         problems = build.teardown(st, timeout=15)
         for p in problems:
             _echo_err(f"meshstress: {p}")
         click.echo(f"run {st.run_id}: removed")
-    removed, spared = build.sweep(None if sweep_all else [r.run_id for r in runs])
+    removed, spared = build.sweep(
+        None if sweep_all else [r.run_id for r in runs], keep=[r.run_id for r in live]
+    )
     for name in removed:
         click.echo(f"swept {name}")
     for name in spared:

@@ -175,3 +175,15 @@ def removable(st: RunState) -> tuple[list[str], list[str], list[str], list[str]]
                 f"{run_files_dir(st.run_id)}"
             )
     return nss, links, files, problems
+
+
+def owner_alive(st: RunState) -> bool:
+    """True if the process that made the run is still running: its PID exists and that
+    process started before the run did (a recycled PID started later)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(st.owner_pid)
+        return proc.create_time() <= st.created + 0.5 and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False

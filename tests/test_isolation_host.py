@@ -360,3 +360,35 @@ def test_signal_during_traffic_leaves_nothing(tmp_path, sig) -> None:
             proc.kill()
             proc.wait()
         fallback_teardown(state_dir)
+
+
+def test_clean_leaves_a_run_whose_owner_is_alive(tmp_path, monkeypatch) -> None:
+    """A run in progress (its owner, this test process, alive) survives `clean --all` from
+    another process; a run whose owner has exited (`meshstress up`) is removed."""
+    from meshstress import hostcli
+    from meshstress.topology import Link, Node, Topology
+
+    env = env_with_state(tmp_path)
+    state_dir = env["MESHSTRESS_STATE_DIR"]
+    monkeypatch.setattr(state, "STATE_DIR", state_dir)
+    topo = tmp_path / "line.toml"
+    topo.write_text(LINE)
+    mine = None
+    try:
+        line = Topology("l2", [Node("a"), Node("b")], [Link("a", "b")])
+        mine = hostcli.bring_up(line, wait=False).state
+        up = subprocess.run([*EXE, "up", str(topo)], capture_output=True, text=True, env=env)
+        assert up.returncode == 0, up.stderr
+        (orphan,) = [st for st in runs_in(state_dir) if st.run_id != mine.run_id]
+        out = subprocess.run(
+            [*EXE, "clean", "--all"], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        assert f"run {mine.run_id}: left" in out.stdout
+        assert len([n for n in netns.list_names() if n.startswith(run_prefix(mine.run_id))]) == 2
+        assert left_of(orphan.run_id) == []
+        assert [st.run_id for st in runs_in(state_dir)] == [mine.run_id]
+    finally:
+        if mine is not None:
+            build.teardown(mine)
+        fallback_teardown(state_dir)
