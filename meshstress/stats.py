@@ -168,15 +168,3 @@ def quantile(values: list[float], q: float) -> float:
 def iqr(values: list[float]) -> float:
     """Interquartile range: q75 - q25 (J for a uniform distribution on [-J, J])."""
     return quantile(values, 0.75) - quantile(values, 0.25)
-
-
-def lower_edge(values: list[float], p1: float = 0.02, p2: float = 0.10) -> float:
-    """Where the distribution starts: the quantile function's line through p1 and p2,
-    extrapolated to 0. Exact for a uniform distribution, also when a share f of the
-    values is moved far up (late packets), as long as p2 < 1 - f: the lower quantiles
-    then belong to the undisturbed values, only stretched by 1 / (1 - f), and that
-    stretch is in the slope."""
-    if not 0.0 <= p1 < p2 <= 1.0:
-        raise ValueError(f"need 0 <= p1 < p2 <= 1, got {p1!r}, {p2!r}")
-    q1, q2 = quantile(values, p1), quantile(values, p2)
-    return q1 - p1 * (q2 - q1) / (p2 - p1)
