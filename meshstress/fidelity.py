@@ -70,7 +70,8 @@ RATES_MBIT = (1.0, 10.0, 100.0)
 RATE_TOLERANCE = 0.05
 RATE_OFFER = 1.5  # offered load / configured rate
 RATE_SECONDS = 3.0
-RATE_SKIP = 0.2  # share of the arrivals (tbf's initial bucket) left out of the rate
+BACKLOG_MARGIN = 0.001  # a datagram sent this long before its predecessor left was queued
+RATE_MIN_PAIRS = 100  # backlogged pairs needed for a rate
 
 
 # --- running flows on a mesh -----------------------------------------------------------
@@ -674,17 +675,35 @@ def measure_netem(
 # --- rate (tbf) -------------------------------------------------------------------------
 
 
-def rate_of(stream: Stream, skip: float = RATE_SKIP) -> tuple[float | None, int]:
-    """Frame bits per second of the arrivals after the first `skip` share of them (tbf's
-    bucket lets a burst through at first), by the kernel's receive timestamps; and how
-    many arrivals that used."""
-    arr = sorted(tr for _, _, tr in stream.arrivals)
-    k = int(len(arr) * skip)
-    used = arr[k:]
-    if len(used) < 2 or used[-1] <= used[0]:
-        return None, len(used)
-    bits = (len(used) - 1) * (stream.size + FRAME_OVERHEAD) * 8
-    return bits / (used[-1] - used[0]), len(used)
+def bucket_frames(rate_mbit: float, size: int = RATE_SIZE) -> int:
+    """Frames that tbf's bucket (impair.tbf_args: 4 ms at the rate, at least two frames)
+    lets through at once after the queue ran empty."""
+    from meshstress import impair
+
+    burst = max(2 * impair._frame(1500), math.ceil(rate_mbit * 1e6 / 8 * impair.TBF_BURST_S))
+    return math.ceil(burst / (size + FRAME_OVERHEAD))
+
+
+def rate_of(stream: Stream, skip: int = 0) -> tuple[float | None, int]:
+    """The shaper's rate, from the arrivals while it held a backlog: a pair of
+    consecutive arrivals counts when the second datagram was sent at least
+    BACKLOG_MARGIN before the first arrived (so tbf held it: the gap between them is
+    tbf's pace, not the sender's), and after the first `skip` such pairs of each busy
+    spell (the bucket's stored tokens let those through early). Frame bits per second
+    over those gaps, by the kernel's receive timestamps; and how many pairs."""
+    arr = sorted(stream.arrivals, key=lambda a: a[2])
+    frame_bits = (stream.size + FRAME_OVERHEAD) * 8
+    run = pairs = 0
+    gaps = 0.0
+    for prev, cur in zip(arr, arr[1:], strict=False):
+        if cur[1] + BACKLOG_MARGIN <= prev[2]:
+            run += 1
+            if run > skip:
+                gaps += cur[2] - prev[2]
+                pairs += 1
+        else:
+            run = 0
+    return (pairs * frame_bits / gaps if gaps > 0 else None), pairs
 
 
 def offered_of(stream: Stream) -> float | None:
@@ -706,13 +725,14 @@ def rate_plan(rate_mbit: float, seconds: float = RATE_SECONDS, offer: float = RA
 
 
 def rate_row(rate_mbit: float, s: Stream, rates: tuple[float, ...] = RATES_MBIT) -> Row:
-    measured, used = rate_of(s)
+    measured, used = rate_of(s, skip=bucket_frames(rate_mbit, s.size))
     offered = offered_of(s)
     errors = _stream_errors(s)
-    if offered is None or offered < 1.1 * rate_mbit * 1e6:
+    if used < RATE_MIN_PAIRS:
         errors.append(
-            f"the sender offered only {0 if offered is None else offered / 1e6:.2f} Mbit/s, "
-            f"not above the rate: this machine cannot check {rate_mbit:g} Mbit/s"
+            f"tbf held a backlog for only {used} datagrams (the sender offered "
+            f"{0 if offered is None else offered / 1e6:.2f} Mbit/s): this machine cannot "
+            f"check {rate_mbit:g} Mbit/s"
         )
     neighbours = [q for q in rates if q != rate_mbit]
     neighbours = (
@@ -728,7 +748,7 @@ def rate_row(rate_mbit: float, s: Stream, rates: tuple[float, ...] = RATES_MBIT)
         n=s.n,
         count=used,
         accept=stats.relative_band(rate_mbit, RATE_TOLERANCE),
-        method="frame bits of the arrivals after the first 20% / their span, +-5%",
+        method="frame bits / arrival gaps while tbf held a backlog, +-5%",
         neighbours=[(q, stats.relative_band(q, RATE_TOLERANCE)) for q in neighbours],
         extra={
             "offered_mbit": None if offered is None else round(offered / 1e6, 3),
@@ -750,7 +770,12 @@ def measure_free(mesh: Mesh, workdir: str, count: int = 20000) -> dict[str, Any]
     the sender can, over the ideal link of rate_topology()."""
     plan = Plan("free", "freea", "freeb", count, 0.0, RATE_SIZE)
     s = run_streams(mesh, [plan], workdir)["free"]
-    measured, used = rate_of(s, skip=0.0)
+    arr = sorted(tr for _, _, tr in s.arrivals)
+    measured = (
+        (len(arr) - 1) * (s.size + FRAME_OVERHEAD) * 8 / (arr[-1] - arr[0])
+        if len(arr) > 1 and arr[-1] > arr[0]
+        else None
+    )
     offered = offered_of(s)
     return {
         "check": "unshaped",

@@ -105,16 +105,16 @@ def test_directions_are_independent(netem: dict[str, Row]) -> None:
 @pytest.mark.parametrize("rate", fidelity.RATES_MBIT, ids=lambda r: f"{r:g}mbit")
 def test_tbf_rate(mesh_factory, tmp_path, rate: float) -> None:
     """tbf alone (no netem), so the host runs it: offered at 1.5 times the rate, the
-    arrivals come at the rate within 5%, and not at the neighbouring rate."""
+    gaps between arrivals while tbf holds a backlog give the rate within 5%, and not
+    the neighbouring rate (a tenth, ten times)."""
     mesh = mesh_factory(fidelity.rate_topology((rate,)))
     row, stream = fidelity.measure_rate(mesh, rate, str(tmp_path))
-    offered = row.extra["offered_mbit"]
-    if offered is None or offered < 1.1 * rate:
-        msg = f"this machine's sender offered only {offered} Mbit/s, not above {rate:g} Mbit/s"
+    if row.count is None or row.count < fidelity.RATE_MIN_PAIRS:
+        # a starved sender (a loaded machine) never filled tbf's queue: nothing to measure
+        msg = f"missing capability: a sender that outruns {rate:g} Mbit/s: {row.errors}"
         if require_capabilities():
             pytest.fail(f"MESHSTRESS_REQUIRE is set and {msg}", pytrace=False)
         pytest.skip(msg)
-    assert len(stream.distinct()) < stream.n  # tbf dropped the excess: it was the bottleneck
     row.neighbours = [(q, fidelity.stats.relative_band(q, fidelity.RATE_TOLERANCE))
                       for q in (rate / 10, rate * 10)]  # fmt: skip
     check(row)

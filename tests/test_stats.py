@@ -115,48 +115,27 @@ def test_binomial_row_passes_its_setting_and_fails_the_neighbour() -> None:
     assert not wrong.ok and wrong.neighbour_ok() == [True]
 
 
-def test_rate_of_skips_the_bucket_and_counts_frames() -> None:
-    # 100 frames at once (the bucket), then one 1514-byte frame every 1.2112 ms: 10 Mbit/s
+def test_rate_of_counts_only_backlogged_gaps_after_the_bucket() -> None:
+    """Two busy spells of 10 Mbit/s frames (1.2112 ms apart) whose datagrams were all
+    sent at once, each opened by 5 frames of the bucket at once, and a slow trickle in
+    between (sent just before it arrived: not backlogged, not counted)."""
     gap = 1514 * 8 / 10e6
-    t = [0.0] * 100 + [gap * (i + 1) for i in range(900)]
-    s = Stream("r", fidelity.RATE_SIZE, sent=t, arrivals=[(i, x, x) for i, x in enumerate(t)])
-    rate, used = fidelity.rate_of(s)
-    assert used == 800 and rate == pytest.approx(10e6, rel=1e-9)
-
-
-def _latency_stream(name: str, n: int, delay: float, jitter: float, rng: random.Random) -> Stream:
-    """Datagrams 5 ms apart, each delayed uniformly by delay +- jitter (netem without a
-    table), plus the lateness of a loaded VM's timers: mostly small, a third late by
-    an exponential 10 ms (heavier than the 3 ms median we saw)."""
-    sent = [i * 0.005 for i in range(n)]
     arrivals = []
-    for i, t in enumerate(sent):
-        late = abs(rng.gauss(0, 0.05)) + (rng.expovariate(0.1) if rng.random() < 0.33 else 0.0)
-        ms = delay + rng.uniform(-jitter, jitter) + late + 0.02
-        arrivals.append((i, t, t + ms / 1000))
-    return Stream(name=name, size=fidelity.SIZE, sent=sent, arrivals=arrivals)
-
-
-def test_timing_rows_see_through_late_timers() -> None:
-    """netem_rows on synthetic latencies with a heavy tail of late timers: each delay
-    and jitter passes as its own setting and fails as its neighbours, although the
-    plain standard deviation is far off."""
-    rng = random.Random(11)
-    st = {p.name: _stream(p.name, p.count, set()) for p in fidelity.stats_plans()}
-    st["dir-ba"] = _latency_stream("dir-ba", fidelity.PACKETS, fidelity.DIR_DELAY_MS, 0, rng)
-    st["ref-s"] = _latency_stream("ref-s", 400, fidelity.REF_DELAY_MS, 0, rng)
-    st["base"] = _stream("base", fidelity.BASE_PACKETS, set(), latency_ms=0.02)
-    st["ref"] = _latency_stream("ref", fidelity.BASE_PACKETS, fidelity.REF_DELAY_MS, 0, rng)
-    for d in fidelity.DELAYS_MS:
-        st[f"delay{d:g}"] = _latency_stream(f"d{d:g}", fidelity.DELAY_PACKETS, d, 0, rng)
-    for j in fidelity.JITTERS_MS:
-        st[f"jitter{j:g}"] = _latency_stream(
-            f"j{j:g}", fidelity.JITTER_PACKETS, fidelity.JITTER_DELAY_MS, j, rng
-        )
-    rows = {r.check: r for r in fidelity.netem_rows(st)}
-    timing = [r for name, r in rows.items() if name.startswith(("delay", "jitter", "dir b->a d"))]
-    assert len(timing) == 6
-    for r in timing:
-        assert r.ok and not any(r.neighbour_ok()), (r.check, r.measured, r.accept)
-    jitter5 = rows[next(n for n in rows if n.startswith("jitter 5 ms"))]
-    assert jitter5.extra["raw_sd_ms"] > 2 * jitter5.configured  # the plain sd: swamped
+    seq = 0
+    for start in (0.0, 1.0):
+        for k in range(5):  # the bucket: at once
+            arrivals.append((seq, start - 0.01, start + k * 1e-6))
+            seq += 1
+        for k in range(200):
+            arrivals.append((seq, start - 0.01, start + 5e-6 + (k + 1) * gap))
+            seq += 1
+    for k in range(50):  # the trickle: each sent 0.1 ms before it arrived
+        t = 0.5 + k * 0.005
+        arrivals.append((seq, t - 1e-4, t))
+        seq += 1
+    s = Stream("r", fidelity.RATE_SIZE, sent=[0.0] * seq, arrivals=arrivals)
+    rate, pairs = fidelity.rate_of(s, skip=5)
+    assert pairs == 2 * 199 and rate == pytest.approx(10e6, rel=1e-6)
+    rate0, _ = fidelity.rate_of(s, skip=0)
+    assert rate0 is not None and rate0 > 10.1e6  # the bucket's frames would inflate it
+    assert fidelity.bucket_frames(10.0) == 4 and fidelity.bucket_frames(100.0) == 34
