@@ -728,11 +728,13 @@ def rate_row(rate_mbit: float, s: Stream, rates: tuple[float, ...] = RATES_MBIT)
     measured, used = rate_of(s, skip=bucket_frames(rate_mbit, s.size))
     offered = offered_of(s)
     errors = _stream_errors(s)
-    if used < RATE_MIN_PAIRS:
+    # infeasible: too few backlogged pairs, or a sender slower than the rate on average
+    # (its bursts then meet late timers' stored tokens and the backlogged gaps mislead)
+    if used < RATE_MIN_PAIRS or offered is None or offered < rate_mbit * 1e6:
         errors.append(
-            f"tbf held a backlog for only {used} datagrams (the sender offered "
-            f"{0 if offered is None else offered / 1e6:.2f} Mbit/s): this machine cannot "
-            f"check {rate_mbit:g} Mbit/s"
+            f"infeasible here: the sender offered {0 if offered is None else offered / 1e6:.2f}"
+            f" Mbit/s on average and tbf held a backlog for {used} datagrams: this machine "
+            f"cannot check {rate_mbit:g} Mbit/s"
         )
     neighbours = [q for q in rates if q != rate_mbit]
     neighbours = (

@@ -88,6 +88,12 @@ def send(spec: list[dict[str, Any]]) -> None:
     pads = [b"\0" * max(0, int(s["size"]) - HEADER.size) for s in spec]
     dests = [(s["to"], int(s["port"])) for s in spec]
     for sock, s in zip(socks, spec, strict=True):
+        # a large send buffer: a full qdisc must drop the excess, not block the sender
+        # (with the default ~200 kB the socket, not tbf, would pace a fast stream)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_SNDBUFFORCE", 32), 64 << 20)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 20)
         sock.bind((s["bind"], 0))
     began = time.monotonic()
     # (due, stream, seq): every stream's datagrams in the order they are due

@@ -109,8 +109,8 @@ def test_tbf_rate(mesh_factory, tmp_path, rate: float) -> None:
     the neighbouring rate (a tenth, ten times)."""
     mesh = mesh_factory(fidelity.rate_topology((rate,)))
     row, stream = fidelity.measure_rate(mesh, rate, str(tmp_path))
-    if row.count is None or row.count < fidelity.RATE_MIN_PAIRS:
-        # a starved sender (a loaded machine) never filled tbf's queue: nothing to measure
+    if any(e.startswith("infeasible") for e in row.errors):
+        # a starved sender (a loaded machine) never outran tbf: nothing to measure
         msg = f"missing capability: a sender that outruns {rate:g} Mbit/s: {row.errors}"
         if require_capabilities():
             pytest.fail(f"MESHSTRESS_REQUIRE is set and {msg}", pytrace=False)
