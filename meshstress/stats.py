@@ -147,6 +147,31 @@ def sample_sd(values: list[float]) -> float | None:
     return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def bootstrap_quantile(
+    values: list[float],
+    q: float,
+    confidence: float = CONFIDENCE,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval for the q-quantile (0..1) of `values`
+    (per-packet records, e.g. one-way delays): draw `resamples` samples of len(values)
+    with replacement from random.Random(seed), take each one's `quantile(sample, q)`,
+    and return the (1 - confidence)/2 and (1 + confidence)/2 quantiles of those
+    estimates. Deterministic for a given seed, whatever the order of the values; costs
+    resamples * len(values) draws."""
+    if not values:
+        raise ValueError("bootstrap of no values")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples!r}")
+    z(confidence)
+    rng = random.Random(seed)
+    s = sorted(values)  # the order the records came in does not matter
+    estimates = [quantile(rng.choices(s, k=len(s)), q) for _ in range(resamples)]
+    alpha = 1.0 - confidence
+    return quantile(estimates, alpha / 2), quantile(estimates, 1.0 - alpha / 2)
+
+
 def median(values: list[float]) -> float:
     if not values:
         raise ValueError("median of no values")
@@ -183,28 +208,3 @@ def lower_edge(values: list[float], p1: float = 0.02, p2: float = 0.10) -> float
         raise ValueError(f"need 0 <= p1 < p2 <= 1, got {p1!r}, {p2!r}")
     q1, q2 = quantile(values, p1), quantile(values, p2)
     return q1 - p1 * (q2 - q1) / (p2 - p1)
-
-
-def bootstrap_quantile(
-    values: list[float],
-    q: float,
-    confidence: float = CONFIDENCE,
-    resamples: int = 2000,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval for the q-quantile (0..1) of `values`
-    (per-packet records, e.g. one-way delays): draw `resamples` samples of len(values)
-    with replacement from random.Random(seed), take each one's `quantile(sample, q)`,
-    and return the (1 - confidence)/2 and (1 + confidence)/2 quantiles of those
-    estimates. Deterministic for a given seed, whatever the order of the values; costs
-    resamples * len(values) draws."""
-    if not values:
-        raise ValueError("bootstrap of no values")
-    if resamples < 1:
-        raise ValueError(f"resamples must be at least 1, got {resamples!r}")
-    z(confidence)
-    rng = random.Random(seed)
-    s = sorted(values)  # the order the records came in does not matter
-    estimates = [quantile(rng.choices(s, k=len(s)), q) for _ in range(resamples)]
-    alpha = 1.0 - confidence
-    return quantile(estimates, alpha / 2), quantile(estimates, 1.0 - alpha / 2)
