@@ -54,13 +54,20 @@ def _check(n: int, p: float) -> None:
 
 
 def binom_cdf(k: int, n: int, p: float) -> float:
-    """P(X <= k) for X ~ Binomial(n, p)."""
+    """P(X <= k) for X ~ Binomial(n, p). Sums only the terms within mean +- (40 sd + 200):
+    by Bernstein's inequality, P(|X - np| >= t) <= 2 exp(-t^2 / (2 (sd^2 + t/3))), and at
+    that t the exponent is at least 300, so what is left out weighs below 1e-130. Costs
+    O(sd) instead of O(k): Clopper-Pearson for 95000 of 100000 takes a fraction of a second."""
     _check(n, p)
     if k < 0:
         return 0.0
     if k >= n:
         return 1.0
-    return min(1.0, math.fsum(math.exp(_log_pmf(i, n, p)) for i in range(k + 1)))
+    mean = n * p
+    reach = 40.0 * math.sqrt(n * p * (1.0 - p)) + 200.0
+    first = max(0, math.floor(mean - reach))
+    last = min(k, math.ceil(mean + reach))
+    return min(1.0, math.fsum(math.exp(_log_pmf(i, n, p)) for i in range(first, last + 1)))
 
 
 def binomial_interval(n: int, p: float, confidence: float = CONFIDENCE) -> tuple[int, int]:

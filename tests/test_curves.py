@@ -6,6 +6,7 @@ binary (0.75, 0.5, 0.25 ...) where a check sits on its boundary.
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -578,3 +579,19 @@ def test_bootstrap_quantile_covers_the_true_median() -> None:
         lo, hi = stats.bootstrap_quantile(xs, 0.5, confidence=0.9, resamples=400, seed=seed)
         covered += lo <= 0.5 <= hi
     assert 168 <= covered <= 190
+
+
+# ---- stats.binom_cdf sums only the terms that matter (Clopper-Pearson on big counts) ----
+
+
+@pytest.mark.parametrize("n", [1, 10, 200, 5000, 20000])
+@pytest.mark.parametrize("p", [0.0, 1e-6, 0.01, 0.3, 0.5, 0.95, 0.999999, 1.0])
+def test_binom_cdf_window_equals_the_full_sum(n: int, p: float) -> None:
+    def full(k: int) -> float:  # the plain sum over 0..k
+        if k >= n:
+            return 1.0
+        return min(1.0, math.fsum(math.exp(stats._log_pmf(i, n, p)) for i in range(k + 1)))
+
+    mean = round(n * p)
+    for k in sorted({0, 1, n // 3, n // 2, n - 1, max(0, mean - 2), mean, min(n, mean + 2)}):
+        assert stats.binom_cdf(k, n, p) == pytest.approx(full(k), rel=1e-12, abs=1e-300)
