@@ -595,3 +595,19 @@ def test_binom_cdf_window_equals_the_full_sum(n: int, p: float) -> None:
     mean = round(n * p)
     for k in sorted({0, 1, n // 3, n // 2, n - 1, max(0, mean - 2), mean, min(n, mean + 2)}):
         assert stats.binom_cdf(k, n, p) == pytest.approx(full(k), rel=1e-12, abs=1e-300)
+
+
+@pytest.mark.parametrize(
+    "metric, better, shown",
+    [
+        ("flows.cbr.delivery_ratio", "higher", "12.5%"),
+        ("flows.cbr.latency_ms.p99", "lower", "0.125ms"),
+        ("events[0].recovery_s.cbr", "lower", "0.125s"),
+        ("flows.cbr.throughput_bps", "higher", "0.125 bit/s"),
+        ("flows.cbr.lost", "lower", "0.125"),
+        ("routing.reachable_final", "higher", "0.125"),
+    ],
+)
+def test_guess_better_and_format_value(metric: str, better: str, shown: str) -> None:
+    assert curves.guess_better(metric) == better
+    assert curves.format_value(0.125, metric) == shown
