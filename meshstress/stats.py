@@ -11,11 +11,14 @@ and would it have been consistent with the neighbouring setting too?":
 - `mean_interval(mean, sd, m)`: normal approximation for the mean of m samples.
 - `separated(a, b)`: whether two intervals are disjoint (the neighbouring setting's
   interval must not contain what this setting produces).
+- `bootstrap_quantile(values, q)`: a seeded percentile-bootstrap interval for a quantile
+  of per-packet records (a p99 latency, say).
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from statistics import NormalDist
 
@@ -51,13 +54,20 @@ def _check(n: int, p: float) -> None:
 
 
 def binom_cdf(k: int, n: int, p: float) -> float:
-    """P(X <= k) for X ~ Binomial(n, p)."""
+    """P(X <= k) for X ~ Binomial(n, p). Sums only the terms within mean +- (40 sd + 200):
+    by Bernstein's inequality, P(|X - np| >= t) <= 2 exp(-t^2 / (2 (sd^2 + t/3))), and at
+    that t the exponent is at least 300, so what is left out weighs below 1e-130. Costs
+    O(sd) instead of O(k): Clopper-Pearson for 95000 of 100000 takes a fraction of a second."""
     _check(n, p)
     if k < 0:
         return 0.0
     if k >= n:
         return 1.0
-    return min(1.0, math.fsum(math.exp(_log_pmf(i, n, p)) for i in range(k + 1)))
+    mean = n * p
+    reach = 40.0 * math.sqrt(n * p * (1.0 - p)) + 200.0
+    first = max(0, math.floor(mean - reach))
+    last = min(k, math.ceil(mean + reach))
+    return min(1.0, math.fsum(math.exp(_log_pmf(i, n, p)) for i in range(first, last + 1)))
 
 
 def binomial_interval(n: int, p: float, confidence: float = CONFIDENCE) -> tuple[int, int]:
@@ -142,6 +152,31 @@ def sample_sd(values: list[float]) -> float | None:
         return None
     mean = math.fsum(values) / len(values)
     return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def bootstrap_quantile(
+    values: list[float],
+    q: float,
+    confidence: float = CONFIDENCE,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval for the q-quantile (0..1) of `values`
+    (per-packet records, e.g. one-way delays): draw `resamples` samples of len(values)
+    with replacement from random.Random(seed), take each one's `quantile(sample, q)`,
+    and return the (1 - confidence)/2 and (1 + confidence)/2 quantiles of those
+    estimates. Deterministic for a given seed, whatever the order of the values; costs
+    resamples * len(values) draws."""
+    if not values:
+        raise ValueError("bootstrap of no values")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples!r}")
+    z(confidence)
+    rng = random.Random(seed)
+    s = sorted(values)  # the order the records came in does not matter
+    estimates = [quantile(rng.choices(s, k=len(s)), q) for _ in range(resamples)]
+    alpha = 1.0 - confidence
+    return quantile(estimates, alpha / 2), quantile(estimates, 1.0 - alpha / 2)
 
 
 def median(values: list[float]) -> float:
