@@ -59,7 +59,7 @@ def test_quantile_iqr_median() -> None:
 
 
 def _band(n: int, p: float, factor: float = 1.0) -> tuple[int, int]:
-    return stats.binomial_interval(n, min(1.0, p * factor))
+    return stats.binomial_interval(n, min(1.0, p * factor), fidelity.CONFIDENCE)
 
 
 @pytest.mark.parametrize("i", range(len(fidelity.LOSS) - 1))
@@ -70,10 +70,10 @@ def test_adjacent_loss_settings_have_disjoint_intervals(i: int) -> None:
 
 
 def test_two_thousand_packets_cannot_tell_one_percent_from_two() -> None:
-    """Why the loss list's neighbours are its adjacent settings: at n = 2000 the 99%
-    intervals of 1% (10..32) and 2% (25..57) overlap; it takes about 3800 packets."""
+    """Why the loss list's neighbours are its adjacent settings: at n = 2000 the 99.9%
+    intervals of 1% and 2% overlap; it takes about 7000 packets."""
     assert not stats.separated(_band(2000, 0.01), _band(2000, 0.02))
-    assert stats.separated(_band(4000, 0.01), _band(4000, 0.02))
+    assert stats.separated(_band(7000, 0.01), _band(7000, 0.02))
 
 
 @pytest.mark.parametrize(
