@@ -14,10 +14,12 @@ import os
 import select
 import socket
 import struct
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
@@ -233,6 +235,8 @@ IFF_UP = 1
 _NLMSG_ERROR = 2
 _RTM_NEWLINK = 16
 _RTM_NEWROUTE = 24
+_IFLA_GROUP = 27
+MESH_GROUP = 0x6D73  # the device group of a node's mesh interfaces once prepared
 _NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_REPLACE, _NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
 _SEQ_BASE = 0x6D730000  # sequence numbers of our batches ("ms"), apart from pyroute2's
 _ACK_TIMEOUT = 10.0  # the kernel acks a batch before sendto returns; this only guards
@@ -251,6 +255,23 @@ def link_state_msg(index: int, up: bool, seq: int, ack: bool = False) -> bytes:
     """RTM_NEWLINK setting interface `index` up or down (only IFF_UP changes). Pure."""
     flags = _NLM_F_REQUEST | (_NLM_F_ACK if ack else 0)
     body = struct.pack("=BxHiII", 0, 0, index, IFF_UP if up else 0, IFF_UP)
+    return _nlmsg(_RTM_NEWLINK, flags, seq, body)
+
+
+def link_group_msg(group: int, up: bool, seq: int, ack: bool = False) -> bytes:
+    """RTM_NEWLINK setting every interface of device group `group` up or down: no index,
+    no name, IFLA_GROUP (the kernel's group change, `ip link set group G down`). Pure."""
+    flags = _NLM_F_REQUEST | (_NLM_F_ACK if ack else 0)
+    body = struct.pack("=BxHiII", 0, 0, 0, IFF_UP if up else 0, IFF_UP)
+    body += _rtattr(_IFLA_GROUP, struct.pack("=I", group))
+    return _nlmsg(_RTM_NEWLINK, flags, seq, body)
+
+
+def link_set_group_msg(index: int, group: int, seq: int, ack: bool = False) -> bytes:
+    """RTM_NEWLINK putting interface `index` into device group `group`. Pure."""
+    flags = _NLM_F_REQUEST | (_NLM_F_ACK if ack else 0)
+    body = struct.pack("=BxHiII", 0, 0, index, 0, 0)
+    body += _rtattr(_IFLA_GROUP, struct.pack("=I", group))
     return _nlmsg(_RTM_NEWLINK, flags, seq, body)
 
 
@@ -287,7 +308,9 @@ class _Batch:
 
     node: str
     sock: Any
-    what: list[tuple[str, str, bool]]  # ("link", ifname, up) / ("route", dst, True), by seq
+    # by sequence number: what each request does, ("link", ifname, up) or
+    # ("route", neighbour, True); a group request covers several links
+    what: list[list[tuple[str, str, bool]]]
 
 
 class EventRunner:
@@ -311,6 +334,9 @@ class EventRunner:
         self.mtu = backend.mtu or 1500
         self._index: dict[str, dict[str, int]] = {}  # node -> ifname -> ifindex
         self._routes: dict[str, dict[str, str]] = {}  # node -> neighbour -> ifname
+        self._links_done: float | None = None  # when the last apply's link changes were made
+        self._grouped: set[str] = set()  # nodes whose mesh interfaces are in MESH_GROUP
+        self.use_groups = True  # False: one request per interface (benchmarks compare)
 
     def prepare(self, events: Sequence[Event]) -> None:
         """Open the netlink sockets and learn the interface indexes of every node the
@@ -327,6 +353,33 @@ class EventRunner:
         for node in sorted(nodes):
             self._indexes(node)
             self._via(node)
+        crashing = {ev.node for ev in events if ev.action == "node-crash" and ev.node}
+        for node in sorted(crashing - self._grouped):
+            self._group(node)
+
+    def _group(self, node: str) -> None:
+        """Put node's mesh interfaces (all of them, nothing else) in MESH_GROUP."""
+        index = self._indexes(node)
+        names = [i["ifname"] for i in self.mesh.state.interfaces.get(node, [])]
+        others = [n for n, g in self._groups(node).items() if g == MESH_GROUP and n not in names]
+        if others:
+            raise MeshstressError(f"node {node}: {others[0]} is in group {MESH_GROUP} already")
+        if not names:
+            return
+        sock = self.mesh.netlink(node)
+        data = b"".join(
+            link_set_group_msg(index[n], MESH_GROUP, _SEQ_BASE + k, ack=k == len(names) - 1)
+            for k, n in enumerate(names)
+        )
+        sock.sendto(data, (0, 0))
+        self._collect([_Batch(node, sock, [[("group", n, True)] for n in names])])
+        self._grouped.add(node)
+
+    def _groups(self, node: str) -> dict[str, int]:
+        return {
+            link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_GROUP") or 0
+            for link in self.mesh.netlink(node).get_links()
+        }
 
     # --- interface state ------------------------------------------------------
 
@@ -364,7 +417,12 @@ class EventRunner:
         """Set every interface of `before` whose wanted state differs now, and (l3
         backends) put back the neighbour host routes over those coming up: one buffer
         per namespace, only its last request acked, every buffer sent before any reply
-        is read (_collect). rtnetlink handles a buffer inside sendto, in order."""
+        is read (_collect). rtnetlink handles a buffer inside sendto, in order.
+
+        A node whose mesh interfaces all end in the same state (a crash, a restart)
+        gets one request for its interface group (see prepare): the kernel changes
+        them all under one hold of its rtnl lock, which the routing daemons of every
+        namespace also take; one request per interface competes for it each time."""
         after = self._wanted(list(dict.fromkeys(n for n, _ in before)))
         per_node: dict[str, list[tuple[str, bool]]] = {}
         for (node, ifname), was in before.items():
@@ -377,22 +435,26 @@ class EventRunner:
             missing = [ifname for ifname, _ in changes if ifname not in index]
             if missing:
                 raise MeshstressError(f"interface {missing[0]} of node {node} is gone")
-            what = [("link", ifname, up) for ifname, up in changes]
+            links = [("link", ifname, up) for ifname, up in changes]
+            ends = {after[(n, i)] for (n, i) in after if n == node}
+            if node in self._grouped and self.use_groups and len(ends) == 1:
+                (up,) = ends
+                reqs: list[tuple[Callable[[int, bool], bytes], list[tuple[str, str, bool]]]]
+                reqs = [(partial(link_group_msg, MESH_GROUP, up), links)]
+            else:
+                reqs = [(partial(link_state_msg, index[w[1]], w[2]), [w]) for w in links]
             rising = {ifname for ifname, up in changes if up}
             via = self._via(node) if rising and self.backend.l3 else {}
-            # the kernel flushed these when their interface went down
-            what += [("route", nb, True) for nb, ifname in via.items() if ifname in rising]
-            msgs = []
-            for k, (kind, name, up) in enumerate(what):
-                last = k == len(what) - 1
-                if kind == "link":
-                    msgs.append(link_state_msg(index[name], up, _SEQ_BASE + k, ack=last))
-                else:
-                    dst = self.mesh.address(name)
-                    msgs.append(host_route_msg(dst, index[via[name]], _SEQ_BASE + k, ack=last))
+            for nb, ifname in via.items():  # the kernel flushed these when it went down
+                if ifname in rising:
+                    route = partial(host_route_msg, self.mesh.address(nb), index[ifname])
+                    reqs.append((route, [("route", nb, True)]))
+            data = b"".join(
+                make(_SEQ_BASE + k, k == len(reqs) - 1) for k, (make, _) in enumerate(reqs)
+            )
             sock = self.mesh.netlink(node)
-            sock.sendto(b"".join(msgs), (0, 0))
-            batches.append(_Batch(node, sock, what))
+            sock.sendto(data, (0, 0))
+            batches.append(_Batch(node, sock, [covered for _, covered in reqs]))
         return batches
 
     def _collect(
@@ -412,14 +474,16 @@ class EventRunner:
                 if not ready:
                     raise MeshstressError(f"node {batch.node}: no netlink ack for link changes")
                 acks.update(parse_acks(batch.sock.recv(65536)))
-            for k, (kind, name, on) in enumerate(batch.what):
+            for k, covered in enumerate(batch.what):
                 err = acks.get(_SEQ_BASE + k, 0)
-                if err:
-                    failed.append(f"{batch.node} {kind} {name}: {os.strerror(err)}")
-                elif kind == "link":
-                    (up if on else down).setdefault(batch.node, []).append(name)
+                for kind, name, on in covered:
+                    if err:
+                        failed.append(f"{batch.node} {kind} {name}: {os.strerror(err)}")
+                    elif kind == "link":
+                        (up if on else down).setdefault(batch.node, []).append(name)
         if failed:
             raise MeshstressError(f"netlink refused: {'; '.join(failed)}")
+        self._links_done = time.monotonic()
         return down, up
 
     def _change(
@@ -435,12 +499,17 @@ class EventRunner:
 
     def apply(self, event: Event) -> dict[str, Any]:
         """Apply `event` now; return a JSON-ready record of what was done. "t" is the
-        time.monotonic() when the action began, "took_s" how long it ran."""
+        time.monotonic() when the action began, "took_s" how long it ran; detail
+        "links_s" how long after "t" the kernel had made every interface change."""
         start = time.monotonic()
         handler = getattr(self, "_" + event.action.replace("-", "_"), None)
         if handler is None:
             raise MeshstressError(f"unknown event action {event.action!r}")
-        detail: dict[str, Any] = handler(event)
+        self._links_done = None
+        with _urgent():
+            detail: dict[str, Any] = handler(event)
+        if self._links_done is not None:  # every interface changed (and daemons signalled)
+            detail["links_s"] = round(self._links_done - start, 6)
         return {
             "at": event.at,
             "action": event.action,
@@ -546,6 +615,23 @@ class EventRunner:
             impair.replace(ipr, found[0], imp, mtu=self.mtu)
             detail[direction] = {"ifname": ifname, "impairment": impair.describe(imp)}
         return detail
+
+
+URGENT_SWITCH_S = 0.0001
+
+
+@contextlib.contextmanager
+def _urgent() -> Iterator[None]:
+    """While an event runs, other threads of this process (the route recorder of
+    `meshstress run` parses dumps without pause) hand the GIL back after 0.1 ms instead
+    of Python's 5 ms: each netlink call releases the GIL, and waiting 5 ms to get it back
+    after each made a crash of 78 round trips last a second."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, URGENT_SWITCH_S))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 def _kill(records: Sequence[Any]) -> None:

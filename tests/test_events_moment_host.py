@@ -13,7 +13,7 @@ import pytest
 from meshstress import generators
 from meshstress.build import Mesh
 from meshstress.errors import MeshstressError
-from meshstress.events import Event, EventRunner
+from meshstress.events import MESH_GROUP, Event, EventRunner
 from meshstress.routing.testing import Routed, missing_handler, routed_meshes
 
 pytestmark = pytest.mark.network
@@ -106,6 +106,13 @@ def flags(mesh: Mesh, node: str) -> dict[str, int]:
     }
 
 
+def groups(mesh: Mesh, node: str) -> dict[str, int]:
+    return {
+        link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_GROUP") or 0
+        for link in mesh.netlink(node).get_links()
+    }
+
+
 def peer_ends(mesh: Mesh, node: str) -> list[tuple[str, str]]:
     """(peer node, its ifname) facing node, for every link of node."""
     out = []
@@ -125,7 +132,11 @@ def test_a_crash_takes_every_interface_down_and_kills_babeld(routed) -> None:
     assert all(f & IFF_UP for f in flags(mesh, "n0").values())
     assert mesh.ping("n1", "n2", count=1, wait=1).ok
 
-    rec = runner.apply(Event(0, "node-crash", node="n0"))
+    grouped = groups(mesh, "n0")  # prepare put the mesh interfaces in one device group
+    assert {n for n, g in grouped.items() if g == MESH_GROUP} == set(flags(mesh, "n0"))
+    assert grouped["lo"] != MESH_GROUP
+
+    rec = runner.apply(Event(0, "node-crash", node="n0"))  # one request for the group
     assert sorted(rec["detail"]["down"]) == sorted(flags(mesh, "n0"))
     assert len(rec["detail"]["down"]) == SPOKES
     assert rec["detail"]["killed"] == [daemon.pid]
@@ -156,6 +167,7 @@ def test_a_refused_change_names_the_interface_and_the_rest_still_happen(routed) 
     assert result.converged, str(result)
     runner = EventRunner(mesh, backend, topo)
     runner.prepare([Event(0, "node-crash", node="n0")])
+    runner.use_groups = False  # one request per interface, in one buffer
     victim = mesh.state.interfaces["n0"][2]["ifname"]
     runner._index["n0"][victim] = 999_999  # an index no interface has
     with pytest.raises(MeshstressError, match=f"n0 link {victim}: No such device"):

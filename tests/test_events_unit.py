@@ -351,3 +351,18 @@ def test_parse_acks_reads_errors_and_acks_by_sequence_number() -> None:
     assert parse_acks(data) == {5: 19, 7: 0}
     assert parse_acks(b"") == {}
     assert parse_acks(struct.pack("=IHHII", 0, 2, 0, 1, 0)) == {}  # a broken length stops
+
+
+def test_group_messages_decode_as_rtnetlink() -> None:
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    from meshstress.events import MESH_GROUP, link_group_msg, link_set_group_msg
+
+    down = ifinfmsg(link_group_msg(MESH_GROUP, up=False, seq=3, ack=True))
+    down.decode()
+    # no index, no name: the kernel applies flags to every device of the group
+    assert (down["index"], down["flags"], down["change"]) == (0, 0, 1)
+    assert down.get_attr("IFLA_GROUP") == MESH_GROUP and down.get_attr("IFLA_IFNAME") is None
+    join = ifinfmsg(link_set_group_msg(12, MESH_GROUP, seq=4))
+    join.decode()
+    assert (join["index"], join["change"], join.get_attr("IFLA_GROUP")) == (12, 0, MESH_GROUP)
