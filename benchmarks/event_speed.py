@@ -105,6 +105,7 @@ def measure(
 ) -> list[Any]:
     rows: list[dict[str, Any]] = []
     contender = None
+    st: RunState | None = None
     if routing == "none":
         run_id = plan.new_run_id()
         st = RunState(run_id=run_id, topology=topo.name)
@@ -178,7 +179,7 @@ def measure(
             contender.join()
         mesh.close()
     finally:
-        problems = build.teardown(st)
+        problems = build.teardown(st) if st is not None else []  # bring_up undoes itself
         if problems:
             raise SystemExit(f"teardown problems: {problems}")
     return rows

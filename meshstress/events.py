@@ -340,7 +340,9 @@ class EventRunner:
 
     def prepare(self, events: Sequence[Event]) -> None:
         """Open the netlink sockets and learn the interface indexes of every node the
-        events touch, so that nothing of this happens inside a timed event."""
+        events touch, so that nothing of this happens inside a timed event; put the mesh
+        interfaces of every node a node-crash names into MESH_GROUP (without that, its
+        crash sends one request per interface)."""
         nodes: set[str] = set()
         for ev in events:
             if ev.link is not None:
