@@ -626,8 +626,8 @@ URGENT_SWITCH_S = 0.0001
 def _urgent() -> Iterator[None]:
     """While an event runs, other threads of this process (the route recorder of
     `meshstress run` parses dumps without pause) hand the GIL back after 0.1 ms instead
-    of Python's 5 ms: each netlink call releases the GIL, and waiting 5 ms to get it back
-    after each made a crash of 78 round trips last a second."""
+    of Python's 5 ms: each system call releases the GIL, and getting it back may take
+    up to a switch interval while another thread holds it."""
     before = sys.getswitchinterval()
     sys.setswitchinterval(min(before, URGENT_SWITCH_S))
     try:

@@ -174,3 +174,29 @@ def test_a_refused_change_names_the_interface_and_the_rest_still_happen(routed) 
         runner.apply(Event(0, "node-crash", node="n0"))
     left = [n for n, f in flags(mesh, "n0").items() if f & IFF_UP]
     assert left == [victim]  # the kernel went on with the requests after the refused one
+
+
+def test_a_second_partition_replaces_the_first_in_one_step(routed) -> None:
+    topo = generators.grid4(3, 3)
+    mesh, backend, result = routed(topo, "static", timeout=30)
+    assert result.converged, str(result)
+    runner = EventRunner(mesh, backend, topo)
+    left = (("n0", "n3", "n6"), ("n1", "n2", "n4", "n5", "n7", "n8"))
+    top = (("n0", "n1", "n2"), ("n3", "n4", "n5", "n6", "n7", "n8"))
+    runner.apply(Event(0, "partition", groups=left))  # cuts n0-n1, n3-n4, n6-n7
+    rec = runner.apply(Event(1, "partition", groups=top))  # cuts n0-n3, n1-n4, n2-n5
+    assert rec["detail"]["cut"] == ["n0-n3", "n1-n4", "n2-n5"]
+    assert rec["detail"]["healed_first"] == ["n0-n1", "n3-n4", "n6-n7"]
+    assert sorted(rec["detail"]["up"]) == ["n0", "n1", "n3", "n4", "n6", "n7"]
+
+    def up(a: str, b: str) -> bool:
+        (ifname,) = [i["ifname"] for i in mesh.state.interfaces[a] if i["peer"] == b]
+        return bool(flags(mesh, a)[ifname] & IFF_UP)
+
+    for a, b in (("n0", "n1"), ("n3", "n4"), ("n6", "n7")):  # back up, both ends
+        assert up(a, b) and up(b, a), (a, b)
+    for a, b in (("n0", "n3"), ("n1", "n4"), ("n2", "n5")):  # down, both ends
+        assert not up(a, b) and not up(b, a), (a, b)
+    # the routes over the links that came back are there again: n0 reaches n1 directly
+    assert mesh.ping("n0", "n1", count=3, interval=0.2, wait=2).received > 0
+    assert not mesh.ping("n0", "n3", count=1, wait=1).ok
