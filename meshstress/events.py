@@ -9,14 +9,24 @@ See docs/events.md.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
+import socket
+import struct
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
+
+import psutil
 
 from meshstress import impair, units
 from meshstress.errors import MeshstressError
+from meshstress.routing.base import neighbour_route_ifaces
 from meshstress.topofile import _IMPAIR_KEYS, _Ctx
 from meshstress.topology import Impairment, Topology
 
@@ -221,12 +231,97 @@ def link_interfaces(interfaces: dict[str, list[dict[str, Any]]], a: str, b: str)
 
 # --- applying ----------------------------------------------------------------------------
 
+IFF_UP = 1
+_NLMSG_ERROR = 2
+_RTM_NEWLINK = 16
+_RTM_NEWROUTE = 24
+_IFLA_GROUP = 27
+MESH_GROUP = 0x6D73  # the device group of a node's mesh interfaces once prepared
+_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_REPLACE, _NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
+_SEQ_BASE = 0x6D730000  # sequence numbers of our batches ("ms"), apart from pyroute2's
+_ACK_TIMEOUT = 10.0  # the kernel acks a batch before sendto returns; this only guards
+
+
+def _nlmsg(kind: int, flags: int, seq: int, body: bytes) -> bytes:
+    return struct.pack("=IHHII", 16 + len(body), kind, flags, seq, 0) + body
+
+
+def _rtattr(kind: int, payload: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def link_state_msg(index: int, up: bool, seq: int, ack: bool = False) -> bytes:
+    """RTM_NEWLINK setting interface `index` up or down (only IFF_UP changes). Pure."""
+    flags = _NLM_F_REQUEST | (_NLM_F_ACK if ack else 0)
+    body = struct.pack("=BxHiII", 0, 0, index, IFF_UP if up else 0, IFF_UP)
+    return _nlmsg(_RTM_NEWLINK, flags, seq, body)
+
+
+def link_group_msg(group: int, up: bool, seq: int, ack: bool = False) -> bytes:
+    """RTM_NEWLINK setting every interface of device group `group` up or down: no index,
+    no name, IFLA_GROUP (the kernel's group change, `ip link set group G down`). Pure."""
+    flags = _NLM_F_REQUEST | (_NLM_F_ACK if ack else 0)
+    body = struct.pack("=BxHiII", 0, 0, 0, IFF_UP if up else 0, IFF_UP)
+    body += _rtattr(_IFLA_GROUP, struct.pack("=I", group))
+    return _nlmsg(_RTM_NEWLINK, flags, seq, body)
+
+
+def link_set_group_msg(index: int, group: int, seq: int, ack: bool = False) -> bytes:
+    """RTM_NEWLINK putting interface `index` into device group `group`. Pure."""
+    flags = _NLM_F_REQUEST | (_NLM_F_ACK if ack else 0)
+    body = struct.pack("=BxHiII", 0, 0, index, 0, 0)
+    body += _rtattr(_IFLA_GROUP, struct.pack("=I", group))
+    return _nlmsg(_RTM_NEWLINK, flags, seq, body)
+
+
+def host_route_msg(dst: str, index: int, seq: int, ack: bool = False) -> bytes:
+    """RTM_NEWROUTE replacing dst/32 via interface `index`, scope link, main table,
+    proto static: the builder's neighbour host route. Pure."""
+    flags = _NLM_F_REQUEST | _NLM_F_CREATE | _NLM_F_REPLACE | (_NLM_F_ACK if ack else 0)
+    # family, dst_len, src_len, tos, table, protocol, scope, type, flags
+    body = struct.pack("=BBBBBBBBI", socket.AF_INET, 32, 0, 0, 254, 4, 253, 1, 0)
+    body += _rtattr(1, socket.inet_aton(dst))  # RTA_DST
+    body += _rtattr(4, struct.pack("=i", index))  # RTA_OIF
+    return _nlmsg(_RTM_NEWROUTE, flags, seq, body)
+
+
+def parse_acks(data: bytes) -> dict[int, int]:
+    """{sequence number: errno (0 = done)} of the NLMSG_ERROR messages in a netlink
+    buffer; other messages are skipped. Pure."""
+    out: dict[int, int] = {}
+    off = 0
+    while off + 16 <= len(data):
+        length, kind, _flags, seq, _pid = struct.unpack_from("=IHHII", data, off)
+        if length < 16:
+            break
+        if kind == _NLMSG_ERROR and off + 20 <= len(data):
+            (err,) = struct.unpack_from("=i", data, off + 16)
+            out[seq] = -err
+        off += (length + 3) & ~3
+    return out
+
+
+@dataclass
+class _Batch:
+    """Requests sent to one node's namespace in one buffer, replies not yet read."""
+
+    node: str
+    sock: Any
+    # by sequence number: what each request does, ("link", ifname, up) or
+    # ("route", neighbour, True); a group request covers several links
+    what: list[list[tuple[str, str, bool]]]
+
 
 class EventRunner:
     """Applies events to a live mesh and keeps track of what is down and why.
 
     An interface is up when its node is not crashed and its link is neither downed by a
-    link-down nor cut by the partition in force."""
+    link-down nor cut by the partition in force. Every action computes which interfaces
+    change from that model and sets all of them at once: one netlink buffer per
+    namespace, every namespace's buffer sent before any ack is read, so an event is one
+    moment however many interfaces it touches (a crash of a node with 78 links, a
+    partition of a city). Records are stamped when the action begins."""
 
     def __init__(self, mesh: Mesh, backend: Backend, topo: Topology) -> None:
         self.mesh = mesh
@@ -237,6 +332,56 @@ class EventRunner:
         self.crashed: set[str] = set()
         self.groups: tuple[tuple[str, ...], ...] | None = None
         self.mtu = backend.mtu or 1500
+        self._index: dict[str, dict[str, int]] = {}  # node -> ifname -> ifindex
+        self._routes: dict[str, dict[str, str]] = {}  # node -> neighbour -> ifname
+        self._links_done: float | None = None  # when the last apply's link changes were made
+        self._grouped: set[str] = set()  # nodes whose mesh interfaces are in MESH_GROUP
+        self.use_groups = True  # False: one request per interface (benchmarks compare)
+
+    def prepare(self, events: Sequence[Event]) -> None:
+        """Open the netlink sockets and learn the interface indexes of every node the
+        events touch, so that nothing of this happens inside a timed event; put the mesh
+        interfaces of every node a node-crash names into MESH_GROUP (without that, its
+        crash sends one request per interface)."""
+        nodes: set[str] = set()
+        for ev in events:
+            if ev.link is not None:
+                nodes.update(ev.link)
+            if ev.node is not None:
+                nodes.add(ev.node)
+            if ev.groups is not None:
+                for a, b in partition_cuts(self.topo, ev.groups):
+                    nodes.update((a, b))
+        for node in sorted(nodes):
+            self._indexes(node)
+            self._via(node)
+        crashing = {ev.node for ev in events if ev.action == "node-crash" and ev.node}
+        for node in sorted(crashing - self._grouped):
+            self._group(node)
+
+    def _group(self, node: str) -> None:
+        """Put node's mesh interfaces (all of them, nothing else) in MESH_GROUP."""
+        index = self._indexes(node)
+        names = [i["ifname"] for i in self.mesh.state.interfaces.get(node, [])]
+        others = [n for n, g in self._groups(node).items() if g == MESH_GROUP and n not in names]
+        if others:
+            raise MeshstressError(f"node {node}: {others[0]} is in group {MESH_GROUP} already")
+        if not names:
+            return
+        sock = self.mesh.netlink(node)
+        data = b"".join(
+            link_set_group_msg(index[n], MESH_GROUP, _SEQ_BASE + k, ack=k == len(names) - 1)
+            for k, n in enumerate(names)
+        )
+        sock.sendto(data, (0, 0))
+        self._collect([_Batch(node, sock, [[("group", n, True)] for n in names])])
+        self._grouped.add(node)
+
+    def _groups(self, node: str) -> dict[str, int]:
+        return {
+            link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_GROUP") or 0
+            for link in self.mesh.netlink(node).get_links()
+        }
 
     # --- interface state ------------------------------------------------------
 
@@ -249,62 +394,130 @@ class EventRunner:
         key = link_key(node, peer)
         return key not in self.downed and key not in self.cut
 
-    def _set(self, node: str, ifnames: Sequence[str], up: bool) -> list[str]:
-        """Set interfaces up/down in node's namespace; returns those changed."""
-        if not ifnames:
-            return []
-        ipr = self.mesh.netlink(node)
-        links = {link.get_attr("IFLA_IFNAME"): link for link in ipr.get_links()}
-        changed = []
-        for ifname in ifnames:
-            link = links.get(ifname)
-            if link is None:
-                raise MeshstressError(f"interface {ifname} of node {node} is gone")
-            if bool(link["flags"] & 1) == up:
-                continue
-            ipr.link("set", index=link["index"], state="up" if up else "down")
-            changed.append(ifname)
-        return changed
+    def _wanted(self, nodes: Sequence[str]) -> dict[tuple[str, str], bool]:
+        return {
+            (node, i["ifname"]): self._should_be_up(node, i)
+            for node in dict.fromkeys(nodes)
+            for i in self.mesh.state.interfaces.get(node, [])
+        }
 
-    def _links_down(self, links: Sequence[Link]) -> dict[str, list[str]]:
-        done: dict[str, list[str]] = {}
-        for a, b in links:
-            for node, ifname in link_interfaces(self.mesh.state.interfaces, a, b):
-                if self._set(node, [ifname], up=False):
-                    done.setdefault(node, []).append(ifname)
-        return done
+    def _indexes(self, node: str) -> dict[str, int]:
+        if node not in self._index:
+            ipr = self.mesh.netlink(node)
+            self._index[node] = {
+                link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()
+            }
+        return self._index[node]
 
-    def _sync_up(self, nodes: Sequence[str]) -> dict[str, list[str]]:
-        """Bring up every interface of `nodes` that should be up; restore routes."""
-        done: dict[str, list[str]] = {}
-        for node in dict.fromkeys(nodes):
-            want = [
-                i["ifname"]
-                for i in self.mesh.state.interfaces.get(node, [])
-                if self._should_be_up(node, i)
-            ]
-            changed = self._set(node, want, up=True)
-            if changed:
-                done[node] = changed
-                self.backend.links_up(self.mesh, self.topo, node)
-        return done
+    def _via(self, node: str) -> dict[str, str]:
+        """{neighbour: ifname} of node's neighbour host routes (fixed for a run)."""
+        if node not in self._routes:
+            self._routes[node] = neighbour_route_ifaces(self.mesh, node)
+        return self._routes[node]
+
+    def _send(self, before: dict[tuple[str, str], bool]) -> list[_Batch]:
+        """Set every interface of `before` whose wanted state differs now, and (l3
+        backends) put back the neighbour host routes over those coming up: one buffer
+        per namespace, only its last request acked, every buffer sent before any reply
+        is read (_collect). rtnetlink handles a buffer inside sendto, in order.
+
+        A node whose mesh interfaces all end in the same state (a crash, a restart)
+        gets one request for its interface group (see prepare): the kernel changes
+        them all under one hold of its rtnl lock, which the routing daemons of every
+        namespace also take; one request per interface competes for it each time."""
+        after = self._wanted(list(dict.fromkeys(n for n, _ in before)))
+        per_node: dict[str, list[tuple[str, bool]]] = {}
+        for (node, ifname), was in before.items():
+            now = after[(node, ifname)]
+            if now != was:
+                per_node.setdefault(node, []).append((ifname, now))
+        batches = []
+        for node, changes in per_node.items():
+            index = self._indexes(node)
+            missing = [ifname for ifname, _ in changes if ifname not in index]
+            if missing:
+                raise MeshstressError(f"interface {missing[0]} of node {node} is gone")
+            links = [("link", ifname, up) for ifname, up in changes]
+            ends = {after[(n, i)] for (n, i) in after if n == node}
+            if node in self._grouped and self.use_groups and len(ends) == 1:
+                (up,) = ends
+                reqs: list[tuple[Callable[[int, bool], bytes], list[tuple[str, str, bool]]]]
+                reqs = [(partial(link_group_msg, MESH_GROUP, up), links)]
+            else:
+                reqs = [(partial(link_state_msg, index[w[1]], w[2]), [w]) for w in links]
+            rising = {ifname for ifname, up in changes if up}
+            via = self._via(node) if rising and self.backend.l3 else {}
+            for nb, ifname in via.items():  # the kernel flushed these when it went down
+                if ifname in rising:
+                    route = partial(host_route_msg, self.mesh.address(nb), index[ifname])
+                    reqs.append((route, [("route", nb, True)]))
+            data = b"".join(
+                make(_SEQ_BASE + k, k == len(reqs) - 1) for k, (make, _) in enumerate(reqs)
+            )
+            sock = self.mesh.netlink(node)
+            sock.sendto(data, (0, 0))
+            batches.append(_Batch(node, sock, [covered for _, covered in reqs]))
+        return batches
+
+    def _collect(
+        self, batches: Sequence[_Batch]
+    ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """Read the replies of sent batches: errors, then the last request's ack.
+        Returns ({node: [ifname]} set down, ... set up); MeshstressError naming every
+        request the kernel refused."""
+        down: dict[str, list[str]] = {}
+        up: dict[str, list[str]] = {}
+        failed: list[str] = []
+        for batch in batches:
+            last = _SEQ_BASE + len(batch.what) - 1
+            acks: dict[int, int] = {}
+            while last not in acks:
+                ready, _, _ = select.select([batch.sock], [], [], _ACK_TIMEOUT)
+                if not ready:
+                    raise MeshstressError(f"node {batch.node}: no netlink ack for link changes")
+                acks.update(parse_acks(batch.sock.recv(65536)))
+            for k, covered in enumerate(batch.what):
+                err = acks.get(_SEQ_BASE + k, 0)
+                for kind, name, on in covered:
+                    if err:
+                        failed.append(f"{batch.node} {kind} {name}: {os.strerror(err)}")
+                    elif kind == "link":
+                        (up if on else down).setdefault(batch.node, []).append(name)
+        if failed:
+            raise MeshstressError(f"netlink refused: {'; '.join(failed)}")
+        self._links_done = time.monotonic()
+        return down, up
+
+    def _change(
+        self, before: dict[tuple[str, str], bool]
+    ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """Send and collect; then the backend's own work on nodes with links back up."""
+        down, up = self._collect(self._send(before))
+        for node in up:
+            self.backend.links_up(self.mesh, self.topo, node, neighbour_routes=False)
+        return down, up
 
     # --- actions ------------------------------------------------------------------
 
     def apply(self, event: Event) -> dict[str, Any]:
-        """Apply `event` now; return a JSON-ready record of what was done."""
+        """Apply `event` now; return a JSON-ready record of what was done. "t" is the
+        time.monotonic() when the action began, "took_s" how long it ran; detail
+        "links_s" how long after "t" the kernel had made every interface change."""
         start = time.monotonic()
         handler = getattr(self, "_" + event.action.replace("-", "_"), None)
         if handler is None:
             raise MeshstressError(f"unknown event action {event.action!r}")
-        detail: dict[str, Any] = handler(event)
-        now = time.monotonic()
+        self._links_done = None
+        with _urgent():
+            detail: dict[str, Any] = handler(event)
+        if self._links_done is not None:  # every interface changed (and daemons signalled)
+            detail["links_s"] = round(self._links_done - start, 6)
         return {
             "at": event.at,
             "action": event.action,
             "target": target(event),
-            "t": now,
-            "took_s": now - start,
+            "t": start,
+            "took_s": time.monotonic() - start,
             "detail": detail,
         }
 
@@ -320,58 +533,72 @@ class EventRunner:
 
     def _link_down(self, event: Event) -> dict[str, Any]:
         a, b = self._need_link(event)
+        before = self._wanted([a, b])
         self.downed.add(link_key(a, b))
         self.cut.discard(link_key(a, b))  # a heal must not bring it back now
-        return {"down": self._links_down([(a, b)])}
+        down, _ = self._change(before)
+        return {"down": down}
 
     def _link_up(self, event: Event) -> dict[str, Any]:
         a, b = self._need_link(event)
+        before = self._wanted([a, b])
         self.downed.discard(link_key(a, b))
         self.cut.discard(link_key(a, b))
-        return {"up": self._sync_up([a, b])}
+        _, up = self._change(before)
+        return {"up": up}
 
     def _node_crash(self, event: Event) -> dict[str, Any]:
         node = self._need_node(event)
         role = self.backend.role
-        before = {p.pid for p in self.mesh.state.processes if p.node == node and p.role == role}
+        mine = [p for p in self.mesh.state.processes if p.node == node and p.role == role]
+        before = self._wanted([node])
         self.crashed.add(node)
-        # interfaces first: nothing the routing might still send gets out
-        down = self._set(
-            node, [i["ifname"] for i in self.mesh.state.interfaces.get(node, [])], False
-        )
-        self.backend.stop_node(self.mesh, node, kill=True)
-        return {"down": down, "killed": sorted(before)}
+        # one moment: every interface down in one buffer, then SIGKILL by recorded PID
+        # before the acks are even read; stop_node then reaps them (children too)
+        batches = self._send(before)
+        _kill(mine)
+        down, _ = self._collect(batches)
+        self.backend.stop_node(self.mesh, node, kill=True)  # reaps, forgets, cleans up
+        return {"down": down.get(node, []), "killed": sorted(p.pid for p in mine)}
 
     def _node_restart(self, event: Event) -> dict[str, Any]:
         node = self._need_node(event)
+        before = self._wanted([node])
         self.crashed.discard(node)
-        up = self._sync_up([node]).get(node, [])
+        _, up = self._change(before)
         role = self.backend.role
-        before = {p.pid for p in self.mesh.state.processes if p.node == node and p.role == role}
+        had = {p.pid for p in self.mesh.state.processes if p.node == node and p.role == role}
         self.backend.start_node(self.mesh, self.topo, node)
         after = {p.pid for p in self.mesh.state.processes if p.node == node and p.role == role}
-        return {"up": up, "started": sorted(after - before)}
+        return {"up": up.get(node, []), "started": sorted(after - had)}
 
     def _partition(self, event: Event) -> dict[str, Any]:
         if event.groups is None:
             raise MeshstressError("partition event without groups")
-        healed = self._heal(event)["up"] if self.cut else {}
         cuts = partition_cuts(self.topo, event.groups)
         fresh = [(a, b) for a, b in cuts if link_key(a, b) not in self.downed]
+        old = self.cut
+        before = self._wanted(
+            sorted({n for key in old for n in key} | {n for ends in fresh for n in ends})
+        )
         self.cut = {link_key(a, b) for a, b in fresh}
         self.groups = event.groups
-        down = self._links_down(fresh)
+        # a partition in force is replaced in the same step: links cut by both stay down
+        down, up = self._change(before)
         detail: dict[str, Any] = {"cut": [f"{a}-{b}" for a, b in fresh], "down": down}
+        healed = sorted("-".join(sorted(key)) for key in old - self.cut)
         if healed:
             detail["healed_first"] = healed
+            detail["up"] = up
         return detail
 
     def _heal(self, event: Event) -> dict[str, Any]:
-        nodes = sorted({n for key in self.cut for n in key})
+        before = self._wanted(sorted({n for key in self.cut for n in key}))
         restored = sorted("-".join(sorted(key)) for key in self.cut)
         self.cut = set()
         self.groups = None
-        return {"restored": restored, "up": self._sync_up(nodes)}
+        _, up = self._change(before)
+        return {"restored": restored, "up": up}
 
     def _impair(self, event: Event) -> dict[str, Any]:
         a, b = self._need_link(event)
@@ -392,6 +619,33 @@ class EventRunner:
         return detail
 
 
+URGENT_SWITCH_S = 0.0001
+
+
+@contextlib.contextmanager
+def _urgent() -> Iterator[None]:
+    """While an event runs, other threads of this process (the route recorder of
+    `meshstress run` parses dumps without pause) hand the GIL back after 0.1 ms instead
+    of Python's 5 ms: each system call releases the GIL, and getting it back may take
+    up to a switch interval while another thread holds it."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, URGENT_SWITCH_S))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+def _kill(records: Sequence[Any]) -> None:
+    """SIGKILL the recorded processes whose create time matches their record (as
+    build.stop_processes checks); their children and the wait are stop_node's."""
+    for rec in records:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc = psutil.Process(rec.pid)
+            if abs(proc.create_time() - rec.create_time) <= 0.05:
+                proc.kill()
+
+
 class Applier(Protocol):
     """What run_timeline needs: an EventRunner, or a wrapper around one."""
 
@@ -405,8 +659,8 @@ def run_timeline(
     stop: threading.Event | None = None,
 ) -> list[dict[str, Any]]:
     """Apply events in order, each at t0 + event.at (time.monotonic); each record gains
-    "late_s" (how long after its time the event began). Returns early, without applying
-    the rest, when `stop` is set."""
+    "late_s" (how long after its time the event began: its "t" minus t0 + at).
+    Returns early, without applying the rest, when `stop` is set."""
     records: list[dict[str, Any]] = []
     for event in events:
         due = t0 + event.at
@@ -422,6 +676,6 @@ def run_timeline(
                 time.sleep(left)
         began = time.monotonic()
         record = runner.apply(event)
-        record["late_s"] = began - due
+        record["late_s"] = record.get("t", began) - due  # "t": when the action began
         records.append(record)
     return records

@@ -107,8 +107,11 @@ def summary(results: Mapping[str, Any]) -> str:
         lines += _table(rows)
     events = results.get("events") or []
     if events:
-        lines.append("events (recovery: from the event until each flow delivered again):")
-        rows = [["t s", "action", "target", "late s", "recovery s"]]
+        lines.append(
+            "events (t: when the action began; recovery: from then until each flow "
+            "delivered again):"
+        )
+        rows = [["t s", "action", "target", "took s", "late s", "recovery s"]]
         for ev in events:
             rec = ev.get("recovery_s") or {}
             rows.append(
@@ -116,6 +119,7 @@ def summary(results: Mapping[str, Any]) -> str:
                     _fmt(ev.get("t_rel")),
                     str(ev.get("action")),
                     str(ev.get("target", "")),
+                    _fmt(ev.get("took_s")),
                     _fmt(ev.get("late_s")),
                     ", ".join(f"{k} {_fmt(v)}" for k, v in rec.items()) or "-",
                 ]

@@ -10,7 +10,8 @@ SIGTERM or a crash: `meshstress clean` finds the rest from the state file):
 3. t0 = now + a short lead; every flow starts at t0 + its start; a route recorder
    samples every node's table in its own thread; the event timeline runs;
 4. at t0 + duration the flows end; their records become metrics (meshstress.metrics),
-   each event gets the recovery time of every flow (delivery resumed after it), the
+   each event gets the recovery time of every flow (from the moment the event began
+   until delivery resumed; its `t_rel` is that moment, `took_s` how long it ran), the
    route snapshots become flap and reachability counts, probes become counter deltas;
 5. the verdict's assertions are judged against that results dict, and the run is
    INVALID if the host was saturated meanwhile (CPU samples, softnet backlog drops;
@@ -276,6 +277,8 @@ def run(
                     probes.watch(mesh)
                     before = probes.snapshot()
                 recorder = _RouteRecorder(up.state, up.backend, sc.route_interval)
+                runner = EventRunner(mesh, up.backend, topo)
+                runner.prepare(sc.events)  # sockets and indexes: not inside a timed event
                 time.sleep(sc.warmup)
                 lead = LEAD_LAB if results["run"]["where"] == "lab" else LEAD
                 t0 = time.monotonic() + lead + 0.05 * len(sc.flows)
@@ -287,7 +290,6 @@ def run(
                     f"traffic: {len(flows)} flow(s) for {sc.duration:g} s, "
                     f"{len(sc.events)} event(s)"
                 )
-                runner = EventRunner(mesh, up.backend, topo)
                 events = run_timeline(_Announcing(runner, say, t0), sc.events, t0)
                 _sleep_until(t0 + sc.duration, say, t0)
                 for f in flows:
@@ -304,7 +306,7 @@ def run(
                     results["flows"][f.spec.name] = {
                         "kind": f.spec.kind, "from": f.spec.src, "to": f.spec.dst, **m,
                     }  # fmt: skip
-                for ev in events:
+                for ev in events:  # "t": when the action began; recovery counts from it
                     ev["t_rel"] = round(ev["t"] - t0, 3)
                 event_recoveries(events, records, horizon=max(5.0, sc.duration))
                 for ev in events:
@@ -367,7 +369,9 @@ class _Announcing:
 
     def apply(self, event: Any) -> dict[str, Any]:
         rec: dict[str, Any] = self.runner.apply(event)
-        self.say(f"[{time.monotonic() - self.t0:6.1f} s] {rec['action']} {rec.get('target', '')}")
+        began = rec.get("t", time.monotonic()) - self.t0
+        took = f" ({rec['took_s'] * 1000:.0f} ms)" if "took_s" in rec else ""
+        self.say(f"[{began:6.1f} s] {rec['action']} {rec.get('target', '')}{took}")
         return rec
 
 

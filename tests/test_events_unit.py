@@ -306,3 +306,63 @@ def test_run_timeline_returns_early_when_stopped() -> None:
     assert time.monotonic() - began < 4.0  # it did not sleep until the 5 s event
     stop.set()
     assert run_timeline(runner, evs, time.monotonic(), stop) == []
+
+
+def test_link_state_and_host_route_messages_decode_as_rtnetlink() -> None:
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    from meshstress.events import host_route_msg, link_state_msg
+
+    down = ifinfmsg(link_state_msg(7, up=False, seq=41))
+    down.decode()
+    assert down["header"]["type"] == 16 and down["header"]["sequence_number"] == 41  # NEWLINK
+    assert down["header"]["flags"] == 0x1  # a request, no ack asked
+    assert (down["index"], down["flags"], down["change"]) == (7, 0, 1)  # only IFF_UP
+    up = ifinfmsg(link_state_msg(9, up=True, seq=42, ack=True))
+    up.decode()
+    assert (up["index"], up["flags"], up["change"], up["header"]["flags"]) == (9, 1, 1, 0x5)
+    route = rtmsg(host_route_msg("10.201.0.2", 3, seq=43, ack=True))
+    route.decode()
+    assert route["header"]["type"] == 24  # RTM_NEWROUTE, replace-or-create, acked
+    assert route["header"]["flags"] == 0x1 | 0x4 | 0x100 | 0x400
+    # what the builder installs: dst/32 scope link, main table, proto static, unicast
+    assert (route["dst_len"], route["table"], route["proto"], route["scope"], route["type"]) == (
+        32, 254, 4, 253, 1,
+    )  # fmt: skip
+    assert route.get_attr("RTA_DST") == "10.201.0.2" and route.get_attr("RTA_OIF") == 3
+
+
+def test_parse_acks_reads_errors_and_acks_by_sequence_number() -> None:
+    import struct
+
+    from meshstress.events import parse_acks
+
+    def nlmsg(kind: int, seq: int, body: bytes) -> bytes:
+        raw = struct.pack("=IHHII", 16 + len(body), kind, 0, seq, 1234) + body
+        return raw + b"\0" * (-len(raw) % 4)
+
+    echo = struct.pack("=IHHII", 32, 16, 1, 5, 0)  # the request's header, echoed
+    data = (
+        nlmsg(2, 5, struct.pack("=i", -19) + echo)  # ENODEV for request 5
+        + nlmsg(16, 6, b"\0" * 17)  # not an ack: skipped (its padding too)
+        + nlmsg(2, 7, struct.pack("=i", 0) + echo)  # request 7 done
+    )
+    assert parse_acks(data) == {5: 19, 7: 0}
+    assert parse_acks(b"") == {}
+    assert parse_acks(struct.pack("=IHHII", 0, 2, 0, 1, 0)) == {}  # a broken length stops
+
+
+def test_group_messages_decode_as_rtnetlink() -> None:
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    from meshstress.events import MESH_GROUP, link_group_msg, link_set_group_msg
+
+    down = ifinfmsg(link_group_msg(MESH_GROUP, up=False, seq=3, ack=True))
+    down.decode()
+    # no index, no name: the kernel applies flags to every device of the group
+    assert (down["index"], down["flags"], down["change"]) == (0, 0, 1)
+    assert down.get_attr("IFLA_GROUP") == MESH_GROUP and down.get_attr("IFLA_IFNAME") is None
+    join = ifinfmsg(link_set_group_msg(12, MESH_GROUP, seq=4))
+    join.decode()
+    assert (join["index"], join["change"], join.get_attr("IFLA_GROUP")) == (12, 0, MESH_GROUP)

@@ -113,10 +113,14 @@ class Backend:
         mesh.state.processes = [p for p in mesh.state.processes if p not in mine]
         mesh.state.save()
 
-    def links_up(self, mesh: Mesh, topo: Topology, node: str) -> None:
+    def links_up(
+        self, mesh: Mesh, topo: Topology, node: str, neighbour_routes: bool = True
+    ) -> None:
         """Some of node's mesh interfaces came back up: put back what the kernel flushed
-        when they went down. Here: the builder's neighbour host routes (l3 backends)."""
-        if self.l3:
+        when they went down. Here: the builder's neighbour host routes (l3 backends);
+        neighbour_routes=False when the caller put them back already (the event runner
+        sends them with the link changes, in one netlink buffer)."""
+        if self.l3 and neighbour_routes:
             restore_neighbour_routes(mesh, node)
 
     def stop(self, mesh: Mesh) -> None:

@@ -95,9 +95,11 @@ class StaticBackend(Backend):
         """(Re)install the node's routes; those whose interface is down are skipped."""
         self._install(mesh, topo, node, neighbour_interfaces(mesh))
 
-    def links_up(self, mesh: Mesh, topo: Topology, node: str) -> None:
+    def links_up(
+        self, mesh: Mesh, topo: Topology, node: str, neighbour_routes: bool = True
+    ) -> None:
         """The kernel flushed the routes over the downed interfaces: put them back."""
-        super().links_up(mesh, topo, node)
+        super().links_up(mesh, topo, node, neighbour_routes)
         self.start_node(mesh, topo, node)
 
     def _install(

@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""How long events take to act on the host; print JSON with each event's took_s.
+
+Cases: the crash and restart of the hub of a star with 78 links, and on the Freifunk Ulm
+map (217 nodes, 447 links) the crash of node 104 (78 links) and a partition and heal
+that split the map in two (the cut is as large as a city's map gives). Routing "none":
+the figures are the interface changes themselves (the routing's own work on a crash or
+heal comes on top: babeld's daemon is killed in the same step; static routes are
+reinstalled after a heal).
+
+With --contend, a thread in this process parses link dumps of every node without pause,
+as the route recorder of `meshstress run` does: every blocking call of the event thread
+then waits for the GIL. "one_call_each_s" is the old way (one netlink round trip per
+interface), measured on the same mesh for comparison.
+
+"took_s" is the whole action (the backend's work included: reaping a killed daemon,
+starting one); "links_s" is how long after its start the kernel had made every
+interface change (and a crash had signalled its daemons). A crash downs its node's
+interfaces with one request for their device group; "per_interface_requests_links_s" is
+the same crash with one request per interface (in one buffer all the same), and
+"one_call_each_s" the old way, one round trip per interface.
+
+Targets: a crash of 78 links <= 0.05 s; a partition or heal of any size <= 0.1 s.
+Run as root: sudo .venv/bin/python benchmarks/event_speed.py [--contend]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from meshstress import build, generators, hostcli, plan, topofile
+from meshstress.build import Mesh
+from meshstress.events import Event, EventRunner
+from meshstress.routing import get_backend
+from meshstress.state import RunState
+from meshstress.topology import Topology
+
+HERE = Path(__file__).resolve().parent
+ULM = HERE.parent / "tests" / "data" / "freifunk-ulm.json"
+TARGETS = {"node-crash": 0.05, "node-restart": 0.1, "partition": 0.1, "heal": 0.1}
+
+
+def bfs_split(topo: Topology, share: float) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Two groups: the `share` of the nodes nearest the first one (breadth first), the
+    rest. The cut grows with the share: on Freifunk Ulm 0.5 cuts 238 of 447 links."""
+    adj: dict[str, list[str]] = {n: [] for n in topo.node_names()}
+    for link in topo.links:
+        adj[link.a].append(link.b)
+        adj[link.b].append(link.a)
+    first = topo.node_names()[0]
+    order, seen = [first], {first}
+    for node in order:
+        for other in adj[node]:
+            if other not in seen:
+                seen.add(other)
+                order.append(other)
+    order += [n for n in topo.node_names() if n not in seen]
+    k = max(1, int(len(order) * share))
+    return tuple(order[:k]), tuple(order[k:])
+
+
+def is_up(mesh: Mesh, node: str) -> dict[str, bool]:
+    names = {i["ifname"] for i in mesh.state.interfaces[node]}
+    return {
+        link.get_attr("IFLA_IFNAME"): bool(link["flags"] & 1)
+        for link in mesh.netlink(node).get_links()
+        if link.get_attr("IFLA_IFNAME") in names
+    }
+
+
+def one_call_each(mesh: Mesh, node: str, up: bool) -> float:
+    """The old way: one netlink request (and its ack) per interface."""
+    ipr = mesh.netlink(node)
+    index = {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
+    t = time.monotonic()
+    for i in mesh.state.interfaces[node]:
+        ipr.link("set", index=index[i["ifname"]], state="up" if up else "down")
+    return time.monotonic() - t
+
+
+class Contender(threading.Thread):
+    """Parses every node's link dump in a loop (GIL holder, like the route recorder)."""
+
+    def __init__(self, st: RunState) -> None:
+        super().__init__(daemon=True)
+        self.st, self.halt, self.rounds = st, threading.Event(), 0
+
+    def run(self) -> None:
+        with Mesh(self.st) as mesh:
+            while not self.halt.is_set():
+                for node in mesh.nodes:
+                    mesh.netlink(node).get_links()
+                self.rounds += 1
+
+
+def measure(
+    topo: Topology, cases: list[list[Event]], repeat: int, contend: bool, routing: str = "none"
+) -> list[Any]:
+    rows: list[dict[str, Any]] = []
+    contender = None
+    st: RunState | None = None
+    if routing == "none":
+        run_id = plan.new_run_id()
+        st = RunState(run_id=run_id, topology=topo.name)
+        backend = get_backend("none")
+    try:
+        if routing == "none":
+            build.apply(plan.make_plan(topo, run_id, impair=False), st)
+        else:
+            topo.routing, topo.routing_settings = routing, {}
+            up = hostcli.bring_up(topo, wait=True, timeout=180, impair=False)
+            st, backend = up.state, up.backend
+        mesh = Mesh(st)
+        runner = EventRunner(mesh, backend, topo)
+        runner.prepare([ev for case in cases for ev in case])
+        if contend:
+            contender = Contender(st)
+            contender.start()
+        for case in cases:
+            took: dict[str, list[float]] = {}
+            links: dict[str, list[float]] = {}
+            changed: dict[str, int] = {}
+            for _ in range(repeat):
+                for ev in case:
+                    rec = runner.apply(ev)
+                    took.setdefault(ev.action, []).append(rec["took_s"])
+                    d = rec["detail"]
+                    links.setdefault(ev.action, []).append(d["links_s"])
+                    changed[ev.action] = (
+                        sum(len(v) for key in ("down", "up") for v in (d.get(key) or {}).values())
+                        if isinstance(d.get("down", d.get("up")), dict)
+                        else len(d.get("down") or d.get("up") or [])
+                    )
+                    if ev.action == "node-crash":  # read back: all down
+                        assert not any(is_up(mesh, ev.node or "").values())
+                    time.sleep(0.2)
+            for action, values in took.items():
+                values.sort()
+                done = sorted(links[action])
+                rows.append({
+                    "topology": topo.name,
+                    "routing": routing,
+                    "action": action,
+                    "target": case[0].node or f"{len((case[0].groups or [()])[0])} nodes apart",
+                    "interfaces": changed[action],
+                    "took_s": round(values[len(values) // 2], 4),
+                    "took_all_s": [round(v, 4) for v in values],
+                    "links_s": round(done[len(done) // 2], 4),
+                    "target_s": TARGETS.get(action),
+                })  # fmt: skip
+            node = case[0].node
+            if node is not None:  # the same crash, the old way
+                old = []
+                for _ in range(repeat):
+                    old.append(one_call_each(mesh, node, up=False))
+                    one_call_each(mesh, node, up=True)
+                    time.sleep(0.2)
+                old.sort()
+                rows[-2]["one_call_each_s"] = round(old[len(old) // 2], 4)
+                # one buffer, but one request per interface instead of the group's one
+                runner.use_groups = False
+                each = []
+                for _ in range(repeat):
+                    each.append(runner.apply(case[0])["detail"]["links_s"])
+                    runner.apply(case[1])
+                    time.sleep(0.2)
+                runner.use_groups = True
+                each.sort()
+                rows[-2]["per_interface_requests_links_s"] = round(each[len(each) // 2], 4)
+        if contender is not None:
+            contender.halt.set()
+            contender.join()
+        mesh.close()
+    finally:
+        problems = build.teardown(st) if st is not None else []  # bring_up undoes itself
+        if problems:
+            raise SystemExit(f"teardown problems: {problems}")
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeat", type=int, default=5, help="runs per case (median reported)")
+    ap.add_argument("--contend", action="store_true", help="a GIL-holding thread runs meanwhile")
+    ap.add_argument("--ulm", default=str(ULM), help="meshnet-lab JSON of Freifunk Ulm")
+    ap.add_argument("--quick", action="store_true", help="only the star")
+    ap.add_argument(
+        "--routing",
+        default="none",
+        help="routing of the meshes (babeld: its daemons are "
+        "killed and restarted too; the mesh must converge first)",
+    )
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root", file=sys.stderr)
+        return 2
+    star = generators.star(79)
+    crash = [Event(0, "node-crash", node="n0"), Event(0, "node-restart", node="n0")]
+    rows = measure(star, [crash], args.repeat, args.contend, args.routing)
+    if not args.quick and Path(args.ulm).exists():
+        ulm = topofile.load(args.ulm)
+        cases = [[Event(0, "node-crash", node="104"), Event(0, "node-restart", node="104")]]
+        for share in (0.05, 0.2, 0.5):
+            cases.append([Event(0, "partition", groups=bfs_split(ulm, share)), Event(0, "heal")])
+        rows += measure(ulm, cases, args.repeat, args.contend, args.routing)
+    for r in rows:
+        if r["target_s"] is not None:
+            r["met"] = r["took_s"] <= r["target_s"]
+    print(json.dumps({"contend": args.contend, "routing": args.routing, "results": rows}, indent=1))
+    return 0 if all(r.get("met", True) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
