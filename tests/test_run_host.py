@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -103,7 +104,10 @@ def test_cli_run_writes_the_run_folder(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text())
     assert results["passed"] and results["run"]["where"] == "host"
     assert (out / "junit.xml").exists() and (out / "summary.txt").exists()
-    assert (out / "timeline.png").exists() or results["run"]["plots"] == []
+    # the plot was made (matplotlib is part of scripts/setup.sh): a PNG, and listed
+    assert "render_errors" not in results["run"], results["run"]
+    assert results["run"]["plots"] == ["timeline.png"]
+    assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any((out / "raw").iterdir())
     assert not _ours(results["run"]["id"])
 
@@ -111,14 +115,13 @@ def test_cli_run_writes_the_run_folder(tmp_path: Path) -> None:
 def test_sigterm_mid_run_removes_everything(tmp_path: Path) -> None:
     scen = tmp_path / "long.toml"
     scen.write_text(LINE.replace('duration = "7s"', 'duration = "60s"'))
-    before = set(netns.list_names())
     p = subprocess.Popen(
         [sys.executable, "-m", "meshstress", "run", "--where", "host",
          "--out", str(tmp_path / "o"), str(scen)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60  # a hang guard: the flows start within a second
         children: list[psutil.Process] = []
         while time.monotonic() < deadline:
             children = psutil.Process(p.pid).children(recursive=True)
@@ -126,18 +129,25 @@ def test_sigterm_mid_run_removes_everything(tmp_path: Path) -> None:
                 break
             time.sleep(0.2)
         assert len(children) >= 3, "flows never started"
-        made = set(netns.list_names()) - before
-        assert made
+        # this run's namespaces, by its run id (other runs may share the host)
+        (run_id,) = [st.run_id for st in state.all_runs() if st.source == str(scen)]
+        made = set(_ours(run_id))
+        assert len(made) == 3, made
         p.send_signal(signal.SIGTERM)
         out, _ = p.communicate(timeout=60)
-    finally:
+        # everything below is the run's own doing: asserted before any cleanup of ours
+        assert p.returncode == 143, out
+        assert not _ours(run_id)
+        assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        assert not [st.run_id for st in state.all_runs() if st.source == str(scen)]
+        assert os.path.exists(tmp_path / "o")
+    finally:  # only if the run failed to clean up (and the test has failed): do it here
         if p.poll() is None:
             p.kill()
             p.wait()
-        for st in state.all_runs():  # only if the run failed to clean up: do it here
+        for st in state.all_runs():
             if st.source == str(scen):
                 build.teardown(st)
-    assert p.returncode == 143, out
-    assert not (set(netns.list_names()) & made)
-    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-    assert os.path.exists(tmp_path / "o")
+        for c in children:  # psutil checks each is still the process it saw
+            with contextlib.suppress(psutil.Error):
+                c.kill()
