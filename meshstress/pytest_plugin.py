@@ -70,6 +70,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "kernel(*features): needs kernel features (default: batman-adv, netem) that the "
         "VM lab provides",
     )
+    if require_capabilities():
+        _allowed_skips(config)  # a bad allow-list is a usage error before any test runs
 
 
 @functools.cache
