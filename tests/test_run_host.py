@@ -53,7 +53,7 @@ for = "2s"
 assert = [
   "flows.cbr.delivery_ratio >= 40%",
   "flows.cbr.delivery_ratio < 95%",
-  "events[1].recovery_s.cbr <= 1s",
+  "events[0].recovery_s.cbr >= 1.5s",
   "flows.echo.delivery_ratio >= 40%",
 ]
 """
@@ -72,11 +72,14 @@ def test_run_measures_an_outage_and_judges_it(run_scenario) -> None:
     assert 0.5 <= cbr["delivery_ratio"] <= 0.85, cbr["delivery_ratio"]
     down, up = r["events"]
     assert (down["action"], up["action"]) == ("link-down", "link-up")
-    assert 1.95 <= down["t_rel"] <= 2.5 and 3.95 <= up["t_rel"] <= 4.5
-    # the outage starts at the cut and lasts until the link is back (static routes stay)
-    assert 1.5 <= down["recovery_s"]["cbr"] <= 3.0, down
-    assert up["recovery_s"]["cbr"] <= 1.0, up
-    assert 1.5 <= cbr["longest_outage_s"] <= 3.0
+    # not early (how late depends on the host's load)
+    assert down["t_rel"] >= 1.95 and up["t_rel"] >= 3.95, (down, up)
+    down_for = up["t_rel"] - down["t_rel"]
+    # the outage starts at the cut and lasts until the link is back (static routes stay):
+    # nothing sent while the link was down arrives, and delivery does resume after the up
+    assert down["recovery_s"]["cbr"] >= down_for - 0.1, (down, up)
+    assert up["recovery_s"]["cbr"] is not None, up
+    assert len(cbr["outages"]) == 1 and cbr["longest_outage_s"] >= down_for - 0.1, cbr["outages"]
     assert r["passed"], r["checks"]
     assert [c["passed"] for c in r["checks"]] == [True] * 5  # converged + 4 asserts
     # route snapshots every 0.5 s through the run (how many fit depends on the host's load)
