@@ -119,7 +119,12 @@ def test_timeout_kills_a_hung_guest(state_dir: Path) -> None:
         )  # fmt: skip
         child.append(proc.pid)
         # the guest sleeps 600 s: returning at all (the hang guard is 300 s) means it was killed
-        out, err = proc.communicate(timeout=300)
+        try:
+            out, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert proc.returncode == 124, out + err
     assert "timed out after 20 s" in err
     assert_no_leftovers(pids)
