@@ -15,14 +15,16 @@ Where they run is `--meshstress-where` (or MESHSTRESS_WHERE):
 - host: never the lab (skip what the host lacks);
 - lab: every kernel test runs in the lab.
 With MESHSTRESS_REQUIRE=1 (set by CI) a missing capability fails the test instead of
-skipping it.
+skipping it, and so does every other skip, unless the test is on the allow-list named by
+the ini option `meshstress_allowed_skips` (a file: one `NODEID-GLOB  # REASON` a line,
+the reason required; this project's is tests/ci-skips.txt).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import pytest
@@ -42,6 +44,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="where kernel-dependent tests run: auto (lab when the host lacks a feature), "
         "host, or lab [env MESHSTRESS_WHERE; default auto]",
     )
+    parser.addini(
+        ALLOWED_SKIPS_INI,
+        "file (relative to the rootdir) of the skips allowed under MESHSTRESS_REQUIRE=1: "
+        "one 'NODEID-GLOB  # REASON' a line",
+        default="",
+    )
+
+
+ALLOWED_SKIPS_INI = "meshstress_allowed_skips"
 
 
 def _where(config: pytest.Config) -> str:
@@ -59,6 +70,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "kernel(*features): needs kernel features (default: batman-adv, netem) that the "
         "VM lab provides",
     )
+    if require_capabilities():
+        _allowed_skips(config)  # a bad allow-list is a usage error before any test runs
 
 
 @functools.cache
@@ -163,6 +176,68 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     elif exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.OK  # they all ran, in the lab
+
+
+def read_allowed_skips(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """(nodeid glob, reason) pairs from an allow-list file; a line without a reason, or a
+    missing file, is a usage error naming the file and line."""
+    allowed = []
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as exc:
+        raise pytest.UsageError(f"{path}: cannot read the allowed skips: {exc}") from None
+    for no, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        pattern, _, reason = line.partition(" #")
+        if not pattern.strip() or not reason.strip():
+            raise pytest.UsageError(f"{path}:{no}: want 'NODEID-GLOB  # REASON', got {line!r}")
+        allowed.append((pattern.strip(), reason.strip()))
+    return allowed
+
+
+_ALLOWED = pytest.StashKey[list[tuple[str, str]]]()
+
+
+def _allowed_skips(config: pytest.Config) -> list[tuple[str, str]]:
+    if _ALLOWED not in config.stash:
+        name = str(config.getini(ALLOWED_SKIPS_INI) or "")
+        config.stash[_ALLOWED] = read_allowed_skips(config.rootpath / name) if name else []
+    return config.stash[_ALLOWED]
+
+
+def skip_allowed(nodeid: str, allowed: list[tuple[str, str]]) -> str | None:
+    """The allow-list's reason for this test's skip, or None if it is not allowed."""
+    import fnmatch
+
+    for pattern, reason in allowed:
+        if fnmatch.fnmatchcase(nodeid, pattern):
+            return reason
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    """Under MESHSTRESS_REQUIRE, a skip not on the allow-list is a failure."""
+    outcome = yield
+    if not require_capabilities():
+        return
+    report = outcome.get_result()
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    if skip_allowed(item.nodeid, _allowed_skips(item.config)) is not None:
+        return
+    longrepr = report.longrepr
+    why = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    why = why.removeprefix("Skipped: ")
+    where = item.config.getini(ALLOWED_SKIPS_INI) or f"no {ALLOWED_SKIPS_INI} file is set"
+    report.outcome = "failed"
+    report.longrepr = (
+        f"MESHSTRESS_REQUIRE is set and this test skipped ({why}); "
+        f"it is not on the allowed skips ({where})"
+    )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

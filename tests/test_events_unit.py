@@ -291,7 +291,8 @@ def test_run_timeline_applies_in_order_at_their_times() -> None:
     assert [r["action"] for r in records] == ["heal", "link-up", "heal"]
     for (_, t), ev, rec in zip(runner.applied, evs, records, strict=True):
         assert t >= t0 + ev.at  # never early
-        assert 0 <= rec["late_s"] < 0.5  # small: not a timing target
+        # late_s: how long after its time the event began (by the time apply ran, at most)
+        assert 0 <= rec["late_s"] <= t - (t0 + ev.at), rec
 
 
 def test_run_timeline_returns_early_when_stopped() -> None:
@@ -303,7 +304,7 @@ def test_run_timeline_returns_early_when_stopped() -> None:
     records = run_timeline(runner, evs, began, stop)
     assert [r["at"] for r in records] == [0.0]
     assert len(runner.applied) == 1
-    assert time.monotonic() - began < 4.0  # it did not sleep until the 5 s event
+    assert time.monotonic() < began + 5.0  # it did not sleep until the 5 s event
     stop.set()
     assert run_timeline(runner, evs, time.monotonic(), stop) == []
 

@@ -1,5 +1,9 @@
 """Flows on a real 3-node line on the host (root): static routing, no netem, so loss is
-made by setting the middle link down and up through netlink. Every wait is bounded."""
+made by setting the middle link down and up through netlink. Every wait is bounded.
+
+Counts are checked against what the flow's record says was sent, and outages against the
+times the test cut and restored the link: how many packets a sender manages in a given
+time depends on the host's load, so no test expects a count from a nominal rate."""
 
 from __future__ import annotations
 
@@ -51,6 +55,41 @@ def set_link(mesh: Mesh, a: str, b: str, state: str) -> None:
             mesh.backend.links_up(mesh, mesh.topo, node)  # type: ignore[attr-defined]
 
 
+def cut_for_a_while(mesh: Mesh, t_at: float, seconds: float) -> tuple[float, float, float]:
+    """At t_at set the n1-n2 link down, `seconds` later up again. Returns (before the
+    cut, the cut done, before the link came back up)."""
+    time.sleep(max(0.0, t_at - time.monotonic()))
+    t_cut0 = time.monotonic()
+    set_link(mesh, "n1", "n2", "down")
+    t_cut1 = time.monotonic()
+    time.sleep(seconds)
+    t_up0 = time.monotonic()
+    set_link(mesh, "n1", "n2", "up")
+    return t_cut0, t_cut1, t_up0
+
+
+def one_outage_over_the_cut(rec, t_cut0: float, t_cut1: float, t_up0: float) -> tuple[float, float]:
+    """The flow lost exactly one run of consecutive packets, and it covers the cut: every
+    packet sent while the link was down was lost, at most the last one sent before the
+    cut was lost with them (in flight), and delivery resumed only with a packet sent
+    after the link was back. Returns the run's (start, end) as the metrics define it."""
+    sent = sorted(rec.sent, key=lambda p: p[1])
+    got = {p[0] for p in rec.received}
+    lost = [i for i, (seq, _) in enumerate(sent) if seq not in got]
+    assert lost, "nothing was lost"
+    assert lost == list(range(lost[0], lost[-1] + 1)), "the losses are not one run"
+    while_down = [seq for seq, ts in sent if t_cut1 <= ts <= t_up0]
+    assert while_down, "the sender sent nothing while the link was down"
+    assert not got & set(while_down), "packets sent while the link was down arrived"
+    before = [i for i, (_, ts) in enumerate(sent) if ts < t_cut0]
+    assert not before or lost[0] >= before[-1], "packets sent well before the cut were lost"
+    assert lost[-1] + 1 < len(sent), "delivery never resumed"
+    start, end = sent[lost[0]][1], sent[lost[-1] + 1][1]
+    assert end >= t_up0, "a packet sent while the link was down arrived"
+    assert outages(rec) == [(start, end)]
+    return start, end
+
+
 def test_udp_delivers_every_packet_with_latency(mesh_factory, tmp_path: Path) -> None:
     mesh = line(mesh_factory)
     spec = FlowSpec("cbr", "udp", "n0", "n2", rate_pps=200, size=200)
@@ -62,16 +101,26 @@ def test_udp_delivers_every_packet_with_latency(mesh_factory, tmp_path: Path) ->
     rec = flow.record()
     m = flow_metrics(rec, t0)
     assert m["errors"] == []
-    assert 580 <= m["sent"] <= 601, m["sent"]
+    # every packet sent, by the sender's record, arrived once (how many it managed in 3 s
+    # depends on the host's load; never more than the schedule: 200 pps for 3 s)
+    assert m["sent"] == len(rec.sent) and 0 < m["sent"] <= 601, m["sent"]
+    assert {p[0] for p in rec.received} == {p[0] for p in rec.sent}
     assert m["received"] == m["sent"] and m["lost"] == 0 and m["duplicates"] == 0
     assert m["delivery_ratio"] == 1.0
     assert m["outages"] == [] and m["longest_outage_s"] == 0.0
     lat = m["latency_ms"]
     assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"] < 1000
-    assert m["jitter_ms"] is not None and m["jitter_ms"] >= 0
-    assert m["throughput_bps"] == pytest.approx(200 * 200 * 8, rel=0.05)
-    # the sender started on schedule
-    assert 0 <= m["start_delay_s"] < 0.3 and abs(rec.sent[0][1] - t0) < 0.3
+    # RFC 3550 jitter, recomputed here from the record: J += (|D| - J) / 16
+    transit = [tr - ts for _, ts, tr in rec.received]
+    j = 0.0
+    for a, b in zip(transit, transit[1:], strict=False):
+        j += (abs(b - a) - j) / 16
+    assert m["jitter_ms"] == pytest.approx(j * 1000, abs=0.001)
+    assert 0 < m["jitter_ms"] <= lat["max"] - lat["min"]
+    # throughput from what arrived over the span it was sent in
+    assert m["throughput_bps"] == pytest.approx(m["received"] * 200 * 8 / m["span_s"], rel=0.01)
+    # the sender did not start early, and start_delay_s is its first send
+    assert rec.sent[0][1] >= t0 and m["start_delay_s"] == round(rec.sent[0][1] - t0, 3)
     assert gone(flow)
 
 
@@ -80,26 +129,16 @@ def test_link_down_makes_one_outage_of_its_length(mesh_factory, tmp_path: Path) 
     spec = FlowSpec("cut", "udp", "n0", "n2", rate_pps=200, size=100)
     t0 = time.monotonic() + 0.5
     flow = start_flow(mesh, spec, str(tmp_path), t0, duration=4.0)
-    time.sleep(max(0.0, t0 + 1.5 - time.monotonic()))
-    t_down = time.monotonic()
-    set_link(mesh, "n1", "n2", "down")
-    time.sleep(1.0)
-    set_link(mesh, "n1", "n2", "up")
-    t_up = time.monotonic()
+    t_cut0, t_cut1, t_up0 = cut_for_a_while(mesh, t0 + 1.5, 1.0)
     flow.wait(timeout=10)
     rec = flow.record()
     m = flow_metrics(rec, t0)
-    assert m["delivery_ratio"] < 1.0
-    assert 0.6 <= m["delivery_ratio"] <= 0.85, m["delivery_ratio"]
-    outs = outages(rec)
-    assert len(outs) == 1, m["outages"]
-    (start, end) = outs[0]
-    assert t_down - 0.1 <= start <= t_down + 0.2, start - t_down
-    assert 0.8 <= end - start <= 1.6, end - start
-    assert 0.8 <= m["longest_outage_s"] <= 1.6
-    rec_s = outage_after(rec, t_down)
-    assert rec_s is not None and 0.8 <= rec_s <= 1.6
-    assert outage_after(rec, t_up) is not None and outage_after(rec, t_up) <= 0.6
+    start, end = one_outage_over_the_cut(rec, t_cut0, t_cut1, t_up0)
+    assert m["lost"] == m["sent"] - m["received"] > 0
+    assert m["delivery_ratio"] == round(m["received"] / m["sent"], 6) < 1.0
+    assert m["longest_outage_s"] == round(end - start, 3)
+    # the recovery time after the cut: until delivery resumed
+    assert outage_after(rec, t_cut0) == pytest.approx(end - t_cut0)
     assert gone(flow)
 
 
@@ -111,13 +150,14 @@ def test_tcp_bulk_moves_bytes_and_counts_retransmissions(mesh_factory, tmp_path:
     flow.wait(timeout=10)
     m = flow_metrics(flow.record(), t0)
     assert m["errors"] == [], m["errors"]
-    assert m["connected"] is True and 0 <= m["start_delay_s"] < 0.5
-    # veth on 2 cores moves far more than 10 Mbit/s; every byte written arrived or was in flight
-    assert m["bytes"] > 2 * 10_000_000 / 8, m["bytes"]
-    assert m["bytes"] <= m["bytes_written"]
-    assert m["goodput_bps"] > 10_000_000
-    assert m["retransmissions"] is not None and m["retransmissions"] >= 0
-    assert m["segments_out"] > 0 and 0 <= m["retransmission_rate"] <= 1
+    assert m["connected"] is True and m["start_delay_s"] >= 0
+    # bytes moved (how many depends on the host's load); none arrived that were not written
+    assert 0 < m["bytes"] <= m["bytes_written"], m
+    assert m["goodput_bps"] == pytest.approx(m["bytes"] * 8 / m["span_s"], rel=0.01)
+    # the sender's tcp_info: retransmitted segments are a part of the segments sent
+    retrans, segs = m["retransmissions"], m["segments_out"]
+    assert isinstance(retrans, int) and isinstance(segs, int) and 0 <= retrans <= segs
+    assert segs > 0 and m["retransmission_rate"] == round(retrans / segs, 6)
     assert len(m["series"]["t"]) == 20 and sum(m["series"]["goodput_bps"]) > 0
     assert gone(flow)
 
@@ -127,17 +167,19 @@ def test_tcp_capped_and_stalled_by_a_link_down(mesh_factory, tmp_path: Path) -> 
     spec = FlowSpec("capped", "tcp", "n0", "n2", rate_bps=4_000_000)
     t0 = time.monotonic() + 0.5
     flow = start_flow(mesh, spec, str(tmp_path), t0, duration=3.5)
-    time.sleep(max(0.0, t0 + 1.0 - time.monotonic()))
-    set_link(mesh, "n1", "n2", "down")
-    time.sleep(1.0)
-    set_link(mesh, "n1", "n2", "up")
+    t_cut0, t_cut1, t_up0 = cut_for_a_while(mesh, t0 + 1.0, 1.0)
     flow.wait(timeout=10)
-    m = flow_metrics(flow.record(), t0)
+    rec = flow.record()
+    m = flow_metrics(rec, t0)
     assert m["errors"] == [], m["errors"]
     # the cap holds (4 Mbit/s for 3.5 s = 1.75 MB at most, plus a socket buffer's worth)
-    assert m["bytes"] <= 4_000_000 / 8 * 3.5 * 1.1
-    assert m["bytes"] > 4_000_000 / 8 * 1.0
-    assert len(m["stalls"]) >= 1 and m["longest_outage_s"] >= 0.8
+    assert 0 < m["bytes"] <= 4_000_000 / 8 * 3.5 * 1.1
+    # bytes arrived before the cut and again after the link came back
+    assert any(n > 0 for t, n in rec.bins if t + rec.bin_s <= t_cut0), rec.bins
+    assert any(n > 0 for t, n in rec.bins if t >= t_up0), rec.bins
+    # no byte arrived while the link was down: a stall at least as long as the cut (less
+    # the two 100 ms bins it may share with traffic)
+    assert m["longest_outage_s"] >= t_up0 - t_cut1 - 2 * rec.bin_s, (m["stalls"], t_up0 - t_cut1)
     assert m["retransmissions"] >= 1  # segments sent into the down link were retransmitted
     assert gone(flow)
 
@@ -149,18 +191,20 @@ def test_ping_flow_and_early_stop(mesh_factory, tmp_path: Path) -> None:
     flow = start_flow(mesh, spec, str(tmp_path), t0, duration=60.0)
     udp = start_flow(mesh, FlowSpec("u", "udp", "n0", "n2", rate_pps=50), str(tmp_path), t0, 60.0)
     time.sleep(max(0.0, t0 + 2.0 - time.monotonic()))
-    began = time.monotonic()
     flow.stop()
     udp.stop()
     udp.stop()  # idempotent
-    assert time.monotonic() - began < 5
+    stopped = time.monotonic()
+    assert stopped < t0 + 60  # stopped early: the flows were to run 60 s
     m = flow_metrics(flow.record(), t0)
-    assert 30 <= m["sent"] <= 45, m["sent"]
-    assert m["received"] >= m["sent"] - 1 and m["delivery_ratio"] > 0.95
+    # what was sent until the stop, no more than the schedule allows (20 pps), answered
+    # but for the last echo (in flight at the stop)
+    assert 0 < m["sent"] <= 20 * (stopped - t0) + 1, m["sent"]
+    assert m["received"] >= m["sent"] - 1, m
     rtt = m["rtt_ms"]
     assert 0 < rtt["p50"] <= rtt["max"] < 1000
-    u = flow_metrics(udp.record(), t0)  # flushed on SIGTERM
-    assert 80 <= u["sent"] <= 110 and u["received"] >= u["sent"] - 2
+    u = flow_metrics(udp.record(), t0)  # flushed on SIGTERM: both ends' records exist
+    assert 0 < u["sent"] <= 50 * (stopped - t0) + 1 and u["received"] >= u["sent"] - 2, u
     assert gone(flow) and gone(udp)
 
 
@@ -169,15 +213,11 @@ def test_ping_sees_the_outage(mesh_factory, tmp_path: Path) -> None:
     spec = FlowSpec("echo", "ping", "n0", "n2", rate_pps=20, size=56)
     t0 = time.monotonic() + 0.3
     flow = start_flow(mesh, spec, str(tmp_path), t0, duration=3.5)
-    time.sleep(max(0.0, t0 + 1.0 - time.monotonic()))
-    t_down = time.monotonic()
-    set_link(mesh, "n1", "n2", "down")
-    time.sleep(1.0)
-    set_link(mesh, "n1", "n2", "up")
+    t_cut0, t_cut1, t_up0 = cut_for_a_while(mesh, t0 + 1.0, 1.0)
     flow.wait(timeout=10)
     rec = flow.record()
     m = flow_metrics(rec, t0)
-    assert 0.55 <= m["delivery_ratio"] < 0.9, m
-    assert len(m["outages"]) == 1 and 0.7 <= m["longest_outage_s"] <= 1.6, m["outages"]
-    assert abs(outages(rec)[0][0] - t_down) < 0.2
+    start, end = one_outage_over_the_cut(rec, t_cut0, t_cut1, t_up0)
+    assert m["delivery_ratio"] == round(m["received"] / m["sent"], 6) < 1.0, m
+    assert len(m["outages"]) == 1 and m["longest_outage_s"] == round(end - start, 3)
     assert gone(flow)

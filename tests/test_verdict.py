@@ -84,9 +84,42 @@ def test_judge_passes_fails_and_explains_missing_metrics() -> None:
     assert "no 'jitter_ms'" in checks[5]["error"] and "delivery_ratio" in checks[5]["error"]
 
 
-@given(st.floats(min_value=0, max_value=1e9, allow_nan=False), st.sampled_from(list(verdict.OPS)))
+# The comparisons, written out here: the test must not take its expected results from
+# verdict.OPS, the table it checks.
+COMPARE = {
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+}
+
+
+@pytest.mark.parametrize(
+    "op, actual, expected",
+    # against the value 5: below, equal, above
+    [
+        (">=", 4, False), (">=", 5, True), (">=", 6, True),
+        ("<=", 4, True), ("<=", 5, True), ("<=", 6, False),
+        ("==", 4, False), ("==", 5, True), ("==", 6, False),
+        ("!=", 4, True), ("!=", 5, False), ("!=", 6, True),
+        (">", 4, False), (">", 5, False), (">", 6, True),
+        ("<", 4, True), ("<", 5, False), ("<", 6, False),
+    ],
+)  # fmt: skip
+def test_each_operator_against_five(op: str, actual: float, expected: bool) -> None:
+    a = verdict.parse_assertion(f"flows.f.v {op} 5")
+    assert verdict.check(a, {"flows": {"f": {"v": actual}}})["passed"] is expected
+
+
+def test_every_operator_is_covered() -> None:
+    assert set(verdict.OPS) == set(COMPARE)
+
+
+@given(st.floats(min_value=0, max_value=1e9, allow_nan=False), st.sampled_from(sorted(COMPARE)))
 def test_numbers_compare_like_python(x: float, op: str) -> None:
     a = verdict.parse_assertion(f"flows.f.v {op} {x!r}")
     for actual in (x, x + 1.0, x - 1.0):
         check = verdict.check(a, {"flows": {"f": {"v": actual}}})
-        assert check["passed"] is verdict.OPS[op](actual, x)
+        assert check["passed"] is COMPARE[op](actual, x)

@@ -1,4 +1,7 @@
-"""The VM lab, end to end: boot a stock kernel under qemu and run commands in it (root, ~10 s/boot)."""
+"""The VM lab, end to end: boot a stock kernel under qemu and run commands in it (root).
+
+No test here bounds how long a boot takes (a fresh machine first downloads the kernel and
+builds the initramfs): the boot time is a target of benchmarks/lab_boot.py."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,8 +29,9 @@ pytestmark = pytest.mark.lab
 
 
 @contextmanager
-def watch_qemu(state_dir: Path) -> Iterator[list[int]]:
-    """Collect the qemu PIDs the lab records in its state files while the block runs."""
+def watch_qemu(state_dir: Path, owner: Callable[[], int | None] = os.getpid) -> Iterator[list[int]]:
+    """Collect the qemu PIDs the lab records in its state files while the block runs, of
+    the runs `owner()` (a PID) started: other lab runs may share the host."""
     before = set(state_dir.glob("run-*.json"))
     pids: list[int] = []
     stop = threading.Event()
@@ -36,11 +40,13 @@ def watch_qemu(state_dir: Path) -> Iterator[list[int]]:
         while not stop.is_set():
             for sf in set(state_dir.glob("run-*.json")) - before:
                 try:
-                    pid = int(json.loads(sf.read_text())["qemu_pid"])
+                    data = json.loads(sf.read_text())
+                    pid, by = int(data["qemu_pid"]), int(data["owner_pid"])
                 except (OSError, ValueError, KeyError):
                     continue
-                if pid not in pids:
+                if by == owner() and pid not in pids:
                     pids.append(pid)
+                    OURS.setdefault(id(pids), []).append(sf)
             stop.wait(0.1)
 
     t = threading.Thread(target=poll, daemon=True)
@@ -52,11 +58,16 @@ def watch_qemu(state_dir: Path) -> Iterator[list[int]]:
         t.join()
 
 
-def assert_no_leftovers(state_dir: Path, pids: list[int], before: set[Path]) -> None:
+OURS: dict[int, list[Path]] = {}  # the state files behind each watch's PIDs (by id(pids))
+
+
+def assert_no_leftovers(pids: list[int]) -> None:
+    """Our runs' qemu are gone, and so are their state files and run folders."""
     assert pids, "no qemu PID was recorded in a state file"
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", pid
-    assert set(state_dir.iterdir()) - before <= {state_dir / "kvm-probe.json"}
+    for sf in OURS.pop(id(pids), []):
+        assert not sf.exists() and not sf.with_suffix("").exists(), sf
 
 
 def test_output_exit_code_and_mesh_kernel_features(state_dir: Path) -> None:
@@ -73,7 +84,8 @@ def test_output_exit_code_and_mesh_kernel_features(state_dir: Path) -> None:
     assert lines[0] != os.uname().release and lines[0].startswith("6.1."), lines
     assert lines[1:] == ["ok", "hi"]
     assert err.getvalue() == b"oops\n"
-    assert 0 < timings["boot"] <= 15.0, timings
+    # the boot was timed (how long it took is benchmarks/lab_boot.py's business)
+    assert 0 < timings["boot"] <= timings["total"], timings
 
 
 def test_cli_runs_in_cwd_with_venv_env_and_results_come_back(tmp_path: Path) -> None:
@@ -99,50 +111,56 @@ def test_cli_runs_in_cwd_with_venv_env_and_results_come_back(tmp_path: Path) -> 
 
 
 def test_timeout_kills_a_hung_guest(state_dir: Path) -> None:
-    before = set(state_dir.iterdir())
-    t0 = time.monotonic()
-    with watch_qemu(state_dir) as pids:
-        res = subprocess.run(
+    child: list[int] = []
+    with watch_qemu(state_dir, lambda: child[0] if child else None) as pids:
+        proc = subprocess.Popen(
             [*MESHSTRESS, "lab", "run", "--timeout", "20", "--no-share", "--", "sleep", "600"],
-            capture_output=True, text=True, timeout=90,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-    assert res.returncode == 124, res.stdout + res.stderr
-    assert "timed out after 20 s" in res.stderr
-    assert time.monotonic() - t0 < 40
-    assert_no_leftovers(state_dir, pids, before)
+        child.append(proc.pid)
+        # the guest sleeps 600 s: returning at all (the hang guard is 300 s) means it was killed
+        try:
+            out, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 124, out + err
+    assert "timed out after 20 s" in err
+    assert_no_leftovers(pids)
 
 
 def test_two_runs_in_a_row_leave_nothing_behind(state_dir: Path) -> None:
-    before = set(state_dir.iterdir())
     for i in range(2):
         with watch_qemu(state_dir) as pids:
             rc = run_in_lab(["sh", "-c", f"exit {i}"], cwd="/", share=False,
                             stdout=io.BytesIO(), timeout=120)  # fmt: skip
         assert rc == i
-        assert_no_leftovers(state_dir, pids, before)
+        assert_no_leftovers(pids)
 
 
-def started(state_dir: Path, before: set[Path]) -> bool:
-    """True once a new lab run reports that its COMMAND is running."""
-    return any((d / "x" / "started").exists() for d in set(state_dir.glob("run-*")) - before)
+def started(pids: list[int]) -> bool:
+    """True once our lab run (watched: `pids`) reports that its COMMAND is running."""
+    return any((sf.with_suffix("") / "x" / "started").exists() for sf in OURS.get(id(pids), []))
 
 
 def test_sigterm_stops_the_guest_and_cleans_up(state_dir: Path) -> None:
-    before = set(state_dir.iterdir())
-    with watch_qemu(state_dir) as pids:
+    child: list[int] = []
+    with watch_qemu(state_dir, lambda: child[0] if child else None) as pids:
         proc = subprocess.Popen(
             [*MESHSTRESS, "lab", "run", "--no-share", "--", "sleep", "600"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while not started(state_dir, before) and time.monotonic() < deadline:
+        child.append(proc.pid)
+        deadline = time.monotonic() + 300  # a hang guard, not a bound on the boot
+        while not started(pids) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert started(state_dir, before), "COMMAND never started in the guest"
+        assert started(pids), "COMMAND never started in the guest"
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     assert proc.returncode == 128 + signal.SIGTERM
     assert b"guest stopped" in proc.stderr.read() if proc.stderr else False
-    assert_no_leftovers(state_dir, pids, before)
+    assert_no_leftovers(pids)
 
 
 def test_doctor_json_reports_the_mesh_features() -> None:

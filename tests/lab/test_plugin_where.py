@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -53,11 +54,22 @@ def test_host_only_skips_naming_the_capability(tmp_path) -> None:
     if missing_capability(("batman-adv",)) is None:
         pytest.skip("this host has batman-adv")
     (tmp_path / "test_k.py").write_text(TESTS)
+    # without MESHSTRESS_REQUIRE (CI sets it): then a missing capability is a skip
+    env = {k: v for k, v in os.environ.items() if k != "MESHSTRESS_REQUIRE"}
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "test_k.py",
          "--meshstress-where=host"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert "SKIPPED" in r.stdout and "missing capability batman-adv" in r.stdout, r.stdout
     assert "kernel test(s) in the VM lab" not in r.stdout
     assert r.returncode == 0, r.stdout
+    # with it, the same missing capability fails the test
+    env["MESHSTRESS_REQUIRE"] = "1"
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "test_k.py",
+         "--meshstress-where=host"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert "MESHSTRESS_REQUIRE is set and missing capability batman-adv" in r.stdout, r.stdout
+    assert "2 error" in r.stdout and "1 passed" in r.stdout and r.returncode == 1, r.stdout

