@@ -111,12 +111,14 @@ RX = Hook(
 )
 DROP = Hook("DROP", ("skb", "kfree_skb"), ("kfree_skb_reason",), "drop_kprobe")
 RETRANS = Hook("RETRANS", ("tcp", "tcp_retransmit_skb"), ("tcp_retransmit_skb",), "retrans_kprobe")
+SYNACK = Hook("SYNACK", ("tcp", "tcp_retransmit_synack"), ("tcp_rtx_synack",), "synack_kprobe")
+HOOKS = (TX, RX, DROP, RETRANS, SYNACK)
 
 FILES: dict[str, tuple[str, tuple[Hook, ...]]] = {
     "traffic": ("netdev.c", (TX, RX)),
     "batman": ("netdev.c", (TX, RX)),
     "drops": ("drops.c", (DROP,)),
-    "tcp_retrans": ("tcp_retrans.c", (RETRANS,)),
+    "tcp_retrans": ("tcp_retrans.c", (RETRANS, SYNACK)),
 }
 
 
@@ -493,7 +495,7 @@ class Probes:
         try:
             for macro, fn in chosen.items():
                 if fn is not None:
-                    hook = next(h for h in (TX, RX, DROP, RETRANS) if h.macro == macro)
+                    hook = next(h for h in HOOKS if h.macro == macro)
                     self._bpf.attach_kprobe(event=fn, fn_name=hook.fn)
         except Exception as exc:
             self.close()

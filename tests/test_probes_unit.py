@@ -14,13 +14,9 @@ import pytest
 from meshstress import probes
 from meshstress.errors import CapabilityError, MeshstressError
 from meshstress.probes import (
-    DROP,
     FALLBACK_REASONS,
     PROBES,
     PROBES_DIR,
-    RETRANS,
-    RX,
-    TX,
     build_source,
     delta,
     fold,
@@ -260,7 +256,8 @@ def test_every_interface_carries_every_counter() -> None:
 
 def test_hooks_prefer_tracepoints() -> None:
     chosen, notes = plan_hooks(PROBES, lambda c, e: True, lambda f: True)
-    assert chosen == {"TX": None, "RX": None, "DROP": None, "RETRANS": None} and notes == []
+    assert chosen == {"TX": None, "RX": None, "DROP": None, "RETRANS": None, "SYNACK": None}
+    assert notes == []
 
 
 def test_hooks_fall_back_to_kprobes_with_a_warning() -> None:
@@ -300,7 +297,7 @@ def test_source_holds_each_file_once_and_flags_select_variants() -> None:
     assert cflags == ["-DPROBE_DROPS", "-DDROP_NO_REASON"]
 
 
-@pytest.mark.parametrize("hook", [TX, RX, DROP, RETRANS], ids=lambda h: h.macro)
+@pytest.mark.parametrize("hook", probes.HOOKS, ids=lambda h: h.macro)
 def test_c_files_define_each_hooks_tracepoint_and_kprobe_variant(hook: probes.Hook) -> None:
     name = next(f for f, hooks in probes.FILES.values() if hook in hooks)
     text = (PROBES_DIR / name).read_text()
