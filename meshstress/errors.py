@@ -25,3 +25,34 @@ class CapabilityError(MeshstressError):
     """The host lacks something a step needs; the message names it and the remedy."""
 
     exit_code = 3
+
+
+# errno -> what it means when the kernel refuses to make a link or qdisc kind
+_KERNEL_WORDS = {
+    2: "not in this kernel",  # ENOENT: no module or type of that name
+    95: "not supported by this kernel",  # EOPNOTSUPP
+    1: "not permitted",  # EPERM
+    13: "permission denied",  # EACCES
+}
+
+
+def plain_error(exc: BaseException) -> str:
+    """One line of plain words for an exception: an errno (OSError, pyroute2's NetlinkError,
+    whose str() is a tuple like "(95, 'Operation not supported')") as a sentence with the
+    system's wording in parentheses, a file name kept; anything else its first line."""
+    import os
+
+    code = getattr(exc, "code", None)  # NetlinkError
+    if not isinstance(code, int) or isinstance(code, bool):
+        code = getattr(exc, "errno", None)
+    if isinstance(code, int) and not isinstance(code, bool) and code > 0:
+        try:
+            system = os.strerror(code)
+        except ValueError:
+            system = f"error {code}"
+        words = _KERNEL_WORDS.get(code)
+        text = f"{words} ({system.lower()})" if words else system
+        filename = getattr(exc, "filename", None)
+        return f"{filename}: {text}" if filename else text
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
