@@ -2,6 +2,22 @@
 
 from __future__ import annotations
 
+import unicodedata
+
+
+def one_line(text: str) -> str:
+    """`text` with every character that could break a line or drive a terminal (control
+    characters, line and paragraph separators) written as an escape: a file name or a
+    value from the user stays on its line."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+        else ch
+        for ch in text
+    )
+
 
 class MeshstressError(Exception):
     """A failure meant for the user: printed as one line, exit code 1."""
@@ -18,7 +34,7 @@ class InputError(MeshstressError):
         self.source = source
         self.field = field
         self.message = message
-        super().__init__(f"{source}: {field}: {message}")
+        super().__init__(one_line(f"{source}: {field}: {message}"))
 
 
 class CapabilityError(MeshstressError):
