@@ -585,6 +585,8 @@ def _check_outcome(argv: list[str], code: int, stderr: str, exc: BaseException |
 # a generator asked for 10^10 nodes used to try (minutes, then all memory)
 @example(["topo", "gen", "grid4", "100000", "100000"])
 @example(["topo", "gen", "full", "99999999999999"])
+@example(["run", "\r"])  # a file name with a line break: the message was two lines
+@example(["up", "a\u2028b.toml"])
 @example(["report", "RUNDIR"])  # results.json {"flows": 3}: used to be an AttributeError
 @example([])
 def test_fuzz_cli_arguments(cli_env: dict[str, Path], argv: list[str]) -> None:
