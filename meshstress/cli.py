@@ -27,6 +27,12 @@ class Group(click.Group):
         if len(args) > 3 or not kwargs.get("standalone_mode", True):
             return super().main(*args, **kwargs)
         kwargs["standalone_mode"] = False
+        argv = args[0] if args else kwargs.get("args")
+        for arg in sys.argv[1:] if argv is None else argv:
+            if isinstance(arg, str) and "\x00" in arg:  # only in-process: no path takes one
+                click.echo(f"meshstress: argument {arg!r} contains a NUL character",
+                           err=True)  # fmt: skip
+                sys.exit(2)
         try:
             rv = super().main(*args, **kwargs)
         except _NO_ARGS_IS_HELP as exc:

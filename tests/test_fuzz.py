@@ -56,7 +56,7 @@ def _tstr(s: str) -> str:
 
 
 def _tkey(k: str) -> str:
-    return k if _BARE.match(k) else _tstr(k)
+    return k if _BARE.fullmatch(k) else _tstr(k)
 
 
 def _tval(v: Any) -> str:
@@ -416,6 +416,9 @@ def test_good_scenario_is_good(base: Path) -> None:
 # a generator asked for 10^10 nodes used to try (minutes, then all memory)
 @example({"mesh": {"generate": "grid4 100000 100000"}})
 @example({"mesh": {"generate": "full 1000000"}})
+# a NUL in a file name was a ValueError from the file system call
+@example({"mesh": {"topology": "a\x00b.toml"}})
+@example({"scenario": {"0\n": "20ms"}, "bogus": []})
 def test_fuzz_scenario_toml(base: Path, data: dict[str, Any]) -> None:
     text = dumps(data)
     src = str(base / "fz.toml")
@@ -587,6 +590,8 @@ def _check_outcome(argv: list[str], code: int, stderr: str, exc: BaseException |
 @example(["topo", "gen", "full", "99999999999999"])
 @example(["run", "\r"])  # a file name with a line break: the message was two lines
 @example(["up", "a\u2028b.toml"])
+@example(["report", "\x00"])  # click's Path(exists=True): ValueError embedded null byte
+@example(["up", "a\x00.toml"])
 @example(["report", "RUNDIR"])  # results.json {"flows": 3}: used to be an AttributeError
 @example([])
 def test_fuzz_cli_arguments(cli_env: dict[str, Path], argv: list[str]) -> None:
