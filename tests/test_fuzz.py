@@ -419,6 +419,8 @@ def test_good_scenario_is_good(base: Path) -> None:
 # a NUL in a file name was a ValueError from the file system call
 @example({"mesh": {"topology": "a\x00b.toml"}})
 @example({"scenario": {"0\n": "20ms"}, "bogus": []})
+@example({"mesh": {"generate": '"'}})  # shlex.split: ValueError No closing quotation
+@example({"mesh": {"generate": "line 2 'x"}})
 def test_fuzz_scenario_toml(base: Path, data: dict[str, Any]) -> None:
     text = dumps(data)
     src = str(base / "fz.toml")
@@ -502,7 +504,11 @@ tok = st.sampled_from(("--json", "--help", "-h", "--", "-", "--bogus", "@n0", "n
     max_size=8
 )
 num = st.sampled_from(("1", "0", "-1", "1e9", "nan", "inf", "2.5", "x", "99999999999999999999"))
-file_arg = st.sampled_from(GOOD_FILES + BAD_FILES + ("dir.toml", "", "-"))
+file_arg = st.sampled_from(GOOD_FILES) | st.sampled_from(BAD_FILES + ("dir.toml", "", "-"))
+# now and then a stray token (most of them usage errors, which stop before the file)
+maybe_tok = st.sampled_from((0, 0, 0, 1)).flatmap(
+    lambda k: tok.map(lambda t: [t]) if k else st.just([])
+)
 
 
 def _opts(**choices: st.SearchStrategy[list[str]]) -> st.SearchStrategy[list[str]]:
@@ -521,15 +527,14 @@ up_args = st.tuples(file_arg, _opts(
     run=_opt("--run", run_id), prefix=_opt("--prefix", st.sampled_from(
         ("10.9.0.0/16", "10.0.0.0/31", "x", "1.2.3.4/40", "10.0.0.0/8"))),
     wait=st.sampled_from((["--wait"], ["--no-wait"])), timeout=_opt("--timeout", num),
-    ideal=_opt("--ideal"), dry=_opt("--dry-run"), json=_opt("--json"), tok=tok.map(lambda t: [t]),
-)).map(lambda t: ["up", t[0], *t[1]])  # fmt: skip
+    ideal=_opt("--ideal"), dry=_opt("--dry-run"), json=_opt("--json"),
+), maybe_tok).map(lambda t: ["up", t[0], *t[1], *t[2]])  # fmt: skip
 run_args = st.tuples(st.lists(file_arg, max_size=1), _opts(
     where=_opt("--where", st.sampled_from(("auto", "host", "lab", "moon"))),
     out=_opt("--out", st.text("abcxyz", min_size=1, max_size=6)),
     duration=_opt("--duration", st.sampled_from(("1s", "100s", "0s", "-1s", "x", "3s"))),
     timeout=_opt("--timeout", num), json=_opt("--json"), check=_opt("--check"),
-    tok=tok.map(lambda t: [t]),
-)).map(lambda t: ["run", *t[0], *t[1]])  # fmt: skip
+), maybe_tok).map(lambda t: ["run", *t[0], *t[1], *t[2]])  # fmt: skip
 gen_args = st.tuples(
     st.sampled_from(("line", "ring", "star", "full", "grid4", "grid8", "tree", "random", "x")),
     st.lists(st.sampled_from(("0", "1", "3", "4", "-2", "x", "100000", "99999999999999")),
@@ -551,7 +556,7 @@ other_args = st.one_of(
     st.lists(st.sampled_from(("RUNDIR", "missing", "")) | tok, max_size=2).map(lambda t: ["report", *t]),
     st.lists(tok, max_size=3),
 )
-argvs = st.one_of(up_args, run_args, gen_args, other_args)
+argvs = st.one_of(up_args, run_args, up_args, run_args, gen_args, other_args)
 
 
 def _resolve(argv: list[str], env: dict[str, Path]) -> list[str]:
