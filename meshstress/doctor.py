@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from meshstress import netns
+from meshstress.errors import plain_error
 
 
 @dataclass
@@ -30,12 +31,12 @@ def _try_netns(body: Callable[[object], str]) -> tuple[bool, str]:
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         if libc.unshare(netns.CLONE_NEWNET) != 0:
-            return False, os.strerror(ctypes.get_errno())
+            return False, plain_error(OSError(ctypes.get_errno(), "unshare"))
         try:
             with IPRoute(groups=0) as ipr:
                 return True, body(ipr)
         except Exception as exc:  # noqa: BLE001 - every failure is the answer here
-            return False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return False, plain_error(exc)
         finally:
             netns.setns(home)
     finally:
@@ -178,3 +179,28 @@ def has_qdisc(kind: str) -> bool:
 def missing_qdiscs(kinds: set[str]) -> list[str]:
     """The kinds among `kinds` this kernel cannot make, sorted."""
     return sorted(k for k in kinds if not has_qdisc(k))
+
+
+def default_scenario_verdict(checks: list[Check]) -> tuple[bool, str]:
+    """(whether the default scenario can run here, a sentence saying where or why not):
+    on the host when these checks pass everything it needs, else in the VM lab when the
+    lab can run here."""
+    from meshstress import lab, scenario
+    from meshstress.run_cli import default_scenario
+
+    sc = scenario.load(default_scenario())
+    by_name = {c.name: c for c in checks}
+    missing = [n for n in ("root", "netns", "veth", *sc.needs())
+               if n not in by_name or not by_name[n].ok]  # fmt: skip
+    if not missing:
+        return True, "the default scenario (meshstress run) can run on this host"
+    ok, why = lab.lab_available()
+    lacks = ", ".join(missing)
+    if ok:
+        return True, (
+            f"the default scenario (meshstress run) runs in the VM lab: this host lacks {lacks}"
+        )
+    return False, (
+        f"the default scenario (meshstress run) can run neither on this host, which lacks "
+        f"{lacks}, nor in the VM lab: {why}"
+    )

@@ -22,6 +22,11 @@ from meshstress.topology import (
 )
 
 KINDS = ("line", "ring", "star", "full", "grid4", "grid8", "tree", "random")
+# Beyond what one host can build (a namespace per node), and what a typo like
+# "grid4 1000000 1000000" must not make the generator try for minutes or all memory.
+MAX_NODES = 65534
+MAX_LINKS = 250_000
+MAX_RANDOM = 2000  # random_geometric compares (and may link) every pair of nodes
 
 
 def _build(
@@ -52,6 +57,14 @@ def _need(value: int, least: int, what: str) -> None:
         raise ValueError(f"{what} must be at least {least}, got {value}")
 
 
+def _size(nodes: int, links: int, most: int = MAX_NODES) -> None:
+    """Refuse a topology too big to build before making it."""
+    if nodes > most:
+        raise ValueError(f"{nodes} nodes is too many (at most {most})")
+    if links > MAX_LINKS:
+        raise ValueError(f"{links} links is too many (at most {MAX_LINKS})")
+
+
 def line(
     n: int,
     *,
@@ -62,6 +75,7 @@ def line(
 ) -> Topology:
     """n0 - n1 - ... - n(n-1): n nodes, n-1 links, diameter n-1."""
     _need(n, 1, "n")
+    _size(n, n - 1)
     return _build(
         f"line{n}",
         n,
@@ -83,6 +97,7 @@ def ring(
 ) -> Topology:
     """A line closed into a circle: n >= 3 nodes, n links, diameter n//2."""
     _need(n, 3, "n")
+    _size(n, n)
     edges = [(i, i + 1) for i in range(n - 1)] + [(n - 1, 0)]
     return _build(
         f"ring{n}", n, edges, impairment=impairment, model=model, prefix=prefix, routing=routing
@@ -99,6 +114,7 @@ def star(
 ) -> Topology:
     """Hub n0 linked to n1..n(n-1): n nodes, n-1 links."""
     _need(n, 2, "n")
+    _size(n, n - 1)
     return _build(
         f"star{n}",
         n,
@@ -120,6 +136,7 @@ def full(
 ) -> Topology:
     """Every pair linked: n nodes, n(n-1)/2 links, diameter 1."""
     _need(n, 1, "n")
+    _size(n, n * (n - 1) // 2)
     edges = ((a, b) for a in range(n) for b in range(a + 1, n))
     return _build(
         f"full{n}", n, edges, impairment=impairment, model=model, prefix=prefix, routing=routing
@@ -157,6 +174,7 @@ def grid4(
     w*h nodes, h(w-1) + w(h-1) links; 10x10 -> 100 nodes, 180 links."""
     _need(w, 1, "width")
     _need(h, 1, "height")
+    _size(w * h, h * (w - 1) + w * (h - 1))
     pos = [(float(i % w), float(i // w)) for i in range(w * h)]
     return _build(
         f"grid4-{w}x{h}",
@@ -182,6 +200,7 @@ def grid8(
     """A w x h grid with diagonals (8 neighbours): adds 2(w-1)(h-1) links to grid4."""
     _need(w, 1, "width")
     _need(h, 1, "height")
+    _size(w * h, h * (w - 1) + w * (h - 1) + 2 * (w - 1) * (h - 1))
     pos = [(float(i % w), float(i // w)) for i in range(w * h)]
     return _build(
         f"grid8-{w}x{h}",
@@ -210,6 +229,7 @@ def tree(
     (Taking n rather than a depth lets any node count be asked for.)"""
     _need(n, 1, "n")
     _need(fanout, 1, "fanout")
+    _size(n, n - 1)
     edges = (((i - 1) // fanout, i) for i in range(1, n))
     return _build(
         f"tree{n}-{fanout}",
@@ -242,6 +262,7 @@ def random_geometric(
     lowest node. The same (n, radius/degree, seed) gives the same topology.
     Positions are kept in Node.pos."""
     _need(n, 1, "n")
+    _size(n, 0, MAX_RANDOM)
     if radius is None:
         if not degree > 0:
             raise ValueError(f"degree must be positive, got {degree}")
@@ -256,6 +277,7 @@ def random_geometric(
 
     r2 = radius * radius
     edges = [(i, j) for i in range(n) for j in range(i + 1, n) if dist2(i, j) <= r2]
+    _size(n, len(edges), MAX_RANDOM)
 
     # union-find to join the components deterministically
     parent = list(range(n))

@@ -439,18 +439,23 @@ def doctor(as_json: bool) -> None:
     from meshstress import doctor as doc
 
     checks = doc.run_checks()
+    runs, verdict = doc.default_scenario_verdict(checks)
     if as_json:
         click.echo(json.dumps(doc.as_json(checks), indent=1))
-        return
-    from rich.console import Console
-    from rich.table import Table
+    else:
+        from rich.console import Console
+        from rich.table import Table
 
-    table = Table(title="meshstress doctor")
-    for col in ("capability", "ok", "detail", "remedy"):
-        table.add_column(col)
-    for c in checks:
-        table.add_row(c.name, "[green]yes[/]" if c.ok else "[red]no[/]", c.detail, c.remedy)
-    Console().print(table)
+        table = Table(title="meshstress doctor")
+        for col in ("capability", "ok", "detail", "remedy"):
+            table.add_column(col)
+        for c in checks:
+            table.add_row(c.name, "[green]yes[/]" if c.ok else "[red]no[/]", c.detail, c.remedy)
+        Console().print(table)
+    # exit 3 (a missing capability) when the default scenario can run nowhere
+    click.echo(f"meshstress: {verdict}", err=as_json or not runs)
+    if not runs:
+        sys.exit(CapabilityError.exit_code)
 
 
 COMMANDS = [up, down, status, routes, clean, doctor]

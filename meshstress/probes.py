@@ -10,7 +10,7 @@ retransmissions and batman-adv overhead, attributed by network namespace.
     d["nodes"]["n0"]["interfaces"]["ms-RUN-i0"]["tx_packets"]
     probes.close()
 
-The C lives in probes/ (common.h, netdev.c, drops.c, tcp_retrans.c); the selected files
+The C lives in meshstress/bpf/ (common.h, netdev.c, drops.c, tcp_retrans.c); the selected files
 are compiled as one BPF program. Each hook is a tracepoint when the kernel has it,
 else a kprobe (with a warning), else CapabilityError. See docs/probes.md.
 """
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 PROBES = ("traffic", "drops", "tcp_retrans", "batman")
 
-PROBES_DIR = Path(os.environ.get("MESHSTRESS_PROBES_DIR", Path(__file__).parent.parent / "probes"))
+PROBES_DIR = Path(os.environ.get("MESHSTRESS_PROBES_DIR", Path(__file__).parent / "bpf"))
 TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
 

@@ -281,8 +281,17 @@ def _write_json(results: dict[str, Any], out_dir: Path) -> None:
 
 
 def rerender(out_dir: Path) -> dict[str, Any]:
-    results: dict[str, Any] = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
-    write_all(results, out_dir)
+    """Read out_dir/results.json and write the rest again. ValueError when the file is
+    not JSON or not the shape `meshstress run` writes (checked by rendering the summary
+    before anything is written)."""
+    results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    if not isinstance(results, dict):
+        raise ValueError(f"expected an object, got {type(results).__name__}")
+    try:
+        summary(results)
+        write_all(results, out_dir)
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a meshstress results file ({type(exc).__name__}: {exc})") from None
     return results
 
 

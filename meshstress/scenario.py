@@ -142,7 +142,10 @@ def generate(spec: str, source: str, fld: str) -> Topology:
     """'grid4 3 3' (or 'random 20 seed=3 degree=4') -> a generated Topology."""
     from meshstress.topo_cli import _GEN_ARGS
 
-    words = shlex.split(spec)
+    try:
+        words = shlex.split(spec)
+    except ValueError as exc:  # an unclosed quote
+        raise _fail(source, fld, f"{spec!r}: {exc}") from None
     if not words or words[0] not in _GEN_ARGS:
         raise _fail(source, fld, f"expected one of {', '.join(_GEN_ARGS)} with its arguments")
     kind, rest = words[0], words[1:]

@@ -94,6 +94,8 @@ def read_text(path: Path, source: str) -> str:
         raise InputError(source, "file", "no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(source, "file", f"cannot read: {_one_line(str(exc))}") from None
+    except ValueError:  # a NUL in the path: no file system call takes one
+        raise InputError(source, "file", "cannot read: the path contains a NUL character") from None
 
 
 def loads_toml(text: str, source: str = "<memory>") -> Topology:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -125,3 +127,18 @@ def test_random_always_connected(n: int, radius: float | None, seed: int) -> Non
     assert t.is_connected()
     assert no_duplicates(t)
     assert t == generators.random_geometric(n, radius=radius, seed=seed)
+
+
+def test_sizes_beyond_one_host_refused_before_generating() -> None:
+    # grid4 100000 100000 used to build a list of 10^10 positions (MemoryError)
+    for make, msg in (
+        (lambda: generators.grid4(100000, 100000), "10000000000 nodes is too many"),
+        (lambda: generators.full(1000), "499500 links is too many"),
+        (lambda: generators.line(65535), "65535 nodes is too many"),
+        (lambda: generators.random_geometric(2001), "2001 nodes is too many (at most 2000)"),
+        (lambda: generators.random_geometric(2000, radius=2.0), "1999000 links is too many"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            make()
+    assert len(generators.line(65534).nodes) == 65534
+    assert len(generators.full(707).links) == 249571

@@ -23,7 +23,7 @@ from typing import BinaryIO
 import psutil
 
 from meshstress import safefs
-from meshstress.errors import CapabilityError, MeshstressError
+from meshstress.errors import CapabilityError, MeshstressError, plain_error
 from meshstress.lab import guest, kernel, qemu
 from meshstress.lab.initramfs import build_initramfs, find_busybox
 
@@ -71,7 +71,7 @@ def state_dir() -> Path:
         return safefs.private_dir(Path(base) / f"meshstress-lab-{uid}")
     except (MeshstressError, OSError) as exc:
         d = Path(tempfile.mkdtemp(prefix=f"meshstress-lab-{uid}-"))
-        print(f"meshstress lab: {exc}; using {d}", file=sys.stderr, flush=True)
+        print(f"meshstress lab: {plain_error(exc)}; using {d}", file=sys.stderr, flush=True)
         _FALLBACK[uid] = d
         return d
 
