@@ -144,7 +144,8 @@ def started(pids: list[int]) -> bool:
     return any((sf.with_suffix("") / "x" / "started").exists() for sf in OURS.get(id(pids), []))
 
 
-def test_sigterm_stops_the_guest_and_cleans_up(state_dir: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_the_guest_and_cleans_up(state_dir: Path, sig: int) -> None:
     child: list[int] = []
     with watch_qemu(state_dir, lambda: child[0] if child else None) as pids:
         proc = subprocess.Popen(
@@ -156,9 +157,9 @@ def test_sigterm_stops_the_guest_and_cleans_up(state_dir: Path) -> None:
         while not started(pids) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert started(pids), "COMMAND never started in the guest"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         proc.wait(30)
-    assert proc.returncode == 128 + signal.SIGTERM
+    assert proc.returncode == 128 + sig
     assert b"guest stopped" in proc.stderr.read() if proc.stderr else False
     assert_no_leftovers(pids)
 
