@@ -6,6 +6,8 @@ import contextlib
 import ipaddress
 import os
 import shutil
+import signal
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -233,6 +235,32 @@ def kill_processes(records: Sequence[state_mod.ProcessRecord], timeout: float = 
     and wait until they are gone (reaped, if they are our children). A PID whose create
     time does not match its record is not ours and is left alone. Returns the PIDs killed."""
     return stop_processes(records, timeout=timeout, kill=True)
+
+
+def freeze_processes(
+    records: Sequence[state_mod.ProcessRecord], timeout: float = 2.0
+) -> list[int]:
+    """SIGSTOP recorded processes by PID (create time checked): a frozen daemon sends
+    nothing more. Returns the PIDs frozen. SIGKILL still ends them."""
+    frozen: list[psutil.Process] = []
+    for rec in records:
+        try:
+            p = psutil.Process(rec.pid)
+            if abs(p.create_time() - rec.create_time) > 0.05:
+                continue
+            p.send_signal(signal.SIGSTOP)
+            frozen.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    # the signal is delivered asynchronously: wait (bounded) until each one has stopped
+    deadline = time.monotonic() + timeout
+    for p in frozen:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            while p.status() not in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.001)
+    return [p.pid for p in frozen]
 
 
 def live_records(mesh: Mesh, node: str, role: str) -> list[state_mod.ProcessRecord]:
