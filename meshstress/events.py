@@ -26,7 +26,7 @@ import psutil
 
 from meshstress import impair, units
 from meshstress.errors import MeshstressError
-from meshstress.routing.base import neighbour_route_ifaces
+from meshstress.routing.base import freeze_processes, live_records, neighbour_route_ifaces
 from meshstress.topofile import _IMPAIR_KEYS, _Ctx
 from meshstress.topology import Impairment, Topology
 
@@ -553,12 +553,16 @@ class EventRunner:
         mine = [p for p in self.mesh.state.processes if p.node == node and p.role == role]
         before = self._wanted([node])
         self.crashed.add(node)
-        # one moment: every interface down in one buffer, then SIGKILL by recorded PID
-        # before the acks are even read; stop_node then reaps them (children too)
+        # Freeze the daemons first (SIGSTOP, waited for), then take every interface down
+        # in one buffer, then SIGKILL by recorded PID before the acks are even read: a
+        # crashed node sends nothing. A daemon left running while its interfaces go down
+        # reacts on the ones still up, with retractions and requests a crashed node never
+        # sends. stop_node then reaps them (children too), forgets and cleans up.
+        freeze_processes(live_records(self.mesh, node, role) if role else [])
         batches = self._send(before)
         _kill(mine)
         down, _ = self._collect(batches)
-        self.backend.stop_node(self.mesh, node, kill=True)  # reaps, forgets, cleans up
+        self.backend.stop_node(self.mesh, node, kill=True)
         return {"down": down.get(node, []), "killed": sorted(p.pid for p in mine)}
 
     def _node_restart(self, event: Event) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 
@@ -208,6 +209,24 @@ def test_babeld_argv() -> None:
     assert "redistribute deny" in argv
     assert "interface i0 type wired hello-interval 0.5" in argv
     assert "interface i1 type wireless hello-interval 0.5" in argv
+
+
+def test_babeld_argv_smoothing_and_debug() -> None:
+    """-M (metric smoothing half-life) and -d (debug level) only when set."""
+    plain = babeld_argv(
+        "babeld", "/d", [("i0", "wired")], "10.201.0.0/16", get_backend("babeld").settings
+    )
+    assert "-M" not in plain and "-d" not in plain
+    settings = get_backend("babeld", {"smoothing_half_life": "0s", "debug": 1}).settings
+    argv = babeld_argv("babeld", "/d", [("i0", "wired")], "10.201.0.0/16", settings)
+    assert argv[argv.index("-M") + 1] == "0"
+    assert argv[argv.index("-d") + 1] == "1"
+    assert get_backend("babeld", {"smoothing_half_life": "8s"}).settings["smoothing_half_life"] == 8
+    with pytest.raises(InputError) as info:
+        get_backend("babeld", {"smoothing_half_life": "1.5s"})
+    assert info.value.field == "routing.smoothing_half_life"
+    with pytest.raises(InputError):
+        get_backend("babeld", {"debug": 4})
 
 
 def test_batmand_argv() -> None:
@@ -439,6 +458,77 @@ def test_parse_route_message() -> None:
     assert (r.gateway, r.oif, r.priority) == ("10.201.0.4", 5, 0)
     req = rtdump.dump_request(1)
     assert struct.unpack_from("=IHH", req) == (28, rtdump.RTM_GETROUTE, 0x301)
+
+
+def test_parse_rule_message() -> None:
+    hdr = struct.pack("=BBBBBBBBI", 2, 16, 0, 0, 0, 0, 0, rtdump.FR_ACT_TO_TBL, 0)
+    attrs = (
+        genl.nla(rtdump.FRA_TABLE, struct.pack("=I", 66))
+        + genl.nla(rtdump.FRA_PRIORITY, struct.pack("=I", 6600))
+        + genl.nla(rtdump.FRA_DST, bytes([10, 201, 0, 0]))
+    )
+    assert rtdump.parse_rule(hdr + attrs) == rtdump.KRule(
+        6600, 66, rtdump.FR_ACT_TO_TBL, "10.201.0.0", 16, False
+    )
+    iif = genl.nla(rtdump.FRA_IIFNAME, b"lo\0") + genl.nla(rtdump.FRA_TABLE, struct.pack("=I", 7))
+    assert rtdump.parse_rule(hdr[:1] + bytes(7) + struct.pack("=I", 0) + iif).selective
+    req = rtdump.dump_request(1, rtdump.RTM_GETRULE)
+    assert struct.unpack_from("=IHH", req) == (28, rtdump.RTM_GETRULE, 0x301)
+
+
+def _kr(dst: str, table: int, gateway: str | None, priority: int = 0, rtype: int = 1) -> Any:
+    return rtdump.KRoute(dst, 32, table, 4, rtype, gateway, 3, priority)
+
+
+def _rule(priority: int, table: int, dst: str | None = None, selective: bool = False) -> Any:
+    return rtdump.KRule(priority, table, rtdump.FR_ACT_TO_TBL, dst, 16 if dst else 0, selective)
+
+
+def test_select_routes_follows_the_policy_rules_like_the_kernel() -> None:
+    """batmand keeps routes in tables 66 (rule 6600) and 65 (rule 6699); after a link flap
+    table 65 can hold a stale route listed before the live one. The kernel looks up 66 first:
+    so must we (we once took the first route of any policy table and saw loops)."""
+    from meshstress.routing.base import select_routes
+
+    owners = {f"10.201.0.{i}": f"n{i - 1}" for i in range(1, 9)}
+    me = "10.201.0.1"
+    routes = [
+        _kr("10.201.0.7", 65, "10.201.0.2"),  # stale, listed first
+        _kr("10.201.0.7", 65, "10.201.0.8"),
+        _kr("10.201.0.7", 66, "10.201.0.8"),
+        _kr("10.201.0.3", 65, "10.201.0.2"),  # only in 65: found after 66 misses it
+        _kr("10.201.0.4", 66, None, rtype=9),  # throw: go on to the next rule
+        _kr("10.201.0.4", 65, "10.201.0.8"),
+        _kr("10.201.0.5", 66, None, rtype=7),  # unreachable: no route
+        _kr("10.201.0.5", 65, "10.201.0.8"),
+        _kr("10.201.0.6", 254, "10.201.0.2", priority=96),
+        _kr("10.201.0.6", 254, "10.201.0.8", priority=10),  # lowest priority wins
+        _kr("10.201.0.2", 70, "10.201.0.8"),  # table behind a source selector only
+        _kr("10.201.0.2", 254, None),
+        _kr("10.202.0.8", 66, "10.201.0.8"),  # not a node
+    ]
+    rules = [
+        _rule(0, 255),
+        _rule(50, 70, selective=True),
+        _rule(6600, 66, "10.201.0.0"),
+        _rule(6699, 65),
+        _rule(32766, 254),
+        _rule(32767, 253),
+    ]
+    got = select_routes(routes, rules, owners, me)
+    assert {dst: r.next_hop for dst, r in got.items()} == {
+        "n6": "n7",
+        "n2": "n1",
+        "n3": "n7",
+        "n5": "n7",
+        "n1": "n1",
+    }
+    assert got["n5"].metric == 10.0
+    # a rule whose destination selector does not cover the address is not used
+    other = [_rule(6600, 66, "10.99.0.0"), _rule(6699, 65), _rule(32766, 254)]
+    assert select_routes(routes, other, owners, me)["n6"].next_hop == "n1"
+    # no rules read: the kernel's defaults (main)
+    assert set(select_routes(routes, [], owners, me)) == {"n5", "n1"}
 
 
 def test_snapshot_path_follows_next_hops_and_stops_on_gaps_and_loops() -> None:

@@ -736,3 +736,34 @@ def test_backend_blocks_in_routing_settings() -> None:
     assert topofile.loads_toml(topofile.dumps_toml(t), "r.toml") == t
     err = load_err('nodes = ["a"]\n[routing.babeld.deeper]\nx = 1\n')
     assert err.field == "routing.babeld.deeper"
+
+
+def test_ulm_gateway_cut_is_the_generators_output_and_keeps_the_hub() -> None:
+    """tests/data/freifunk-ulm-gw104.json (scenarios/freifunk-ulm-gw104-crash.toml) is what
+    tests/data/ulm_gateway_cut.py makes of freifunk-ulm.json: hub 104 with all its 78
+    neighbours, and a 3->95 detour of 5 hops when 104 is gone."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ulm_cut", DATA / "ulm_gateway_cut.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    full = json.loads((DATA / "freifunk-ulm.json").read_text())
+    assert mod.cut(full) == json.loads((DATA / "freifunk-ulm-gw104.json").read_text())
+    t = topofile.load(DATA / "freifunk-ulm-gw104.json")
+    degree: dict[str, set[str]] = {n.name: set() for n in t.nodes}
+    for link in t.links:
+        degree[link.a].add(link.b)
+        degree[link.b].add(link.a)
+    full_hub = {str(x["target"]) for x in full["links"] if str(x["source"]) == "104"} | {
+        str(x["source"]) for x in full["links"] if str(x["target"]) == "104"
+    }
+    assert len(t.nodes) == 94 and degree["104"] == full_hub and len(full_hub) == 78
+    dist = {"3": 0}
+    queue = ["3"]
+    for x in queue:
+        for y in sorted(degree[x]):
+            if y not in dist and y != "104":
+                dist[y] = dist[x] + 1
+                queue.append(y)
+    assert dist["95"] == 5

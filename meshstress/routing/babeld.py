@@ -20,6 +20,19 @@ def _fmt(seconds: float) -> str:
     return f"{seconds:.3f}".rstrip("0").rstrip(".")
 
 
+def whole_seconds(lo: int, hi: int) -> Any:
+    """A duration in whole seconds (babeld's -M takes an integer)."""
+    parse = st.duration(lo, hi)
+
+    def check(value: object) -> int:
+        seconds = parse(value)
+        if seconds != int(seconds):
+            raise ValueError(f"must be whole seconds, got {value!r}")
+        return int(seconds)
+
+    return check
+
+
 def babeld_argv(
     binary: str,
     directory: str,
@@ -46,6 +59,12 @@ def babeld_argv(
         hello,
         "-C",
         "reflect-kernel-metric true",
+    ]
+    if settings.get("smoothing_half_life") is not None:
+        argv += ["-M", str(settings["smoothing_half_life"])]
+    if settings.get("debug"):
+        argv += ["-d", str(settings["debug"])]
+    argv += [
         "-C",
         f"redistribute local ip {net} allow",
         "-C",
@@ -70,6 +89,13 @@ class BabeldBackend(Backend):
     FIELDS = (
         st.Field("hello_interval", st.duration(0.05, 600), 1.0, doc="hello interval (-h/-H)"),
         st.Field("update_interval", st.duration(0.05, 3600), None, doc="full dump interval"),
+        st.Field(
+            "smoothing_half_life",
+            whole_seconds(0, 3600),
+            None,
+            doc="-M: half-life of the metric smoothing used for route selection (0: none)",
+        ),
+        st.Field("debug", st.integer(0, 3), 0, doc="-d: babeld's debug level, to babeld.log"),
         st.Field(
             "link_type",
             st.choice("auto", "wired", "wireless"),

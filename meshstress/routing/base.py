@@ -6,6 +6,8 @@ import contextlib
 import ipaddress
 import os
 import shutil
+import signal
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -16,7 +18,14 @@ from meshstress import netns
 from meshstress import state as state_mod
 from meshstress.build import stop_processes
 from meshstress.routing import settings as st
-from meshstress.routing.rtdump import ipv4_routes
+from meshstress.routing.rtdump import (
+    DEFAULT_RULES_TABLES,
+    FR_ACT_TO_TBL,
+    KRoute,
+    KRule,
+    ipv4_routes,
+    ipv4_rules,
+)
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
@@ -169,26 +178,60 @@ def ifindex_map(mesh: Mesh, node: str) -> dict[str, int]:
 
 
 def kernel_routes(mesh: Mesh, node: str) -> dict[str, Route]:
-    """Host routes (/32) to other nodes in any table of the node's namespace.
-
-    A route with a gateway goes to the node owning that address; one without goes
-    straight to the destination (the neighbour's host route). When several tables or
-    priorities hold a route, policy tables (a daemon's) win over main, then the lowest
-    priority, as the kernel's lookup would with the usual rule order."""
+    """Host routes (/32) to other nodes in the node's namespace, as its policy rules pick
+    them (see select_routes)."""
+    path = netns.path(mesh.ns(node))
     owners = addr_to_node(mesh)
-    me = mesh.address(node)
-    best: dict[str, tuple[tuple[int, int], Route]] = {}
-    for r in ipv4_routes(netns.path(mesh.ns(node))):
-        if r.dst_len != 32 or r.type != RTN_UNICAST or r.table == LOCAL_TABLE:
+    return select_routes(ipv4_routes(path), ipv4_rules(path), owners, mesh.address(node))
+
+
+RTN_THROW = 9
+
+
+def select_routes(
+    routes: Sequence[KRoute], rules: Sequence[KRule], owners: dict[str, str], me: str
+) -> dict[str, Route]:
+    """Pure: each destination node's route as the kernel's lookup picks it.
+
+    Rules are walked in priority order (lookup rules whose destination selector covers the
+    address; rules with source, interface or fwmark selectors do not match every packet and
+    are skipped). In each table, the /32 unicast route with the lowest priority wins (the
+    first listed on a tie); a /32 throw route goes on to the next rule, any other /32 type
+    (unreachable, blackhole, prohibit) ends the lookup without a route. A route with a
+    gateway goes to the node owning that address; one without goes straight to the
+    destination (the neighbour's host route). Only /32 routes count."""
+    tables: dict[int, dict[str, KRoute]] = {}
+    for r in routes:
+        if r.dst_len != 32 or r.dst is None or r.dst == me or r.dst not in owners:
             continue
-        if r.dst is None or r.dst == me or r.dst not in owners:
+        row = tables.setdefault(r.table, {})
+        held = row.get(r.dst)
+        if held is None or r.priority < held.priority:
+            row[r.dst] = r
+    order = [
+        (ipaddress.IPv4Network(f"{rule.dst}/{rule.dst_len}") if rule.dst else None, rule.table)
+        for rule in rules
+        if rule.action == FR_ACT_TO_TBL and not rule.selective and rule.table != LOCAL_TABLE
+    ]
+    if not rules:
+        order = [(None, table) for _prio, table in DEFAULT_RULES_TABLES if table != LOCAL_TABLE]
+    out: dict[str, Route] = {}
+    for dst, dst_node in owners.items():
+        if dst == me:
             continue
-        dst_node = owners[r.dst]
-        next_hop = owners.get(r.gateway) if r.gateway is not None else dst_node
-        rank = (1 if r.table == MAIN_TABLE else 0, r.priority)
-        if dst_node not in best or rank < best[dst_node][0]:
-            best[dst_node] = (rank, Route(next_hop, float(r.priority)))
-    return {dst: route for dst, (_, route) in best.items()}
+        address = ipaddress.IPv4Address(dst)
+        for net, table in order:
+            if net is not None and address not in net:
+                continue
+            found = tables.get(table, {}).get(dst)
+            if found is None or found.type == RTN_THROW:
+                continue
+            if found.type == RTN_UNICAST:
+                gateway = found.gateway
+                next_hop = owners.get(gateway) if gateway is not None else dst_node
+                out[dst_node] = Route(next_hop, float(found.priority))
+            break
+    return out
 
 
 def kill_processes(records: Sequence[state_mod.ProcessRecord], timeout: float = 3.0) -> list[int]:
@@ -196,6 +239,32 @@ def kill_processes(records: Sequence[state_mod.ProcessRecord], timeout: float = 
     and wait until they are gone (reaped, if they are our children). A PID whose create
     time does not match its record is not ours and is left alone. Returns the PIDs killed."""
     return stop_processes(records, timeout=timeout, kill=True)
+
+
+def freeze_processes(
+    records: Sequence[state_mod.ProcessRecord], timeout: float = 2.0
+) -> list[int]:
+    """SIGSTOP recorded processes by PID (create time checked): a frozen daemon sends
+    nothing more. Returns the PIDs frozen. SIGKILL still ends them."""
+    frozen: list[psutil.Process] = []
+    for rec in records:
+        try:
+            p = psutil.Process(rec.pid)
+            if abs(p.create_time() - rec.create_time) > 0.05:
+                continue
+            p.send_signal(signal.SIGSTOP)
+            frozen.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    # the signal is delivered asynchronously: wait (bounded) until each one has stopped
+    deadline = time.monotonic() + timeout
+    for p in frozen:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            while p.status() not in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.001)
+    return [p.pid for p in frozen]
 
 
 def live_records(mesh: Mesh, node: str, role: str) -> list[state_mod.ProcessRecord]:
