@@ -28,6 +28,15 @@ from meshstress.plan import run_prefix
 pytestmark = pytest.mark.network
 
 EXE = [sys.executable, "-m", "meshstress.cli"]
+# Ctrl-C reaches a foreground process whose SIGINT is at its default. A CI runner may
+# start us with SIGINT ignored (as a shell does for its background jobs), and a child
+# inherits that, so the commands that get signals start through this reset.
+FOREGROUND = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
 LINE = 'nodes = ["a", "b", "c"]\nlinks = [{ a = "a", b = "b" }, { a = "b", b = "c" }]\n'
 
 
@@ -248,7 +257,7 @@ def test_signal_during_a_1024_node_build_leaves_nothing(tmp_path, sig) -> None:
     state_dir = env["MESHSTRESS_STATE_DIR"]
     topo = grid_toml(tmp_path, 32)
     proc = subprocess.Popen(
-        [*EXE, "up", str(topo), "--no-wait"],
+        [*FOREGROUND, *EXE, "up", str(topo), "--no-wait"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -283,7 +292,7 @@ def test_signal_during_convergence_leaves_nothing(tmp_path, sig) -> None:
     state_dir = env["MESHSTRESS_STATE_DIR"]
     topo = grid_toml(tmp_path, 4, routing="babeld")
     proc = subprocess.Popen(
-        [*EXE, "up", str(topo), "--wait", "--timeout", "300"],
+        [*FOREGROUND, *EXE, "up", str(topo), "--wait", "--timeout", "300"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -334,7 +343,7 @@ def test_signal_during_traffic_leaves_nothing(tmp_path, sig) -> None:
     scen = tmp_path / "sig.toml"
     scen.write_text(SCENARIO)
     proc = subprocess.Popen(
-        [*EXE, "run", str(scen), "--where", "host", "--out", str(tmp_path / "out")],
+        [*FOREGROUND, *EXE, "run", str(scen), "--where", "host", "--out", str(tmp_path / "out")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

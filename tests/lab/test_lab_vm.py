@@ -148,17 +148,26 @@ def started(pids: list[int]) -> bool:
 def test_signal_stops_the_guest_and_cleans_up(state_dir: Path, sig: int) -> None:
     child: list[int] = []
     with watch_qemu(state_dir, lambda: child[0] if child else None) as pids:
+        # SIGINT at its default, as for a foreground process at a terminal: a CI runner
+        # may start us with it ignored, and the child would inherit that
         proc = subprocess.Popen(
-            [*MESHSTRESS, "lab", "run", "--no-share", "--", "sleep", "600"],
+            [sys.executable, "-c", "import os, signal, sys; "
+             "signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])",
+             *MESHSTRESS, "lab", "run", "--no-share", "--", "sleep", "600"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         child.append(proc.pid)
-        deadline = time.monotonic() + 300  # a hang guard, not a bound on the boot
-        while not started(pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert started(pids), "COMMAND never started in the guest"
-        proc.send_signal(sig)
-        proc.wait(30)
+        try:
+            deadline = time.monotonic() + 300  # a hang guard, not a bound on the boot
+            while not started(pids) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert started(pids), "COMMAND never started in the guest"
+            proc.send_signal(sig)
+            proc.wait(60)  # a hang guard
+        finally:
+            if proc.poll() is None:  # only when the test has failed already
+                proc.terminate()
+                proc.wait(60)
     assert proc.returncode == 128 + sig
     assert b"guest stopped" in proc.stderr.read() if proc.stderr else False
     assert_no_leftovers(pids)
