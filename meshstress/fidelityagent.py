@@ -33,25 +33,14 @@ import sys
 import time
 from typing import Any
 
+from meshstress.flowagent import _on_signal, _Stop, _write  # the same agent plumbing
+
 HEADER = struct.Struct("!Qd")
 CLONE_NEWNET = 0x40000000
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 
 
-class _Stop(Exception):
-    pass
-
-
-def _on_signal(signum: int, frame: object) -> None:
-    raise _Stop
-
-
-def _write(path: str, data: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, separators=(",", ":"))
-    os.replace(tmp, path)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 
 from meshstress.build import Mesh
+from meshstress.fidelity import pin_neighbour  # noqa: F401 - used here and by the tests
 
 _TCP_RECV = r"""
 import json, socket, sys, time
@@ -192,23 +193,6 @@ class Stream:
                 late += 1
             top = max(top, s)
         return late
-
-
-def pin_neighbour(mesh: Mesh, src: str, dst: str) -> None:
-    """A permanent ARP entry for dst on src's link to it: a lossy direction could
-    otherwise lose the ARP request itself and drop a second of the stream meanwhile."""
-    src_if = next(i["ifname"] for i in mesh.state.interfaces[src] if i["peer"] == dst)
-    dst_if = next(i["ifname"] for i in mesh.state.interfaces[dst] if i["peer"] == src)
-    dsock = mesh.netlink(dst)
-    mac = dsock.get_links(dsock.link_lookup(ifname=dst_if)[0])[0].get_attr("IFLA_ADDRESS")
-    ssock = mesh.netlink(src)
-    ssock.neigh(
-        "replace",
-        dst=mesh.address(dst),
-        lladdr=mac,
-        ifindex=ssock.link_lookup(ifname=src_if)[0],
-        state=0x80,  # NUD_PERMANENT
-    )
 
 
 def udp_stream(
