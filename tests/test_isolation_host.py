@@ -8,6 +8,7 @@ its own; the cleanup in `finally` only matters when the test has already failed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -106,6 +108,22 @@ def wait_for(pred, timeout: float, what: str) -> None:  # type: ignore[no-untype
 def fallback_teardown(state_dir: str) -> None:
     for st in runs_in(state_dir):
         build.teardown(st, timeout=15)
+
+
+@contextlib.contextmanager
+def started(argv: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """The command, started with SIGINT at its default; afterwards (only when the test
+    has failed already) it is killed and its run torn down."""
+    proc = subprocess.Popen(
+        [*FOREGROUND, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        fallback_teardown(env["MESHSTRESS_STATE_DIR"])
 
 
 def random_id() -> str:
@@ -256,15 +274,8 @@ def test_signal_during_a_1024_node_build_leaves_nothing(tmp_path, sig) -> None:
     env = env_with_state(tmp_path)
     state_dir = env["MESHSTRESS_STATE_DIR"]
     topo = grid_toml(tmp_path, 32)
-    proc = subprocess.Popen(
-        [*FOREGROUND, *EXE, "up", str(topo), "--no-wait"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
     run_id = None
-    try:
+    with started([*EXE, "up", str(topo), "--no-wait"], env) as proc:
         # mid-build: the state file exists and some of its namespaces do, not all
         def building() -> bool:
             nonlocal run_id
@@ -279,11 +290,6 @@ def test_signal_during_a_1024_node_build_leaves_nothing(tmp_path, sig) -> None:
         assert run_id is not None
         interrupt_and_check(proc, sig, state_dir, run_id, [])
         assert proc.returncode != 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        fallback_teardown(state_dir)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -291,14 +297,7 @@ def test_signal_during_convergence_leaves_nothing(tmp_path, sig) -> None:
     env = env_with_state(tmp_path)
     state_dir = env["MESHSTRESS_STATE_DIR"]
     topo = grid_toml(tmp_path, 4, routing="babeld")
-    proc = subprocess.Popen(
-        [*FOREGROUND, *EXE, "up", str(topo), "--wait", "--timeout", "300"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
+    with started([*EXE, "up", str(topo), "--wait", "--timeout", "300"], env) as proc:
         watched: list[tuple[int, float]] = []
 
         def daemons_running() -> bool:
@@ -313,11 +312,6 @@ def test_signal_during_convergence_leaves_nothing(tmp_path, sig) -> None:
         assert st.status == "up"  # built, and still waiting for the routes
         assert len(alive(watched)) == 16
         interrupt_and_check(proc, sig, state_dir, st.run_id, watched)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        fallback_teardown(state_dir)
 
 
 SCENARIO = """
@@ -342,14 +336,9 @@ def test_signal_during_traffic_leaves_nothing(tmp_path, sig) -> None:
     state_dir = env["MESHSTRESS_STATE_DIR"]
     scen = tmp_path / "sig.toml"
     scen.write_text(SCENARIO)
-    proc = subprocess.Popen(
-        [*FOREGROUND, *EXE, "run", str(scen), "--where", "host", "--out", str(tmp_path / "out")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
+    with started(
+        [*EXE, "run", str(scen), "--where", "host", "--out", str(tmp_path / "out")], env
+    ) as proc:
         watched: list[tuple[int, float]] = []
 
         def flowing() -> bool:
@@ -364,11 +353,6 @@ def test_signal_during_traffic_leaves_nothing(tmp_path, sig) -> None:
         (st,) = runs_in(state_dir)
         interrupt_and_check(proc, sig, state_dir, st.run_id, watched)
         assert proc.returncode in (130, 143), proc.returncode
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        fallback_teardown(state_dir)
 
 
 def test_clean_leaves_a_run_whose_owner_is_alive(tmp_path, monkeypatch) -> None:
