@@ -97,12 +97,13 @@ def make_dir(path: str | Path, mode: int = 0o755) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _dir_fd(directory: str | Path) -> Iterator[int]:
+def _dir_fd(directory: str | Path, refusing: str = "write into it") -> Iterator[int]:
+    """A descriptor of `directory`, opened without following a symlink."""
     try:
         fd = os.open(directory, _DIR_FLAGS)
     except OSError as exc:
         why = "is a symbolic link" if os.path.islink(directory) else exc.strerror
-        raise MeshstressError(f"{directory} {why}: refusing to write into it") from None
+        raise MeshstressError(f"{directory} {why}: refusing to {refusing}") from None
     try:
         yield fd
     finally:
@@ -149,20 +150,13 @@ def private_dir(path: str | Path) -> Path:
     p = Path(path)
     with contextlib.suppress(FileExistsError):
         p.mkdir(mode=0o700)
-    try:
-        fd = os.open(p, _DIR_FLAGS)
-    except OSError as exc:
-        why = "is a symbolic link" if os.path.islink(p) else exc.strerror
-        raise MeshstressError(f"{p} {why}: refusing to use it") from None
-    try:
+    with _dir_fd(p, "use it") as fd:
         st = os.fstat(fd)
         problem = dir_problem(st, {os.geteuid()}) or ancestors_problem(p, {0, os.geteuid()})
         if problem is not None:
             raise MeshstressError(f"{p} {problem}: refusing to use it")
         if stat.S_IMODE(st.st_mode) & 0o077:
             os.fchmod(fd, 0o700)
-    finally:
-        os.close(fd)
     return p
 
 
