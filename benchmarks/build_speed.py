@@ -18,9 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from meshstress import build, generators, plan, topofile
+from meshstress import build
+from meshstress.build import plan
+from meshstress.build.state import RunState
 from meshstress.doctor import has_netem
-from meshstress.state import RunState
+from meshstress.model import generators, topofile
 
 HERE = Path(__file__).resolve().parent
 FREIFUNK = HERE.parent.parent / "shared" / "data" / "freifunk" / "freifunk-altdorf.json"

@@ -35,12 +35,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshstress import build, generators, hostcli, plan, topofile
-from meshstress.build import Mesh
-from meshstress.events import Event, EventRunner
+from meshstress import build
+from meshstress.build import Mesh, bringup, plan
+from meshstress.build.state import RunState
+from meshstress.model import generators, topofile
+from meshstress.model.topology import Topology
 from meshstress.routing import get_backend
-from meshstress.state import RunState
-from meshstress.topology import Topology
+from meshstress.stress.events import Event, EventRunner
 
 HERE = Path(__file__).resolve().parent
 ULM = HERE.parent / "tests" / "data" / "freifunk-ulm.json"
@@ -115,7 +116,7 @@ def measure(
             build.apply(plan.make_plan(topo, run_id, impair=False), st)
         else:
             topo.routing, topo.routing_settings = routing, {}
-            up = hostcli.bring_up(topo, wait=True, timeout=180, impair=False)
+            up = bringup.bring_up(topo, wait=True, timeout=180, impair=False)
             st, backend = up.state, up.backend
         mesh = Mesh(st)
         runner = EventRunner(mesh, backend, topo)

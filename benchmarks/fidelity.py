@@ -4,7 +4,7 @@
 Builds the links of meshstress.fidelity (one link per case: loss, bursty loss, delay,
 jitter, reorder, duplicate, corrupt, both directions of one link; tbf rates), sends
 numbered UDP datagrams over each and compares what arrived with what was configured
-(the statistics and the accepted bands are in meshstress/fidelity.py). Each row also
+(the statistics and the accepted bands are in meshstress/fidelity/__init__.py). Each row also
 says whether the measurement would have passed as the neighbouring setting (it must
 not). The netem part needs sch_netem (run it in the VM lab); the rate part only tbf:
 
@@ -22,7 +22,8 @@ import tempfile
 import time
 from typing import Any
 
-from meshstress import build, doctor, fidelity, hostcli
+from meshstress import build, doctor, fidelity
+from meshstress.build import bringup
 
 
 def _fmt(x: Any) -> str:
@@ -108,7 +109,7 @@ def main() -> int:
                     file=sys.stderr,
                 )
                 return 2
-            up = hostcli.bring_up(fidelity.netem_topology(), wait=False)
+            up = bringup.bring_up(fidelity.netem_topology(), wait=False)
             try:
                 with build.Mesh(up.state) as mesh:
                     t = time.monotonic()
@@ -118,7 +119,7 @@ def main() -> int:
             finally:
                 build.teardown(up.state)
         if args.only != "netem":
-            up = hostcli.bring_up(fidelity.rate_topology(rates), wait=False)
+            up = bringup.bring_up(fidelity.rate_topology(rates), wait=False)
             try:
                 with build.Mesh(up.state) as mesh:
                     t = time.monotonic()

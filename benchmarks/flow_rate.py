@@ -18,9 +18,11 @@ import sys
 import tempfile
 import time
 
-from meshstress import build, generators, hostcli
-from meshstress.flows import FlowSpec, start_flow
-from meshstress.metrics import flow_metrics
+from meshstress import build
+from meshstress.build import bringup
+from meshstress.judge.metrics import flow_metrics
+from meshstress.model import generators
+from meshstress.traffic.flows import FlowSpec, start_flow
 
 RATES = (100, 1000, 5000, 20000, 50000, 100000)
 
@@ -41,7 +43,7 @@ def main() -> int:
     args = ap.parse_args()
     topo = generators.line(3)
     topo.routing = "static"
-    up = hostcli.bring_up(topo, wait=True, timeout=30)
+    up = bringup.bring_up(topo, wait=True, timeout=30)
     rows = []
     try:
         with build.Mesh(up.state) as mesh, tempfile.TemporaryDirectory() as tmp:

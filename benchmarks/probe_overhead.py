@@ -23,8 +23,10 @@ import subprocess
 import sys
 from typing import Any
 
-from meshstress import build, generators, hostcli, impair
-from meshstress.probes import Probes, delta, missing
+from meshstress import build
+from meshstress.build import bringup, impair
+from meshstress.model import generators
+from meshstress.observe.probes import Probes, delta, missing
 
 SINK = r"""
 import json, socket, sys, time
@@ -103,7 +105,7 @@ def main() -> int:
         for offloads in ("on", "off"):  # one mesh each
             topo = generators.line(2)
             topo.routing = "static"
-            ups.append(hostcli.bring_up(topo, wait=True, timeout=60))
+            ups.append(bringup.bring_up(topo, wait=True, timeout=60))
             meshes[offloads] = mesh = build.Mesh(ups[-1].state)
             if offloads == "off":
                 for node in mesh.nodes:

@@ -31,9 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshstress import build, netns, plan, topofile
+from meshstress import build
+from meshstress.build import netns, plan
+from meshstress.build.state import RunState
+from meshstress.model import topofile
 from meshstress.routing import get_backend
-from meshstress.state import RunState
 
 HERE = Path(__file__).resolve().parent
 ULM = HERE.parent / "tests" / "data" / "freifunk-ulm.json"

@@ -31,7 +31,9 @@ import sys
 import time
 from typing import Any
 
-from meshstress import build, hostcli, topofile
+from meshstress import build
+from meshstress.build import bringup
+from meshstress.model import topofile
 from meshstress.observe.skbtrace import SkbTrace
 
 TOPOLOGY = 'nodes = ["n0", "n1"]\n[[links]]\na = "n0"\nb = "n1"\na_to_b = { loss = "%s" }\n'
@@ -76,7 +78,7 @@ def netem_stats(mesh: build.Mesh, node: str, ifname: str) -> dict[str, int]:
 def one(size: int, loss: str, gso_max_segs: int | None) -> dict[str, Any]:
     topo = topofile.loads_toml(TOPOLOGY % loss, "tcp-loss.toml")
     topo.routing = "static"
-    brought = hostcli.bring_up(topo, wait=False)
+    brought = bringup.bring_up(topo, wait=False)
     mesh = build.Mesh(brought.state)
     try:
         ifname = mesh.state.interfaces["n0"][0]["ifname"]

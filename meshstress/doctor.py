@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from meshstress import netns
+from meshstress.build import netns
 from meshstress.errors import plain_error
 
 
@@ -185,8 +185,9 @@ def default_scenario_verdict(checks: list[Check]) -> tuple[bool, str]:
     """(whether the default scenario can run here, a sentence saying where or why not):
     on the host when these checks pass everything it needs, else in the VM lab when the
     lab can run here."""
-    from meshstress import lab, scenario
-    from meshstress.run_cli import default_scenario
+    from meshstress import lab
+    from meshstress.cli.run import default_scenario
+    from meshstress.model import scenario
 
     sc = scenario.load(default_scenario())
     by_name = {c.name: c for c in checks}

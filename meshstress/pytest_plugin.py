@@ -249,7 +249,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture
 def mesh_factory() -> Iterator[Callable[..., Any]]:
     """Build meshes for a test; every one is torn down afterwards, also on failure."""
-    from meshstress import build, hostcli
+    from meshstress import build
+    from meshstress.build import bringup
 
     made: list[Any] = []
 
@@ -266,7 +267,7 @@ def mesh_factory() -> Iterator[Callable[..., Any]]:
             topo.routing = routing
         if settings is not None:
             topo.routing_settings = settings
-        brought = hostcli.bring_up(topo, wait=wait, timeout=timeout)
+        brought = bringup.bring_up(topo, wait=wait, timeout=timeout)
         mesh = build.Mesh(brought.state)
         mesh.info = brought.info  # type: ignore[attr-defined]
         mesh.backend = brought.backend  # type: ignore[attr-defined]
@@ -299,7 +300,8 @@ def run_scenario(tmp_path: Any) -> Callable[..., dict[str, Any]]:
     Everything the run built is torn down before the fixture returns."""
     from pathlib import Path
 
-    from meshstress import runner, scenario
+    from meshstress import runner
+    from meshstress.model import scenario
 
     count = 0
 

@@ -6,10 +6,10 @@
 The sequence, every step bounded in time and undone in `finally` (also on Ctrl-C,
 SIGTERM or a crash: `meshstress clean` finds the rest from the state file):
 1. probes compile and attach (if the scenario asks for any; the slow part, done once);
-2. `hostcli.bring_up`: namespaces, links, impairments, routing, wait for convergence;
+2. `build.bringup.bring_up`: namespaces, links, impairments, routing, wait for convergence;
 3. t0 = now + a short lead; every flow starts at t0 + its start; a route recorder
    samples every node's table in its own thread; the event timeline runs;
-4. at t0 + duration the flows end; their records become metrics (meshstress.metrics),
+4. at t0 + duration the flows end; their records become metrics (meshstress.judge.metrics),
    each event gets the recovery time of every flow (from the moment the event began
    until delivery resumed; its `t_rel` is that moment, `took_s` how long it ran), the
    route snapshots become flap and reachability counts, probes become counter deltas;
@@ -29,9 +29,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meshstress import build, safefs, verdict
+from meshstress import build, safefs
 from meshstress.errors import CapabilityError, MeshstressError
-from meshstress.scenario import Scenario
+from meshstress.judge import verdict
+from meshstress.model.scenario import Scenario
 
 Say = Callable[[str], None]
 # Seconds between starting the flow processes and t0: an agent (a Python process) needs
@@ -205,7 +206,7 @@ def probe_totals(delta: dict[str, Any]) -> dict[str, Any]:
 
 def event_recoveries(events: list[dict[str, Any]], records: dict[str, Any], horizon: float) -> None:
     """Add recovery_s {flow: seconds} to each event record (in place)."""
-    from meshstress.metrics import outage_after
+    from meshstress.judge.metrics import outage_after
 
     for ev in events:
         rec: dict[str, float | None] = {}
@@ -220,13 +221,14 @@ def run(
 ) -> dict[str, Any]:
     """Run `sc` on this kernel; return the results dict (also written to out_dir).
 
-    `probes`: an attached meshstress.probes.Probes to reuse (a BCC compile costs about a
+    `probes`: an attached meshstress.observe.probes.Probes to reuse (a BCC compile costs about a
     minute under emulation); it is left open. Without it, the scenario's `probes` are
     compiled here and closed at the end."""
-    from meshstress import hostcli, report
-    from meshstress.events import EventRunner, run_timeline
-    from meshstress.flows import start_flow
-    from meshstress.metrics import flow_metrics
+    from meshstress import report
+    from meshstress.build import bringup
+    from meshstress.judge.metrics import flow_metrics
+    from meshstress.stress.events import EventRunner, run_timeline
+    from meshstress.traffic.flows import start_flow
 
     say = say or (lambda msg: None)
     safefs.make_dir(out_dir)
@@ -251,7 +253,7 @@ def run(
     try:
         with build.sigterm_as_interrupt():
             if sc.probes and probes is None:
-                from meshstress.probes import Probes
+                from meshstress.observe.probes import Probes
 
                 say(f"probes: compiling and attaching {', '.join(sc.probes)} (once per run)")
                 t = time.monotonic()
@@ -262,7 +264,7 @@ def run(
                 f"mesh: {len(topo.nodes)} nodes, {len(topo.links)} links, "
                 f"{len(topo.segments)} segments, routing {topo.routing}"
             )
-            up = hostcli.bring_up(
+            up = bringup.bring_up(
                 topo, wait=True, timeout=sc.converge_timeout, say=lambda m: None,
                 impair=not sc.ideal,
             )  # fmt: skip
@@ -319,7 +321,7 @@ def run(
                     recorder.cpu, recorder.snapshot_s, sc.host_limits, softnet
                 )
                 if probes is not None:
-                    from meshstress.probes import delta
+                    from meshstress.observe.probes import delta
 
                     results["probes"] = delta(before, probes.snapshot())
                     results["probes"]["totals"] = probe_totals(results["probes"])

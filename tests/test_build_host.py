@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
-from meshstress import build, hostcli, netns, plan, state
-from meshstress.topology import Link, Node, Segment, Topology
+from meshstress import build
+from meshstress.build import bringup, netns, plan, state
+from meshstress.cli import host as hostcli
+from meshstress.model.topology import Link, Node, Segment, Topology
 
 exe = [sys.executable, "-m", "meshstress.cli"]
 
@@ -77,7 +79,7 @@ def test_shared_segment_of_five_every_member_hears_every_transmission(mesh_facto
 def test_teardown_leaves_nothing_behind() -> None:
     topo = line(4)
     topo.segments.append(Segment("air", ["n0", "n2", "n3"]))
-    st = hostcli.bring_up(topo).state
+    st = bringup.bring_up(topo).state
     try:
         assert len([n for n in netns.list_names() if n.startswith(plan.run_prefix(st.run_id))]) == 5
         assert st.host_links[0] in host_links()
@@ -116,7 +118,7 @@ def test_a_failed_build_is_undone(monkeypatch) -> None:
     monkeypatch.setattr(build, "IPRoute", Failing)
     run_id = plan.new_run_id()
     with pytest.raises(RuntimeError, match="injected"):
-        hostcli.bring_up(line(6), run_id)
+        bringup.bring_up(line(6), run_id)
     assert leftovers(run_id) == []
 
 
@@ -159,7 +161,7 @@ def test_cli_bad_file_exits_2_with_one_line_and_creates_nothing(tmp_path) -> Non
 
 
 def test_teardown_closes_this_process_sockets_that_would_hold_namespaces() -> None:
-    st = hostcli.bring_up(line(2)).state
+    st = bringup.bring_up(line(2)).state
     mesh = build.Mesh(st)
     assert mesh.netlink("n0").get_links()  # a socket inside n0 is now open
     problems = build.teardown(st, timeout=10)
@@ -269,7 +271,7 @@ def test_cli_up_exits_1_when_routing_does_not_converge_and_keeps_the_mesh(tmp_pa
 
 
 def test_plugin_fixture_example_from_its_docstring(mesh_factory) -> None:
-    from meshstress import generators
+    from meshstress.model import generators
 
     mesh = mesh_factory(generators.line(3), routing="static")
     r = mesh.ping("n0", "n2", count=5)

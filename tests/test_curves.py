@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshstress import stats
-from meshstress.judge import curves
+from meshstress.judge import curves, stats
 from meshstress.judge.curves import (
     Curve,
     assert_graceful,

@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterator
 import psutil
 import pytest
 
-from meshstress import generators, state
-from meshstress.build import Mesh
-from meshstress.events import Event, EventRunner, run_timeline
+from meshstress.build import Mesh, state
+from meshstress.model import generators
+from meshstress.model.topology import Topology
 from meshstress.routing import Backend
 from meshstress.routing.testing import Routed, missing_handler, routed_meshes
-from meshstress.topology import Topology
+from meshstress.stress.events import Event, EventRunner, run_timeline
 
 pytestmark = pytest.mark.network
 

@@ -9,12 +9,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from meshstress import generators
 from meshstress.build import Mesh
-from meshstress.events import Event, EventRunner
+from meshstress.model import generators
+from meshstress.model.topology import Impairment
 from meshstress.routing.batman_adv import MESHIF, BatmanAdvBackend
 from meshstress.routing.testing import Routed, missing_handler, routed_meshes
-from meshstress.topology import Impairment
+from meshstress.stress.events import Event, EventRunner
 
 
 @pytest.fixture

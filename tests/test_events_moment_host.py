@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterator
 import psutil
 import pytest
 
-from meshstress import generators
 from meshstress.build import Mesh
 from meshstress.errors import MeshstressError
-from meshstress.events import MESH_GROUP, Event, EventRunner
+from meshstress.model import generators
 from meshstress.routing.testing import Routed, missing_handler, routed_meshes
+from meshstress.stress.events import MESH_GROUP, Event, EventRunner
 
 pytestmark = pytest.mark.network
 

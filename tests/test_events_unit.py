@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from meshstress import generators
 from meshstress.errors import InputError
-from meshstress.events import (
+from meshstress.model import generators
+from meshstress.model.topofile import loads_toml
+from meshstress.model.topology import Impairment
+from meshstress.stress.events import (
     ACTIONS,
     Event,
     link_interfaces,
@@ -21,8 +23,6 @@ from meshstress.events import (
     run_timeline,
     target,
 )
-from meshstress.topofile import loads_toml
-from meshstress.topology import Impairment
 
 SRC = "sc.toml"
 
@@ -313,7 +313,7 @@ def test_link_state_and_host_route_messages_decode_as_rtnetlink() -> None:
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
     from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-    from meshstress.events import host_route_msg, link_state_msg
+    from meshstress.stress.events import host_route_msg, link_state_msg
 
     down = ifinfmsg(link_state_msg(7, up=False, seq=41))
     down.decode()
@@ -337,7 +337,7 @@ def test_link_state_and_host_route_messages_decode_as_rtnetlink() -> None:
 def test_parse_acks_reads_errors_and_acks_by_sequence_number() -> None:
     import struct
 
-    from meshstress.events import parse_acks
+    from meshstress.stress.events import parse_acks
 
     def nlmsg(kind: int, seq: int, body: bytes) -> bytes:
         raw = struct.pack("=IHHII", 16 + len(body), kind, 0, seq, 1234) + body
@@ -357,7 +357,7 @@ def test_parse_acks_reads_errors_and_acks_by_sequence_number() -> None:
 def test_group_messages_decode_as_rtnetlink() -> None:
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-    from meshstress.events import MESH_GROUP, link_group_msg, link_set_group_msg
+    from meshstress.stress.events import MESH_GROUP, link_group_msg, link_set_group_msg
 
     down = ifinfmsg(link_group_msg(MESH_GROUP, up=False, seq=3, ack=True))
     down.decode()

@@ -21,10 +21,11 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from meshstress import build, netns
+from meshstress import build
+from meshstress.build import netns
+from meshstress.model.topology import Link, Node, Topology
 from meshstress.routing.base import node_dir as node_dir_of
 from meshstress.routing.testing import missing_handler, routed_meshes
-from meshstress.topology import Link, Node, Topology
 
 
 def ns_inode(pid: int | str) -> int:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from meshstress import fidelity
+from meshstress.build import bringup
 from meshstress.fidelity import Row
 from meshstress.pytest_plugin import require_capabilities
 
@@ -34,9 +35,9 @@ def check(row: Row) -> None:
 
 @pytest.fixture(scope="module")
 def netem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Row]]:
-    from meshstress import build, hostcli
+    from meshstress import build
 
-    up = hostcli.bring_up(fidelity.netem_topology(), wait=False)
+    up = bringup.bring_up(fidelity.netem_topology(), wait=False)
     try:
         with build.Mesh(up.state) as mesh:
             rows, _ = fidelity.measure_netem(mesh, str(tmp_path_factory.mktemp("fidelity")))

@@ -13,10 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from meshstress import generators
 from meshstress.build import Mesh
-from meshstress.flows import FlowSpec, start_flow
-from meshstress.metrics import flow_metrics, outage_after, outages
+from meshstress.judge.metrics import flow_metrics, outage_after, outages
+from meshstress.model import generators
+from meshstress.traffic.flows import FlowSpec, start_flow
 
 pytestmark = pytest.mark.network
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from meshstress import generators
 from meshstress.errors import InputError
-from meshstress.flowagent import TCP_INFO_FIELDS, TCP_INFO_SIZE, parse_tcp_info
-from meshstress.flows import FlowSpec, load_record, parse_flows
-from meshstress.metrics import flow_metrics, outages
+from meshstress.judge.metrics import flow_metrics, outages
+from meshstress.model import generators
 from meshstress.traffic import parse_ping, ping_records, ping_replies
+from meshstress.traffic.agent import TCP_INFO_FIELDS, TCP_INFO_SIZE, parse_tcp_info
+from meshstress.traffic.flows import FlowSpec, load_record, parse_flows
 
 TOPO = generators.line(3)
 
@@ -260,7 +260,7 @@ def test_missing_files_become_errors_not_exceptions(tmp_path: Path) -> None:
 
 
 def agent(*args: object) -> list[str]:
-    return [sys.executable, "-m", "meshstress.flowagent", *(str(a) for a in args)]
+    return [sys.executable, "-m", "meshstress.traffic.agent", *(str(a) for a in args)]
 
 
 def free_port(kind: int) -> int:
@@ -322,7 +322,7 @@ def test_agent_refuses_an_unbounded_end(tmp_path: Path) -> None:
 
 
 def test_outages_from_a_record_built_by_hand() -> None:
-    from meshstress.flows import FlowRecord
+    from meshstress.traffic.flows import FlowRecord
 
     spec = FlowSpec("u", "udp", "a", "b", rate_pps=10)
     sent = [(i, 100.0 + i * 0.1) for i in range(50)]

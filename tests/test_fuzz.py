@@ -28,10 +28,15 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from meshstress import events, flows, hostcli, netns, runner, scenario, state, topofile
+from meshstress import runner
+from meshstress.build import netns, state
 from meshstress.cli import cli
+from meshstress.cli import host as hostcli
 from meshstress.errors import InputError
+from meshstress.model import scenario, topofile
 from meshstress.routing.settings import BACKEND_NAMES
+from meshstress.stress import events
+from meshstress.traffic import flows
 
 FUZZ = settings(max_examples=500, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshstress import generators
-from meshstress.topology import Impairment, Topology
+from meshstress.model import generators
+from meshstress.model.topology import Impairment, Topology
 
 
 def no_duplicates(t: Topology) -> bool:

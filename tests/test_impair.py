@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshstress import impair, topofile
+from meshstress.build import impair
 from meshstress.errors import InputError
-from meshstress.topology import GilbertElliott, Impairment, simple_gilbert
+from meshstress.model import topofile
+from meshstress.model.topology import GilbertElliott, Impairment, simple_gilbert
 
 HEAD = 'nodes = ["a", "b", "c"]\n'
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from impair_traffic import tcp_goodput
 
-from meshstress import impair, topofile
-from meshstress.build import Mesh
+from meshstress.build import Mesh, bringup, impair
 from meshstress.doctor import has_netem
 from meshstress.errors import CapabilityError
-from meshstress.topology import Impairment
+from meshstress.model import topofile
+from meshstress.model.topology import Impairment
 
 pytestmark = pytest.mark.network
 
@@ -86,7 +86,6 @@ def test_replace_swaps_the_chain_and_ideal_restores_the_default(mesh_factory) ->
 def test_bring_up_names_the_missing_qdisc() -> None:
     if has_netem():
         pytest.skip("this kernel has netem: nothing is missing")
-    from meshstress import hostcli
 
     topo = topofile.loads_toml(
         'nodes = ["a", "b"]\n[[links]]\na = "a"\nb = "b"\nrate = "1mbit"\n'
@@ -94,7 +93,7 @@ def test_bring_up_names_the_missing_qdisc() -> None:
         "mixed.toml",
     )
     with pytest.raises(CapabilityError) as err:
-        hostcli.bring_up(topo)
+        bringup.bring_up(topo)
     text = str(err.value)
     # one of the two directions needs netem; tbf is there, so it is not named
     assert "mixed.toml: 1 impaired interfaces need the netem qdisc" in text, text

@@ -67,7 +67,7 @@ def test_wheel_has_probes_default_scenario_and_plugin(
 
     # the probes' C files resolve inside the installed package, and build one program
     probe = _run([py, "-c",
-                  "from meshstress import probes\n"
+                  "from meshstress.observe import probes\n"
                   "text, flags = probes.build_source(list(probes.PROBES), {})\n"
                   "print(probes.PROBES_DIR)\n"
                   "print(len(text), 'TRACEPOINT_PROBE' in text, ' '.join(flags))"],

@@ -24,8 +24,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from meshstress import build, netns, state
-from meshstress.plan import run_prefix
+from meshstress import build
+from meshstress.build import bringup, netns, state
+from meshstress.build.plan import run_prefix
 
 pytestmark = pytest.mark.network
 
@@ -358,8 +359,7 @@ def test_signal_during_traffic_leaves_nothing(tmp_path, sig) -> None:
 def test_clean_leaves_a_run_whose_owner_is_alive(tmp_path, monkeypatch) -> None:
     """A run in progress (its owner, this test process, alive) survives `clean --all` from
     another process; a run whose owner has exited (`meshstress up`) is removed."""
-    from meshstress import hostcli
-    from meshstress.topology import Link, Node, Topology
+    from meshstress.model.topology import Link, Node, Topology
 
     env = env_with_state(tmp_path)
     state_dir = env["MESHSTRESS_STATE_DIR"]
@@ -369,7 +369,7 @@ def test_clean_leaves_a_run_whose_owner_is_alive(tmp_path, monkeypatch) -> None:
     mine = None
     try:
         line = Topology("l2", [Node("a"), Node("b")], [Link("a", "b")])
-        mine = hostcli.bring_up(line, wait=False).state
+        mine = bringup.bring_up(line, wait=False).state
         up = subprocess.run([*EXE, "up", str(topo)], capture_output=True, text=True, env=env)
         assert up.returncode == 0, up.stderr
         (orphan,) = [st for st in runs_in(state_dir) if st.run_id != mine.run_id]

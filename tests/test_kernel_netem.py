@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from meshstress import topofile
 from meshstress.build import Mesh
+from meshstress.model import topofile
 
 pytestmark = pytest.mark.kernel("netem")
 
@@ -57,7 +57,7 @@ def test_impaired_interfaces_have_segmentation_offloads_off(mesh_factory) -> Non
     from pyroute2.ethtool.ethtool import EthtoolFeatures
     from pyroute2.ethtool.ioctl import IoctlEthtool
 
-    from meshstress import netns
+    from meshstress.build import netns
 
     mesh = mesh_factory(topofile.loads_toml(TOPOLOGY, "netem.toml"))
     a_to_b = mesh.state.interfaces["a"][0]["ifname"]
@@ -170,7 +170,7 @@ def test_netem_with_rate_delays_and_limits(mesh_factory) -> None:
     shows the delay once; a 1.5 MB transfer a->b runs at about 4 Mbit/s, b->a is free."""
     from impair_traffic import tcp_goodput
 
-    from meshstress import impair
+    from meshstress.build import impair
 
     topo = topofile.loads_toml(
         'nodes = ["a", "b"]\n[[links]]\na = "a"\nb = "b"\n'
@@ -202,8 +202,8 @@ def test_netem_with_rate_delays_and_limits(mesh_factory) -> None:
 
 def test_replace_swaps_netem_chains(mesh_factory) -> None:
     """impair.replace (used by timed events): netem+tbf -> gemodel netem -> ideal."""
-    from meshstress import impair
-    from meshstress.topology import GilbertElliott, Impairment
+    from meshstress.build import impair
+    from meshstress.model.topology import GilbertElliott, Impairment
 
     topo = topofile.loads_toml(
         'nodes = ["a", "b"]\n[[links]]\na = "a"\nb = "b"\n'

@@ -1,4 +1,4 @@
-"""meshstress.metrics, pure: worked examples and hypothesis properties."""
+"""meshstress.judge.metrics, pure: worked examples and hypothesis properties."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshstress.flows import FlowRecord, FlowSpec
-from meshstress.metrics import (
+from meshstress.judge.metrics import (
     flow_metrics,
     outage_after,
     outages,
@@ -18,6 +17,7 @@ from meshstress.metrics import (
     rfc3550_jitter,
     span,
 )
+from meshstress.traffic.flows import FlowRecord, FlowSpec
 
 UDP = FlowSpec("u", "udp", "a", "b", rate_pps=100, size=200)
 

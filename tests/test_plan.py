@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from meshstress.plan import IFNAMSIZ, OBJECT_RE, make_plan, new_run_id, run_prefix
-from meshstress.state import ProcessRecord, RunState
-from meshstress.topology import Impairment, Link, Node, Segment, Topology
+from meshstress.build.plan import IFNAMSIZ, OBJECT_RE, make_plan, new_run_id, run_prefix
+from meshstress.build.state import ProcessRecord, RunState
+from meshstress.model.topology import Impairment, Link, Node, Segment, Topology
 
 
 def line(n: int) -> Topology:
@@ -89,7 +89,7 @@ def test_bad_run_ids_are_refused() -> None:
 
 
 def test_state_round_trips_through_its_file(tmp_path, monkeypatch) -> None:
-    from meshstress import state
+    from meshstress.build import state
 
     monkeypatch.setattr(state, "STATE_DIR", str(tmp_path))
     st = RunState(run_id="rt", topology="t", namespaces=["ms-rt-a"])
@@ -124,7 +124,7 @@ def test_impaired_interfaces_are_the_node_ends_with_egress_impairments() -> None
 
 
 def test_netem_args() -> None:
-    from meshstress.impair import describe, netem_args
+    from meshstress.build.impair import describe, netem_args
 
     assert netem_args(Impairment()) == {"limit": 1000}
     args = netem_args(Impairment(loss=0.05, delay=0.02, jitter=0.002, rate=10_000_000))

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 from impair_traffic import _UDP_RECV, _UDP_SEND, _ready, _start, pin_neighbour, udp_stream
 
-from meshstress import generators, topofile
 from meshstress.build import Mesh
-from meshstress.probes import Probes, delta
+from meshstress.model import generators, topofile
+from meshstress.observe.probes import Probes, delta
 
 pytestmark = pytest.mark.kernel("bcc+headers")
 
@@ -381,7 +381,8 @@ def test_a_run_reports_probe_counters_per_node(probes: Probes, tmp_path) -> None
     """`meshstress run` with probes (here the session's, to compile once): the UDP flow's
     packets show on each hop's interfaces, once each, and the totals add them up. Counts
     are checked against what the run itself sent (how many depends on the host's speed)."""
-    from meshstress import runner, scenario
+    from meshstress import runner
+    from meshstress.model import scenario
 
     r = runner.run(scenario.loads(RUN, "probed-line.toml"), tmp_path, probes=probes)
     cbr = r["flows"]["cbr"]

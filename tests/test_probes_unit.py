@@ -1,4 +1,4 @@
-"""meshstress.probes without a kernel: delta, drop-reason tables, key mapping, hook
+"""meshstress.observe.probes without a kernel: delta, drop-reason tables, key mapping, hook
 choice, source assembly, and the capability errors."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from meshstress import probes
 from meshstress.errors import CapabilityError, MeshstressError
-from meshstress.probes import (
+from meshstress.observe import probes
+from meshstress.observe.probes import (
     FALLBACK_REASONS,
     PROBES,
     PROBES_DIR,

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 import psutil
 import pytest
 
-from meshstress import generators, state
-from meshstress.build import Mesh, teardown
+from meshstress.build import Mesh, state, teardown
+from meshstress.model import generators
 from meshstress.routing import snapshot, wait_reroute
 from meshstress.routing.probe import ping_pairs
 from meshstress.routing.static import neighbour_interfaces

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from meshstress import generators
 from meshstress.build import Mesh
+from meshstress.model import generators
 from meshstress.routing import snapshot, wait_reroute
 from meshstress.routing.batman_adv import BatmanAdvBackend
 from meshstress.routing.probe import ping_pairs

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from meshstress import generators
 from meshstress.errors import InputError
+from meshstress.model import generators
+from meshstress.model.topology import Link, Node, Segment, Topology
 from meshstress.routing import BACKEND_NAMES, get_backend, rtdump
 from meshstress.routing import genl_batadv as genl
 from meshstress.routing.babeld import babeld_argv
@@ -30,7 +31,6 @@ from meshstress.routing.converge import (
 )
 from meshstress.routing.probe import checksum, echo_request, parse_echo_reply
 from meshstress.routing.static import path_hops, shortest_path_routes
-from meshstress.topology import Link, Node, Segment, Topology
 
 # --- shortest paths ------------------------------------------------------------
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from meshstress import build, netns, state
+from meshstress import build
+from meshstress.build import netns, state
 
 pytestmark = pytest.mark.network
 

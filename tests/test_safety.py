@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from meshstress import names, plan, report, safefs, scenario, state, topofile
+from meshstress import report, safefs
+from meshstress.build import plan, state
 from meshstress.cli import cli
 from meshstress.errors import InputError, MeshstressError
 from meshstress.lab import guest, qemu
 from meshstress.lab import runner as lab_runner
-from meshstress.topology import Link, Node, Segment, Topology
+from meshstress.model import names, scenario, topofile
+from meshstress.model.topology import Link, Node, Segment, Topology
 
 SCENARIO = """
 [scenario]
@@ -82,7 +84,7 @@ def test_cli_escaping_scenario_name_exits_2_and_creates_nothing(tmp_path: Path) 
 
 
 def test_run_folder_outside_results_is_refused() -> None:
-    from meshstress.run_cli import run_folder
+    from meshstress.cli.run import run_folder
 
     assert run_folder("ok", "1", None) == Path("results").absolute() / "ok-1"
     with pytest.raises(MeshstressError, match="outside"):

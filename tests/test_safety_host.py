@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
-from meshstress import build, hostcli, netns, plan, state
-from meshstress.topology import Link, Node, Topology
+from meshstress import build
+from meshstress.build import bringup, netns, plan, state
+from meshstress.model.topology import Link, Node, Topology
 
 pytestmark = pytest.mark.network
 
@@ -51,7 +52,7 @@ def decoys(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_teardown_of_a_tampered_state_file_removes_only_the_runs_own(tmp_path: Path) -> None:
     topo = Topology("pair", [Node("a"), Node("b")], [Link("a", "b")])
     with decoys(tmp_path) as (ns, link, victim):
-        up = hostcli.bring_up(topo, wait=False)
+        up = bringup.bring_up(topo, wait=False)
         st = up.state
         pre = plan.run_prefix(st.run_id)
         try:

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from meshstress import report, scenario
+from meshstress import report
 from meshstress.cli import cli
+from meshstress.cli.run import default_scenario
 from meshstress.errors import InputError
-from meshstress.run_cli import default_scenario
+from meshstress.model import scenario
 
 GOOD = """
 [scenario]

@@ -14,8 +14,8 @@ import sys
 import pytest
 
 from meshstress import build
+from meshstress.model.topology import Link, Node, Topology
 from meshstress.observe.skbtrace import SkbTrace, parse_lengths
-from meshstress.topology import Link, Node, Topology
 
 pytestmark = pytest.mark.network
 

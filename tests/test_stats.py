@@ -1,4 +1,4 @@
-"""meshstress.stats and the design of the fidelity checks (pure)."""
+"""meshstress.judge.stats and the design of the fidelity checks (pure)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from meshstress import fidelity, stats
+from meshstress import fidelity
 from meshstress.fidelity import Stream
+from meshstress.judge import stats
 
 
 def test_z() -> None:

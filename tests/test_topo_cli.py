@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from meshstress.cli import cli
-from meshstress.topofile import load, loads_toml
+from meshstress.model.topofile import load, loads_toml
 
 DATA = Path(__file__).resolve().parent / "data"
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,7 +157,7 @@ def test_show_disconnected(tmp_path: Path) -> None:
 
 
 def test_show_diameter_agrees_with_the_model() -> None:
-    from meshstress.topo_cli import summary
+    from meshstress.cli.topo import summary
 
     t = load(DATA / "freifunk-ulm.json")
     assert summary(t)["diameter"] == t.diameter()

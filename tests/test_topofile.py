@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshstress import generators, topofile
 from meshstress.errors import InputError
-from meshstress.topology import GilbertElliott, Impairment, Link, Node, Segment, Topology
+from meshstress.model import generators, topofile
+from meshstress.model.topology import GilbertElliott, Impairment, Link, Node, Segment, Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "freifunk"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshstress import units
+from meshstress.model import units
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from meshstress import report, scenario
+from meshstress import report
+from meshstress.cli.run import exit_code
 from meshstress.errors import InputError
-from meshstress.run_cli import exit_code
+from meshstress.judge.verdict import HostLimits, judge_host, softnet_dropped
+from meshstress.model import scenario
 from meshstress.runner import host_load
-from meshstress.verdict import HostLimits, judge_host, softnet_dropped
 
 DEFAULT = HostLimits()
 

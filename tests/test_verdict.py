@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshstress import verdict
+from meshstress.judge import verdict
 
 RESULTS = {
     "mesh": {"converged": True, "convergence_s": 2.5},

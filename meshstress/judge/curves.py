@@ -34,7 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from meshstress import stats, units, verdict
+from meshstress.judge import stats, verdict
+from meshstress.model import units
 
 Better = Literal["higher", "lower"]
 _clopper_pearson = functools.lru_cache(maxsize=4096)(stats.clopper_pearson)

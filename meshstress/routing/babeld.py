@@ -13,7 +13,7 @@ from meshstress.routing.base import Backend, live_records, node_dir, which
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
-    from meshstress.topology import Topology
+    from meshstress.model.topology import Topology
 
 
 def _fmt(seconds: float) -> str:

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import psutil
 from pyroute2.netlink.exceptions import NetlinkError
 
-from meshstress import netns
-from meshstress import state as state_mod
-from meshstress.build import stop_processes
+from meshstress.build import netns, stop_processes
+from meshstress.build import state as state_mod
 from meshstress.routing import settings as st
 from meshstress.routing.rtdump import (
     DEFAULT_RULES_TABLES,
@@ -29,7 +28,7 @@ from meshstress.routing.rtdump import (
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
-    from meshstress.topology import Topology
+    from meshstress.model.topology import Topology
 
 # pyroute2 adds routes as proto static (4) by default, the builder's included; our
 # static backend marks its routes with a protocol number nobody else uses.

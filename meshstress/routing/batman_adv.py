@@ -19,14 +19,14 @@ import shlex
 import subprocess
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from meshstress import netns
+from meshstress.build import netns
 from meshstress.routing import settings as st
 from meshstress.routing.base import Backend, Route, ifindex_map, mesh_ifnames, which
 from meshstress.routing.genl_batadv import BatadvNetlink
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
-    from meshstress.topology import Topology
+    from meshstress.model.topology import Topology
 
 MESHIF = "bat0"
 ALGO_PARAM = "/sys/module/batman_adv/parameters/routing_algo"

@@ -15,7 +15,7 @@ import os
 import subprocess
 from typing import TYPE_CHECKING, Any
 
-from meshstress import netns
+from meshstress.build import netns
 from meshstress.routing import settings as st
 from meshstress.routing.base import (
     Backend,
@@ -28,7 +28,7 @@ from meshstress.routing.base import (
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
-    from meshstress.topology import Topology
+    from meshstress.model.topology import Topology
 
 MS_REC = 16384
 MS_PRIVATE = 1 << 18

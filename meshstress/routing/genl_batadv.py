@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
-from meshstress import netns
+from meshstress.build import netns
 
 NETLINK_GENERIC = 16
 GENL_ID_CTRL = 0x10

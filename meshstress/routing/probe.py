@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from meshstress import netns
+from meshstress.build import netns
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh

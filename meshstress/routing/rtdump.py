@@ -10,7 +10,7 @@ import socket
 import struct
 from typing import NamedTuple
 
-from meshstress import netns
+from meshstress.build import netns
 from meshstress.routing.genl_batadv import NLMSG_DONE, NLMSG_ERROR, parse_attrs, split_messages
 
 NETLINK_ROUTE = 0

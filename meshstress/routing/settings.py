@@ -4,7 +4,7 @@ Settings come from the topology (`topo.routing_settings`, flat: {"hello_interval
 a nested block named after the backend, {"babeld": {...}}, is merged over the flat
 keys so one file can carry settings for several backends) and per node
 (`node.settings["routing"]`, same keys, overriding the topology's for that node).
-Durations go through meshstress.units.parse_duration; values come back in SI units
+Durations go through meshstress.model.units.parse_duration; values come back in SI units
 (seconds), ints or bools.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshstress.errors import InputError
-from meshstress.units import parse_duration
+from meshstress.model.units import parse_duration
 
 BACKEND_NAMES = ("none", "static", "babeld", "batmand", "batman-adv")
 

@@ -9,7 +9,7 @@ from meshstress.routing.base import RT_PROTO_MESHSTRESS, Backend
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
-    from meshstress.topology import Topology
+    from meshstress.model.topology import Topology
 
 
 def shortest_path_routes(topo: Topology) -> dict[str, dict[str, str]]:

@@ -6,13 +6,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from meshstress import state
-from meshstress.build import Mesh, teardown
+from meshstress.build import Mesh, state, teardown
+from meshstress.build.bringup import bring_up
 from meshstress.errors import CapabilityError
-from meshstress.hostcli import bring_up
+from meshstress.model.topology import Topology
 from meshstress.pytest_plugin import require_capabilities
 from meshstress.routing import Backend, ConvergenceResult
-from meshstress.topology import Topology
 
 Routed = tuple[Mesh, Backend, ConvergenceResult]
 

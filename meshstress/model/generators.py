@@ -11,7 +11,7 @@ import math
 import random
 from collections.abc import Iterable
 
-from meshstress.topology import (
+from meshstress.model.topology import (
     DEFAULT_PREFIX,
     LINK_MODELS,
     ROUTINGS,

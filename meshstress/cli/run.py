@@ -62,7 +62,8 @@ def run(
     capability, 4 invalid: the host was saturated while it measured (CPU, or softnet
     backlog drops; limits in [verdict]), the numbers are kept in results.json.
     """
-    from meshstress import report, runner, scenario, units
+    from meshstress import report, runner
+    from meshstress.model import scenario, units
 
     path = Path(scenario_file) if scenario_file else default_scenario()
     sc = scenario.load(path)

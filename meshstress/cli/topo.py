@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from meshstress import generators, units
-from meshstress.topofile import dumps_toml, load, loads_toml
-from meshstress.topology import DEFAULT_PREFIX, LINK_MODELS, ROUTINGS, Impairment, Topology
+from meshstress.model import generators, units
+from meshstress.model.topofile import dumps_toml, load, loads_toml
+from meshstress.model.topology import DEFAULT_PREFIX, LINK_MODELS, ROUTINGS, Impairment, Topology
 
 # kind -> (argument names, builder)
 _GEN_ARGS: dict[str, tuple[str, ...]] = {

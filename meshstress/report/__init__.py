@@ -16,7 +16,7 @@ from xml.sax.saxutils import escape, quoteattr
 from meshstress import safefs
 
 if TYPE_CHECKING:
-    from meshstress.scenario import Scenario
+    from meshstress.model.scenario import Scenario
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -335,7 +335,7 @@ def dumps_scenario_data(data: Mapping[str, Any]) -> str:
 def write_resolved(sc: Scenario, out_dir: Path) -> Path:
     """scenario.toml + topology.toml in out_dir, needing no other file: the topology with
     routing, settings and prefix applied, the rest of the scenario as it was given."""
-    from meshstress.topofile import dumps_toml
+    from meshstress.model.topofile import dumps_toml
 
     safefs.write_file(out_dir, "topology.toml", dumps_toml(sc.topology))
     data = {k: v for k, v in sc.raw.items() if k != "mesh"}

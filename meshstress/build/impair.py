@@ -28,7 +28,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshstress.topology import Impairment, simple_gilbert
+from meshstress.model.topology import Impairment, simple_gilbert
 
 __all__ = [
     "QdiscSpec",
@@ -176,7 +176,7 @@ def chain(imp: Impairment, mtu: int = 1500) -> list[QdiscSpec]:
 
 
 def describe(imp: Impairment) -> str:
-    from meshstress import units
+    from meshstress.model import units
 
     pct = units.format_fraction
     parts = []

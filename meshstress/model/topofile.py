@@ -19,9 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from meshstress import units
 from meshstress.errors import InputError
-from meshstress.topology import (
+from meshstress.model import units
+from meshstress.model.topology import (
     DEFAULT_PREFIX,
     LINK_MODELS,
     ROUTINGS,

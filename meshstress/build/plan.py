@@ -19,8 +19,8 @@ import string
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from meshstress.names import node_problem
-from meshstress.topology import Impairment, Topology
+from meshstress.model.names import node_problem
+from meshstress.model.topology import Impairment, Topology
 
 NS_PREFIX = "ms-"
 RUN_ID_RE = re.compile(r"^[a-z0-9]{1,6}$")

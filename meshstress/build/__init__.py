@@ -1,6 +1,6 @@
 """Apply a Plan to the kernel through netlink, and tear a run down again.
 
-Everything here has side effects; what to make is decided in meshstress.plan.
+Everything here has side effects; what to make is decided in meshstress.build.plan.
 The state file is written before the first object exists, so an interrupted build
 is undone by `down`/`clean` like a finished one.
 """
@@ -23,11 +23,12 @@ from pyroute2 import IPRoute
 from pyroute2.ethtool.ioctl import IoctlEthtool
 from pyroute2.netlink.exceptions import NetlinkError
 
-from meshstress import impair, netns
+from meshstress.build import impair
+from meshstress.build import netns
 from meshstress.errors import MeshstressError
-from meshstress.plan import OBJECT_RE, Plan, run_prefix
-from meshstress.state import ProcessRecord, RunState, removable
-from meshstress.topology import Impairment
+from meshstress.build.plan import OBJECT_RE, Plan, run_prefix
+from meshstress.build.state import ProcessRecord, RunState, removable
+from meshstress.model.topology import Impairment
 
 if TYPE_CHECKING:
     from meshstress.traffic import PingResult

@@ -1,8 +1,8 @@
 """The two ends of the fidelity streams (meshstress.fidelity); stdlib only, and one
 process per end for all streams of a phase, so that few interpreters start under qemu.
 
-    python -m meshstress.fidelityagent recv SPEC.json READY
-    python -m meshstress.fidelityagent send SPEC.json
+    python -m meshstress.fidelity.agent recv SPEC.json READY
+    python -m meshstress.fidelity.agent send SPEC.json
 
 SPEC is a JSON list of streams. recv: {"ns", "bind", "port", "out"}; send: {"ns",
 "bind", "to", "port", "count", "pps", "size", "out"}. Each socket is made inside its
@@ -33,7 +33,7 @@ import sys
 import time
 from typing import Any
 
-from meshstress.flowagent import _on_signal, _Stop, _write  # the same agent plumbing
+from meshstress.traffic.agent import _on_signal, _Stop, _write  # the same agent plumbing
 
 HEADER = struct.Struct("!Qd")
 CLONE_NEWNET = 0x40000000

@@ -19,7 +19,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from meshstress import names, safefs
+from meshstress import safefs
+from meshstress.model import names
 from meshstress.errors import InputError
 
 STATE_DIR = os.environ.get("MESHSTRESS_STATE_DIR", "/run/meshstress")

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
-from meshstress import impair, units
+from meshstress.build import impair
 from meshstress.errors import MeshstressError
+from meshstress.model import units
+from meshstress.model.topofile import _IMPAIR_KEYS, _Ctx
+from meshstress.model.topology import Impairment, Topology
 from meshstress.routing.base import freeze_processes, live_records, neighbour_route_ifaces
-from meshstress.topofile import _IMPAIR_KEYS, _Ctx
-from meshstress.topology import Impairment, Topology
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh

@@ -12,7 +12,7 @@ check are in docs/fidelity.md.
 `measure_netem(mesh, dir)` runs the netem cases on a mesh of `netem_topology()`;
 `measure_rate(mesh, rate, dir)` one tbf case on `rate_topology(rates)` (tbf alone works
 on hosts without netem). They return `Row`s (`Row.as_dict()` for JSON). The agents run
-inside the nodes: `python -m meshstress.fidelityagent send|recv ...`.
+inside the nodes: `python -m meshstress.fidelity.agent send|recv ...`.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from meshstress import stats
+from meshstress.judge import stats
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
-    from meshstress.topology import Topology
+    from meshstress.model.topology import Topology
 
 FRAME_OVERHEAD = 14 + 20 + 8  # Ethernet, IPv4, UDP headers: tbf counts the whole frame
 SIZE = 200  # payload bytes of the statistics cases
@@ -162,9 +162,9 @@ def run_streams(
     mesh: Mesh, plans: list[Plan], workdir: str, linger: float = 1.0
 ) -> dict[str, Stream]:
     """Run every plan at once: one receiver process for all of them, then one sender
-    (`python -m meshstress.fidelityagent`); return the streams by name."""
+    (`python -m meshstress.fidelity.agent`); return the streams by name."""
     os.makedirs(workdir, exist_ok=True)
-    agent = [sys.executable, "-m", "meshstress.fidelityagent"]
+    agent = [sys.executable, "-m", "meshstress.fidelity.agent"]
 
     def path(p: Plan, what: str) -> str:
         return os.path.join(workdir, f"{p.name}.{what}")
@@ -301,7 +301,7 @@ def netem_cases() -> list[tuple[str, str, str]]:
 
 
 def netem_topology() -> Topology:
-    from meshstress import topofile
+    from meshstress.model import topofile
 
     cases = netem_cases()
     nodes = ", ".join(f'"{n}a", "{n}b"' for n, _, _ in cases)
@@ -310,7 +310,7 @@ def netem_topology() -> Topology:
 
 
 def rate_topology(rates_mbit: tuple[float, ...] = RATES_MBIT) -> Topology:
-    from meshstress import topofile
+    from meshstress.model import topofile
 
     names = [f"rate{r:g}" for r in rates_mbit] + ["free"]
     nodes = ", ".join(f'"{n}a", "{n}b"' for n in names)
@@ -683,7 +683,7 @@ def measure_netem(
 def bucket_frames(rate_mbit: float, size: int = RATE_SIZE) -> int:
     """Frames that tbf's bucket (impair.tbf_args: 4 ms at the rate, at least two frames)
     lets through at once after the queue ran empty."""
-    from meshstress import impair
+    from meshstress.build import impair
 
     burst = max(2 * impair._frame(1500), math.ceil(rate_mbit * 1e6 / 8 * impair.TBF_BURST_S))
     return math.ceil(burst / (size + FRAME_OVERHEAD))

@@ -1,13 +1,13 @@
-"""One end of a traffic flow, run inside a node's namespace by meshstress.flows.
+"""One end of a traffic flow, run inside a node's namespace by meshstress.traffic.flows.
 
-    python -m meshstress.flowagent udp-recv --bind ADDR --port P --end T --out F [--ready F]
-    python -m meshstress.flowagent udp-send --bind ADDR --to ADDR --port P --start T --end T
+    python -m meshstress.traffic.agent udp-recv --bind ADDR --port P --end T --out F [--ready F]
+    python -m meshstress.traffic.agent udp-send --bind ADDR --to ADDR --port P --start T --end T
                                             --pps R --size B --out F [--ready F]
-    python -m meshstress.flowagent tcp-recv --bind ADDR --port P --start T --end T --out F
+    python -m meshstress.traffic.agent tcp-recv --bind ADDR --port P --start T --end T --out F
                                             [--ready F] [--bin 0.1]
-    python -m meshstress.flowagent tcp-send --bind ADDR --to ADDR --port P --start T --end T
+    python -m meshstress.traffic.agent tcp-send --bind ADDR --to ADDR --port P --start T --end T
                                             [--bps N] --out F [--ready F]
-    python -m meshstress.flowagent ping --start T --out-offset F -- ping ARGS...
+    python -m meshstress.traffic.agent ping --start T --out-offset F -- ping ARGS...
 
 All times are absolute CLOCK_MONOTONIC seconds (time.monotonic()), comparable between
 namespaces. Every agent stops at its --end (receivers: the caller adds a linger), on
@@ -290,7 +290,7 @@ def ping_exec(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m meshstress.flowagent")
+    p = argparse.ArgumentParser(prog="python -m meshstress.traffic.agent")
     p.add_argument("mode", choices=["udp-recv", "udp-send", "tcp-recv", "tcp-send", "ping"])
     p.add_argument("--bind", default="")
     p.add_argument("--to", default="")

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from meshstress import units
+from meshstress.model import units
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
     ">=": operator.ge,

@@ -17,8 +17,8 @@ naming the file and the field. The format (docs/scenario.md):
     ideal = false                             # drop the topology's impairments
     converge_timeout = "60s"
 
-    [[traffic]]  ... (meshstress.flows.parse_flows)
-    [[events]]   ... (meshstress.events.parse_events)
+    [[traffic]]  ... (meshstress.traffic.flows.parse_flows)
+    [[events]]   ... (meshstress.stress.events.parse_events)
 
     [verdict]
     assert = ["flows.cbr.delivery_ratio >= 90%", "events[0].recovery_s.cbr <= 10s"]
@@ -32,13 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshstress import generators, names, topofile, units, verdict
 from meshstress.errors import InputError
-from meshstress.topology import Topology
+from meshstress.judge import verdict
+from meshstress.model import generators, names, topofile, units
+from meshstress.model.topology import Topology
 
 if TYPE_CHECKING:
-    from meshstress.events import Event
-    from meshstress.flows import FlowSpec
+    from meshstress.stress.events import Event
+    from meshstress.traffic.flows import FlowSpec
 
 WHERE = ("auto", "host", "lab")
 SCENARIO_KEYS = ("name", "description", "duration", "where", "probes", "warmup", "route_interval")
@@ -79,7 +80,7 @@ class Scenario:
 
     def needs(self) -> list[str]:
         """Doctor check names this scenario needs from the kernel, beyond netns and veth."""
-        from meshstress import impair
+        from meshstress.build import impair
 
         topo = self.topology
         out = ["batman-adv"] if topo.routing == "batman-adv" else []
@@ -140,7 +141,7 @@ def _str(source: str, value: Any, fld: str) -> str:
 
 def generate(spec: str, source: str, fld: str) -> Topology:
     """'grid4 3 3' (or 'random 20 seed=3 degree=4') -> a generated Topology."""
-    from meshstress.topo_cli import _GEN_ARGS
+    from meshstress.cli.topo import _GEN_ARGS
 
     try:
         words = shlex.split(spec)
@@ -268,8 +269,8 @@ def from_data(data: dict[str, Any], source: str, base: Path) -> Scenario:
     if "require_converged" in mesh:
         sc.require_converged = _bool(source, mesh["require_converged"], "mesh.require_converged")
 
-    from meshstress.events import parse_events
-    from meshstress.flows import parse_flows
+    from meshstress.stress.events import parse_events
+    from meshstress.traffic.flows import parse_flows
 
     sc.flows = parse_flows(data.get("traffic", []), source, topo, field="traffic")
     sc.events = parse_events(data.get("events", []), source, topo, field="events")
@@ -296,7 +297,7 @@ def check_times(sc: Scenario) -> None:
 
 
 def _probes(source: str, value: Any) -> list[str]:
-    from meshstress.probes import PROBES
+    from meshstress.observe.probes import PROBES
 
     if value is True:
         return list(PROBES)

@@ -1,7 +1,7 @@
 """eBPF probes (BCC): per node and interface packets/bytes, drops by reason, TCP
 retransmissions and batman-adv overhead, attributed by network namespace.
 
-    from meshstress.probes import Probes, delta
+    from meshstress.observe.probes import Probes, delta
     probes = Probes()              # compiles and attaches once (about 70 s in the VM lab)
     probes.watch(mesh)             # the mesh's namespaces and interfaces
     before = probes.snapshot()
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 PROBES = ("traffic", "drops", "tcp_retrans", "batman")
 
-PROBES_DIR = Path(os.environ.get("MESHSTRESS_PROBES_DIR", Path(__file__).parent / "bpf"))
+PROBES_DIR = Path(os.environ.get("MESHSTRESS_PROBES_DIR", Path(__file__).parent.parent / "bpf"))
 TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
 
@@ -524,7 +524,7 @@ class Probes:
             watched[ctypes.c_uint32(inum)] = ctypes.c_uint8(1)
 
     def _learn(self, mesh: Mesh, node: str) -> None:
-        from meshstress import netns
+        from meshstress.build import netns
 
         inum = os.stat(netns.path(mesh.ns(node))).st_ino
         self._node_of_ns[inum] = node

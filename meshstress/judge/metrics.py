@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from meshstress.flows import FlowRecord
+    from meshstress.traffic.flows import FlowRecord
 
 SERIES_BIN = 0.5  # seconds per point of a udp/ping flow's time series
 TCP_MIN_GAP = 0.3

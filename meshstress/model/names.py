@@ -8,8 +8,8 @@ is checked here before anything is created, so no name can climb out of its dire
 - `label_problem`: scenario, flow and process names: 1-64 of [A-Za-z0-9._-], starting
   with a letter or digit (so never "." or "..", never a leading "-").
 - `node_problem`: node and segment names: 1-15 of [A-Za-z0-9_-], not starting with "-"
-  (meshstress.topology.name_problem: the namespace is ms-RUN-NODE).
-- `run_id_problem`: run ids: 1-6 lowercase letters or digits (meshstress.plan.RUN_ID_RE).
+  (meshstress.model.topology.name_problem: the namespace is ms-RUN-NODE).
+- `run_id_problem`: run ids: 1-6 lowercase letters or digits (meshstress.build.plan.RUN_ID_RE).
 
 `check(value, source, field, problem)` raises the InputError that the CLI turns into one
 line naming the file and the field, exit code 2.
@@ -41,7 +41,7 @@ def label_problem(name: object) -> str | None:
 
 def node_problem(name: object) -> str | None:
     """Why `name` cannot name a node or segment (part of a namespace name), or None."""
-    from meshstress.topology import name_problem
+    from meshstress.model.topology import name_problem
 
     if not isinstance(name, str):
         return f"expected a string, got {type(name).__name__}"

@@ -1,8 +1,8 @@
 """The topology model: nodes, point-to-point links and shared-medium segments.
 
 Pure Python. Values are already parsed into SI units (seconds, fractions, bits/s);
-parsing and validation of files live in meshstress.topofile, generators in
-meshstress.generators.
+parsing and validation of files live in meshstress.model.topofile, generators in
+meshstress.model.generators.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 `parse_flows` turns a scenario's `[[traffic]]` tables into FlowSpecs (pure).
 `start_flow` starts both ends of one flow inside the nodes' namespaces (receiver first,
-then sender; each a `python -m meshstress.flowagent` process, or iputils ping for
+then sender; each a `python -m meshstress.traffic.agent` process, or iputils ping for
 `ping`), records their PIDs in the run's state, and returns a Flow; `Flow.record()`
-reads the ends' files into a FlowRecord, which meshstress.metrics turns into numbers.
+reads the ends' files into a FlowRecord, which meshstress.judge.metrics turns into numbers.
 All times are time.monotonic() values.
 """
 
@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from meshstress import names, units
 from meshstress.errors import InputError
+from meshstress.model import names, units
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
-    from meshstress.topology import Topology
+    from meshstress.model.topology import Topology
 
 KINDS = ("udp", "tcp", "ping")
 KEYS = ("name", "kind", "from", "to", "start", "duration", "rate", "size", "port")
@@ -225,7 +225,7 @@ def parse_flows(raw: object, source: str, topo: Topology, field: str = "traffic"
 
 
 def _agent(mode: str, *args: object) -> list[str]:
-    return [sys.executable, "-m", "meshstress.flowagent", mode, *(str(a) for a in args)]
+    return [sys.executable, "-m", "meshstress.traffic.agent", mode, *(str(a) for a in args)]
 
 
 def _last_line(path: str) -> str:

@@ -76,10 +76,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from meshstress import hostcli
+    from meshstress.cli import host as hostcli
+    from meshstress.cli.run import report_cmd, run
+    from meshstress.cli.topo import topo
     from meshstress.lab import lab
-    from meshstress.run_cli import report_cmd, run
-    from meshstress.topo_cli import topo
 
     cli.add_command(run)
     cli.add_command(report_cmd, name="report")
@@ -96,6 +96,3 @@ _register()
 def main() -> None:
     cli(prog_name="meshstress")  # also under `python -m meshstress`
 
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,5 @@
+"""`python -m meshstress.cli` is the `meshstress` command."""
+
+from meshstress.cli import main
+
+main()
