@@ -72,3 +72,7 @@ def plain_error(exc: BaseException) -> str:
         return f"{filename}: {text}" if filename else text
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class Interrupted(BaseException):
+    """SIGTERM during a build or a run: unwound like Ctrl-C, so `finally` cleans up."""

@@ -240,3 +240,37 @@ def test_show_altdorf() -> None:
         pytest.skip(f"shared data directory {SHARED} is absent")
     code, out, _ = run("topo", "show", str(SHARED / "freifunk-altdorf.json"), "--json")
     assert code == 0 and json.loads(out)["nodes"] == 660
+
+
+def test_help_lists_each_command_with_its_own_short_help() -> None:
+    """`meshstress --help` writes the short helps from COMMANDS without importing the
+    commands; they must read as a plain click group holding the real commands would."""
+    import click
+
+    from meshstress.cli import COMMANDS, load_command
+
+    plain = click.Group("meshstress", help=cli.help)
+    for name in COMMANDS:
+        plain.add_command(load_command(name), name=name)
+    lazy_help = CliRunner().invoke(cli, ["--help"]).output
+    plain_help = CliRunner().invoke(plain, ["--help"]).output
+    commands = lazy_help[lazy_help.index("Commands:"):]
+    assert commands == plain_help[plain_help.index("Commands:"):]
+    assert all(f"  {name} " in commands for name in COMMANDS), commands
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["topo", "gen", "line", "3"]])
+def test_light_commands_do_not_import_netlink_or_the_runner(argv: list[str]) -> None:
+    """--help, --version and topo start fast because they leave pyroute2, psutil and the
+    runner unimported (benchmarks/startup.py has the times)."""
+    code = (
+        "import sys\n"
+        "from meshstress.cli import cli\n"
+        f"try:\n    cli.main({argv!r}, prog_name='meshstress')\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = [m for m in ('pyroute2', 'psutil', 'meshstress.runner', 'meshstress.build')"
+        " if m in sys.modules]\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in r.stderr, r.stderr

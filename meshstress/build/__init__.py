@@ -23,11 +23,10 @@ from pyroute2 import IPRoute
 from pyroute2.ethtool.ioctl import IoctlEthtool
 from pyroute2.netlink.exceptions import NetlinkError
 
-from meshstress.build import impair
-from meshstress.build import netns
-from meshstress.errors import MeshstressError
+from meshstress.build import impair, netns
 from meshstress.build.plan import OBJECT_RE, Plan, run_prefix
 from meshstress.build.state import ProcessRecord, RunState, removable
+from meshstress.errors import Interrupted, MeshstressError
 from meshstress.model.topology import Impairment
 
 if TYPE_CHECKING:
@@ -47,10 +46,6 @@ HUB_SYSCTLS = {"net.ipv6.conf.default.disable_ipv6": "1", "net.ipv6.conf.all.dis
 # off): 37 skbs reached the qdisc, 16 of them larger than a frame (up to 65,226 bytes);
 # with gso_max_segs 1: 382, none larger than 1514 bytes. More in docs/topology.md.
 ONE_PACKET_PER_SKB: dict[str, int] = {"gso_max_segs": 1}
-
-
-class Interrupted(BaseException):
-    """SIGTERM during a build or a run: unwound like Ctrl-C, so `finally` cleans up."""
 
 
 @contextlib.contextmanager

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from meshstress import safefs
-from meshstress.model import names
 from meshstress.errors import InputError
+from meshstress.model import names
 
 STATE_DIR = os.environ.get("MESHSTRESS_STATE_DIR", "/run/meshstress")
 

@@ -1,4 +1,10 @@
-"""The `meshstress` command line: a thin front over the library."""
+"""The `meshstress` command line: a thin front over the library.
+
+Subcommands load lazily (`COMMANDS`: name -> module, attribute, short help), so
+`meshstress --help`, `--version` and `topo` start without importing pyroute2, psutil or
+the runner: each command's module is imported only when that command runs. The short
+help shown by `--help` is written here; tests/test_topo_cli.py checks it against each
+command's own docstring."""
 
 from __future__ import annotations
 
@@ -8,8 +14,7 @@ from typing import Any
 
 import click
 
-from meshstress.build import Interrupted
-from meshstress.errors import MeshstressError, one_line
+from meshstress.errors import Interrupted, MeshstressError, one_line
 
 # click >= 8.2: a group called without a command raises this (a UsageError showing help)
 _NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -69,30 +74,70 @@ class Group(click.Group):
             sys.exit(143)
 
 
-@click.group(cls=Group)
+# name -> (module, attribute, the first paragraph of its help, which `meshstress --help`
+# shortens as click would)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "clean": ("meshstress.cli.host", "clean",
+        'Remove what runs left behind: by state file, then by prefix and mark. A run '
+        'whose owner is still alive (a `meshstress run` or a test in progress) is left '
+        'alone.'),
+    "doctor": ("meshstress.cli.host", "doctor",
+        'What this host can do, and how to get what it lacks.'),
+    "down": ("meshstress.cli.host", "down",
+        'Tear a run down: processes, namespaces, links, files.'),
+    "exec": ("meshstress.cli.host", "exec_",
+        "Run COMMAND inside NODE's network namespace; @NODE stands for that node's "
+        'address: meshstress exec n0 -- ping -c3 @n2'),
+    "lab": ("meshstress.lab.cli", "lab",
+        'Run meshstress inside a micro-VM with a stock kernel.'),
+    "report": ("meshstress.cli.run", "report_cmd",
+        'Render a run folder again (summary.txt, junit.xml, plots) from its results.json.'),
+    "routes": ("meshstress.cli.host", "routes",
+        'Routing tables per node: next hop, hops and metric to every other node '
+        '(batman-adv: from the originator table). With --watch, count route flaps.'),
+    "run": ("meshstress.cli.run", "run",
+        'Run a scenario: build the mesh, send traffic, apply events, measure, judge.'),
+    "status": ("meshstress.cli.host", "status",
+        'Show the runs that are up.'),
+    "topo": ("meshstress.cli.topo", "topo",
+        'Generate and inspect topology files.'),
+    "up": ("meshstress.cli.host", "up",
+        'Build the mesh described by TOPOLOGY (.toml or meshnet-lab .json).'),
+}  # fmt: skip
+
+
+def load_command(name: str) -> click.Command:
+    """Import the module of command `name` and return its click command."""
+    import importlib
+
+    module, attr, _ = COMMANDS[name]
+    command = getattr(importlib.import_module(module), attr)
+    assert isinstance(command, click.Command), (name, command)
+    return command
+
+
+class LazyGroup(Group):
+    """A Group whose subcommands are imported when they run (see COMMANDS)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return load_command(cmd_name) if cmd_name in COMMANDS else None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)  # as click does
+        rows = [(n, click.Command(n, help=COMMANDS[n][2]).get_short_help_str(limit)) for n in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup)
 @click.version_option(package_name="meshstress")
 def cli() -> None:
     """Stress-test mesh networks on one Linux host."""
 
 
-def _register() -> None:
-    from meshstress.cli import host as hostcli
-    from meshstress.cli.run import report_cmd, run
-    from meshstress.cli.topo import topo
-    from meshstress.lab import lab
-
-    cli.add_command(run)
-    cli.add_command(report_cmd, name="report")
-    cli.add_command(lab)
-    cli.add_command(topo)
-    for command in hostcli.COMMANDS:
-        cli.add_command(command)
-    cli.add_command(hostcli.exec_, name="exec")
-
-
-_register()
-
-
 def main() -> None:
     cli(prog_name="meshstress")  # also under `python -m meshstress`
-

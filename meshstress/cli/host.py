@@ -369,4 +369,3 @@ def doctor(as_json: bool) -> None:
         sys.exit(CapabilityError.exit_code)
 
 
-COMMANDS = [up, down, status, routes, clean, doctor]
