@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import meshstress
 from meshstress import build, safefs
 from meshstress.errors import CapabilityError, MeshstressError
 from meshstress.judge import verdict
@@ -236,7 +237,9 @@ def run(
     safefs.make_dir(raw)  # never a symlink, nobody else's
     started = time.time()
     results: dict[str, Any] = {
+        "schema_version": report.SCHEMA_VERSION,
         "run": {
+            "meshstress_version": meshstress.__version__,
             "scenario": sc.name,
             "source": sc.source,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

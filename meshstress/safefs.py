@@ -143,6 +143,23 @@ def write_file(directory: str | Path, name: str, data: str | bytes, mode: int = 
     return Path(directory) / name
 
 
+def read_bytes(directory: str | Path, name: str, limit: int = 64 << 20) -> bytes:
+    """The contents of the regular file `directory/name`, opened without following a
+    symlink (a link planted in a run folder is refused with OSError), at most `limit`
+    bytes (more is refused too: a page must not swallow a huge or endless file)."""
+    _check_name(name)
+    with _dir_fd(directory, "read from it") as dfd:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(f"{name} is not a regular file")
+            data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(f"{name} is larger than {limit} bytes")
+    return data
+
+
 def private_dir(path: str | Path) -> Path:
     """`path` as a directory only this user may use: created 0700 if missing, else it
     must be a real directory (not a symlink) owned by us that nobody else can write to;

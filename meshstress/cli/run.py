@@ -138,9 +138,11 @@ def run_folder(name: str, stamp: str, out: str | None) -> Path:
 @click.command("report")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--json", "as_json", is_flag=True)
-def report_cmd(run_dir: str, as_json: bool) -> None:
+@click.option("--html", "as_html", is_flag=True, help="Also write report.html (plots inline).")
+def report_cmd(run_dir: str, as_json: bool, as_html: bool) -> None:
     """Render a run folder again (summary.txt, junit.xml, plots) from its results.json."""
     from meshstress import report
+    from meshstress.report import html
 
     try:
         results = report.rerender(Path(run_dir))
@@ -149,4 +151,7 @@ def report_cmd(run_dir: str, as_json: bool) -> None:
     except ValueError as exc:
         raise MeshstressError(f"{run_dir}/results.json: {exc}") from None
     click.echo(json.dumps(results, indent=1) if as_json else report.summary(results), nl=False)
+    if as_html:
+        page = html.write(Path(run_dir), results)
+        click.echo(f"report: {page}", err=True)
     sys.exit(exit_code(results))

@@ -18,6 +18,10 @@ from meshstress import safefs
 if TYPE_CHECKING:
     from meshstress.model.scenario import Scenario
 
+# The layout of results.json. Raise it when a key changes meaning or moves (adding keys
+# does not); `meshstress report` renders older files as far as their keys allow.
+SCHEMA_VERSION = 2
+
 
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
@@ -200,6 +204,15 @@ def junit(results: Mapping[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+# per flow: the first two of these its series has, in this order (latency on the right)
+TIMELINE_SERIES = (
+    ("delivery_ratio", "delivered (fraction)"),
+    ("goodput_bps", "goodput (bit/s)"),
+    ("latency_ms", "latency (ms)"),
+    ("rtt_ms", "rtt (ms)"),
+)
+
+
 def plot(results: Mapping[str, Any], out_dir: Path) -> list[str]:
     """PNG plots of the flows' time series and the routing reachability, if matplotlib is
     importable; returns the files written (none without matplotlib)."""
@@ -224,14 +237,24 @@ def plot(results: Mapping[str, Any], out_dir: Path) -> list[str]:
         ax = axes[i][0]
         i += 1
         t = s.get("t") or []
-        for key, label in (("delivery_ratio", "delivered"), ("goodput_bps", "goodput bit/s"),
-                           ("latency_ms", "latency ms"), ("rtt_ms", "rtt ms")):  # fmt: skip
-            if s.get(key) and len(s[key]) == len(t):
-                ax.plot(t, s[key], label=label, drawstyle="steps-post")
+        # the flow's delivery (or goodput) on the left axis, its latency over time on
+        # the right one (in grey), each labelled with its unit
+        shown = [(key, label) for key, label in TIMELINE_SERIES
+                 if s.get(key) and len(s[key]) == len(t)]  # fmt: skip
+        handles = []
+        for axis, (key, label) in zip((ax, ax.twinx() if len(shown) > 1 else None), shown[:2],
+                                      strict=False):  # fmt: skip
+            if axis is None:
                 break
+            latency = key in ("latency_ms", "rtt_ms")
+            line = axis.plot(t, s[key], label=label, drawstyle="steps-post",
+                             color="0.45" if latency and axis is not ax else None)  # fmt: skip
+            axis.set_ylabel(label, fontsize=8)
+            handles += line
         ax.set_title(f"{name} ({flows[name].get('kind')} {flows[name].get('from')}->"
                      f"{flows[name].get('to')})", fontsize=9)  # fmt: skip
-        ax.legend(loc="lower left", fontsize=8)
+        if handles:
+            ax.legend(handles=handles, loc="lower left", fontsize=8)
     if reach:
         ax = axes[i][0]
         ax.plot([r[0] for r in reach], [r[1] for r in reach], drawstyle="steps-post")
