@@ -36,10 +36,12 @@ from meshstress.judge import verdict
 from meshstress.model.scenario import Scenario
 
 Say = Callable[[str], None]
-# Seconds between starting the flow processes and t0: an agent (a Python process) needs
-# about 0.1 s to start on our host and 0.75-1.3 s in the VM lab (software emulation).
-LEAD = 1.0
-LEAD_LAB = 3.0
+# Seconds from the start barrier's release (every flow agent is up: traffic.flows.release)
+# to t0: the agents see the go file within milliseconds, then bind their sockets (the
+# receivers first; a sender also waits for its receiver). The lab emulates its CPU.
+LEAD = 0.3
+LEAD_LAB = 1.0
+AGENTS_UP_TIMEOUT = 120.0  # an agent not up by then: the run stops with an error
 
 
 def missing_here(sc: Scenario) -> list[str]:
@@ -229,7 +231,7 @@ def run(
     from meshstress.build import bringup
     from meshstress.judge.metrics import flow_metrics
     from meshstress.stress.events import EventRunner, run_timeline
-    from meshstress.traffic.flows import start_flow
+    from meshstress.traffic.flows import release, start_flow
 
     say = say or (lambda msg: None)
     safefs.make_dir(out_dir)
@@ -286,9 +288,17 @@ def run(
                 runner.prepare(sc.events)  # sockets and indexes: not inside a timed event
                 time.sleep(sc.warmup)
                 lead = LEAD_LAB if results["run"]["where"] == "lab" else LEAD
-                t0 = time.monotonic() + lead + 0.05 * len(sc.flows)
+                # the start barrier: every agent is up before t0 is chosen, so a slow
+                # start (a loaded host, the emulated lab) costs no traffic
+                go = str(raw / "go")
+                t = time.monotonic()
                 for spec in sc.flows:
-                    flows.append(start_flow(mesh, spec, str(raw), t0, sc.duration))
+                    flows.append(start_flow(mesh, spec, str(raw), 0.0, sc.duration, go=go))
+                if flows:
+                    t0 = release(flows, go, lead=lead, timeout=AGENTS_UP_TIMEOUT)
+                else:
+                    t0 = time.monotonic() + lead
+                results["run"]["agents_up_s"] = round(t0 - lead - t, 3)
                 softnet_before = read_softnet_dropped()
                 recorder.start()
                 say(

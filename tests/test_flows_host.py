@@ -221,3 +221,53 @@ def test_ping_sees_the_outage(mesh_factory, tmp_path: Path) -> None:
     assert m["delivery_ratio"] == round(m["received"] / m["sent"], 6) < 1.0, m
     assert len(m["outages"]) == 1 and m["longest_outage_s"] == round(end - start, 3)
     assert gone(flow)
+
+
+def test_start_barrier_a_slow_start_costs_no_traffic(mesh_factory, tmp_path: Path) -> None:
+    """With a go file, the agents start, say they are up and wait: however long the
+    release takes (here 2 s, as on a loaded host or in the emulated lab), every flow
+    starts at the t0 it gives, not before, and sends for its whole duration."""
+    from meshstress.traffic.flows import release
+
+    mesh = line(mesh_factory)
+    go = str(tmp_path / "go")
+    udp = start_flow(mesh, FlowSpec("cbr", "udp", "n0", "n2", rate_pps=50), str(tmp_path),
+                     0.0, duration=2.0, go=go)  # fmt: skip
+    ping = start_flow(mesh, FlowSpec("p", "ping", "n2", "n0", rate_pps=5), str(tmp_path),
+                      0.0, duration=2.0, go=go)  # fmt: skip
+    time.sleep(2.0)  # everything is up long before the release; nothing may be sent yet
+    assert not (tmp_path / "cbr.send.json").exists()
+    t0 = release([udp, ping], go, lead=0.3, timeout=30)
+    assert (udp.t_start, udp.t_end) == (t0, t0 + 2.0) and ping.t_start == t0
+    for flow in (udp, ping):
+        flow.wait(timeout=15)
+    rec = udp.record()
+    assert rec.errors == []
+    assert rec.sent[0][1] >= t0 and rec.sent[-1][1] <= t0 + 2.0
+    # sent on schedule from t0: 50 pps for 2 s is 100 packets; a sender that started late
+    # would have sent fewer (it never catches up beyond its end)
+    assert len(rec.sent) >= 90, len(rec.sent)
+    m = flow_metrics(ping.record(), t0)
+    assert m["sent"] == 10 and m["errors"] == []
+
+
+def test_start_barrier_names_an_agent_that_ended_before_it_was_up(
+    mesh_factory, tmp_path: Path
+) -> None:
+    from meshstress.errors import MeshstressError
+    from meshstress.traffic.flows import release
+
+    mesh = line(mesh_factory)
+    go = str(tmp_path / "go")
+    flow = start_flow(mesh, FlowSpec("cbr", "udp", "n0", "n2", rate_pps=50), str(tmp_path),
+                      0.0, duration=2.0, go=go)  # fmt: skip
+    role, victim = flow.procs[0]
+    time.sleep(1.0)  # up or not: an agent gone before the release is named either way
+    victim.kill()
+    victim.wait(timeout=10)
+    try:
+        with pytest.raises(MeshstressError, match=f"cbr: its {role} agent ended before"):
+            release([flow], go, lead=0.3, timeout=30)
+        assert not Path(go).exists()  # nobody was released
+    finally:
+        flow.stop()

@@ -34,6 +34,7 @@ from typing import Any
 
 HEADER = struct.Struct("!Qd")
 MAX_LIFETIME = 24 * 3600.0  # refuse absurd --end values: an agent is always bounded
+GO_WAIT = 600.0  # an agent that never gets its go file ends (the runner gave up)
 
 # struct tcp_info (include/uapi/linux/tcp.h) up to tcpi_snd_wnd, 232 bytes; identical
 # layout in Debian 12's 6.1 headers and the 6.18 host kernel (fields are only appended).
@@ -88,6 +89,23 @@ def _ready(path: str | None) -> None:
     if path:
         with open(path, "w") as f:
             f.write(str(os.getpid()))
+
+
+def await_go(go: str, limit: float = GO_WAIT) -> float:
+    """The start barrier: say this agent is up (the file GO.PID), then wait for GO and
+    return the monotonic t0 it holds. The runner writes GO once every agent of the run
+    is up, so a slow start (a loaded host, the emulated lab) costs no traffic."""
+    with open(f"{go}.{os.getpid()}", "w") as f:
+        f.write("up")
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            with open(go) as f:
+                return float(f.read())
+        except (FileNotFoundError, ValueError):
+            if time.monotonic() >= deadline:
+                raise SystemExit(f"no go file {go} within {limit:g} s") from None
+            time.sleep(0.005)
 
 
 def _sleep_until(t: float) -> None:
@@ -304,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="")
     p.add_argument("--out-offset", default="")
     p.add_argument("--ready", default="")
+    p.add_argument("--go", default="")
     args = list(sys.argv[1:] if argv is None else argv)
     rest: list[str] = []
     if "--" in args:
@@ -311,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         args, rest = args[:cut], args[cut + 1 :]
     a = p.parse_args(args)
     a.argv = rest
+    if a.go:  # --start/--end are offsets from the t0 that the go file will hold
+        t0 = await_go(a.go)
+        a.start += t0
+        a.end += t0
     now = time.monotonic()
     if a.mode == "ping":
         if not a.argv:

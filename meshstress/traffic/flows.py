@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from meshstress.errors import InputError
+from meshstress.errors import InputError, MeshstressError
 from meshstress.model import names, units
 
 if TYPE_CHECKING:
@@ -254,6 +254,7 @@ class Flow:
         self.notes: list[str] = []
         self._logs: list[Any] = []
         self._record: FlowRecord | None = None
+        self.go: str | None = None  # the start barrier's file (start_flow's go)
 
     def path(self, what: str) -> str:
         return os.path.join(self.workdir, f"{self.spec.name}.{what}")
@@ -315,16 +316,24 @@ class Flow:
         return self._record
 
 
-def start_flow(mesh: Mesh, spec: FlowSpec, workdir: str, t0: float, duration: float) -> Flow:
+def start_flow(
+    mesh: Mesh, spec: FlowSpec, workdir: str, t0: float, duration: float, go: str | None = None
+) -> Flow:
     """Start one flow without blocking: receiver first, then sender, inside the nodes'
     namespaces, PIDs recorded in the run's state. The sender starts at t0 + spec.start
     and sends for spec.duration (or `duration`, the scenario's, minus spec.start when
-    spec.duration is None)."""
+    spec.duration is None).
+
+    With `go` (a file path shared by the run's flows) t0 is not known yet: the agents
+    start, say they are up and wait for that file; `release` writes it with t0 once
+    every agent is up and sets each flow's times (the start barrier)."""
     os.makedirs(workdir, exist_ok=True)
-    t_start = t0 + spec.start
+    base = 0.0 if go else t0  # with go, the agents get offsets from the t0 to come
+    t_start = base + spec.start
     length = spec.duration if spec.duration is not None else duration - spec.start
     t_end = t_start + max(0.0, length)
     flow = Flow(spec, workdir, t_start, t_end)
+    flow.go = go
     src, dst = mesh.address(spec.src), mesh.address(spec.dst)
     port = spec.port if spec.port is not None else PORT_BASE + next(_ports) % 20000
     for what in ("ready", "send.json", "recv.json", "ping.txt", "offset.json"):
@@ -341,6 +350,8 @@ def start_flow(mesh: Mesh, spec: FlowSpec, workdir: str, t0: float, duration: fl
             stdout = subprocess.DEVNULL
         else:
             flow._logs.append(stdout)
+        if go:  # after the mode, before any "--"
+            argv = [*argv[:4], "--go", go, *argv[4:]]
         p = mesh.popen(node, argv, stdout=stdout, stderr=err, stdin=subprocess.DEVNULL)
         flow.procs.append((role, p))
         try:
@@ -382,6 +393,44 @@ def start_flow(mesh: Mesh, spec: FlowSpec, workdir: str, t0: float, duration: fl
     else:
         raise ValueError(f"unknown flow kind {spec.kind!r}")
     return flow
+
+
+def release(flows: list[Flow], go: str, lead: float, timeout: float) -> float:
+    """The start barrier: wait until every agent of `flows` (started with this `go`) is
+    up, then write `go` with t0 = now + lead and give each flow its times; return t0.
+    MeshstressError naming the flow if an agent ended before it was up, or was not up
+    within `timeout` seconds (the host or the lab is too slow to run this at all)."""
+    deadline = time.monotonic() + timeout
+    for flow in flows:
+        for role, p in flow.procs:
+            while not os.path.exists(f"{go}.{p.pid}"):
+                if p.poll() is not None:
+                    raise MeshstressError(
+                        f"flow {flow.spec.name}: its {role} agent ended before it started "
+                        f"(exit {p.returncode}): {_last_line(flow.path(role + '.log'))}"
+                    )
+                if time.monotonic() >= deadline:
+                    raise MeshstressError(
+                        f"flow {flow.spec.name}: its {role} agent was not up {timeout:g} s "
+                        "after it was started"
+                    )
+                time.sleep(0.005)
+    for flow in flows:  # up, and still there: an agent that died meanwhile is no better
+        for role, p in flow.procs:
+            if p.poll() is not None:
+                raise MeshstressError(
+                    f"flow {flow.spec.name}: its {role} agent ended before it started "
+                    f"(exit {p.returncode}): {_last_line(flow.path(role + '.log'))}"
+                )
+    t0 = time.monotonic() + lead
+    tmp = f"{go}.tmp"
+    with open(tmp, "w") as f:
+        f.write(repr(t0))
+    os.replace(tmp, go)  # whole or absent: an agent never reads half a number
+    for flow in flows:
+        flow.t_start += t0
+        flow.t_end += t0
+    return t0
 
 
 # --- reading the ends' files ---------------------------------------------------------
