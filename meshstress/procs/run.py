@@ -96,6 +96,7 @@ class Instance:
         self.records: list[ProcessRecord] = []
         self.pids: list[int] = []
         self.started: float | None = None  # monotonic, first start
+        self.started_unix: float | None = None
         self.ready_after: float | None = None  # seconds from the first start
         self.ready_event = threading.Event()
         self.exits: list[dict[str, Any]] = []  # {"code", "t"} of every exit on its own
@@ -187,13 +188,15 @@ class Instance:
         with self.lock:
             samples = list(self.samples)
         last = self.exits[-1]["code"] if self.exits and not self.stopped else None
-        exits = [
-            {"code": e["code"], "t_rel": round(e["t"] - t0_unix, 3) if t0_unix else None}
-            for e in self.exits
-        ]
+
+        def rel(t: float | None) -> float | None:
+            return None if t is None or t0_unix is None else round(t - t0_unix, 3)
+
+        exits = [{"code": e["code"], "t_rel": rel(e["t"])} for e in self.exits]
         return {
             "node": self.node,
             "pids": self.pids,
+            "started_t_rel": rel(self.started_unix),
             "ready": self.ready_event.is_set(),
             "ready_s": None if self.ready_after is None else round(self.ready_after, 3),
             "exit_code": last,
@@ -266,7 +269,7 @@ class Processes:
         inst.proc = proc
         inst.pids.append(proc.pid)
         if inst.started is None:
-            inst.started = time.monotonic()
+            inst.started, inst.started_unix = time.monotonic(), time.time()
         assert proc.stdout is not None
         reader = threading.Thread(
             target=inst.read_output, args=(proc.stdout,), name=f"ms-out-{inst.name}", daemon=True
