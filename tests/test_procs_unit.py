@@ -152,7 +152,9 @@ BAD = [
 
 
 @pytest.mark.parametrize(("extra", "field", "words"), BAD, ids=[f for _, f, _ in BAD])
-def test_bad_process_input_names_file_and_field(extra: str, field: str, words: str, tmp_path) -> None:
+def test_bad_process_input_names_file_and_field(
+    extra: str, field: str, words: str, tmp_path
+) -> None:
     before = sorted(os.listdir(tmp_path))
     with pytest.raises(InputError) as info:
         load(extra, tmp_path)
@@ -228,8 +230,10 @@ RESULTS = {
             "restarts": 0,
             "on_exit": "ignore",
             "ended_early": 0,
-            "metrics": {"ok": {"count": 10, "mean": 0.8, "k": 8, "n": 10, "max": 1},
-                        "rtt_ms": {"count": 8, "mean": 3.0, "max": 9.0}},  # fmt: skip
+            "metrics": {
+                "ok": {"count": 10, "mean": 0.8, "k": 8, "n": 10, "max": 1},
+                "rtt_ms": {"count": 8, "mean": 3.0, "max": 9.0},
+            },  # fmt: skip
         },
         "echo": {"exit_code": None, "on_exit": "fail", "ended_early": 1, "metrics": {}},
     }
