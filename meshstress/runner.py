@@ -7,6 +7,8 @@ The sequence, every step bounded in time and undone in `finally` (also on Ctrl-C
 SIGTERM or a crash: `meshstress clean` finds the rest from the state file):
 1. probes compile and attach (if the scenario asks for any; the slow part, done once);
 2. `hostcli.bring_up`: namespaces, links, impairments, routing, wait for convergence;
+   then the scenario's [[process]] entries start in order, each ready before the next
+   (meshstress.procs.run), and are stopped when the traffic has ended;
 3. t0 = now + a short lead; every flow starts at t0 + its start; a route recorder
    samples every node's table in its own thread; the event timeline runs;
 4. at t0 + duration the flows end; their records become metrics (meshstress.metrics),

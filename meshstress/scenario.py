@@ -19,6 +19,7 @@ naming the file and the field. The format (docs/scenario.md):
 
     [[traffic]]  ... (meshstress.flows.parse_flows)
     [[events]]   ... (meshstress.events.parse_events)
+    [[process]] ... (meshstress.procs.spec.parse_processes)
 
     [verdict]
     assert = ["flows.cbr.delivery_ratio >= 90%", "events[0].recovery_s.cbr <= 10s"]

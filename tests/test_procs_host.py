@@ -184,7 +184,7 @@ command = "python3 APP crash --after 0.3 --code 3"
 [[process]]
 name = "flaky"
 nodes = ["n1"]
-command = "python3 APP crash --after 0.2 --code 5"
+command = "python3 APP crash --after 0.05 --code 5"
 on_exit = "restart"
 max_restarts = 2
 
@@ -200,7 +200,7 @@ assert = ["process.quitter.exit_code == 4"]
 
 
 def test_exits_fail_the_run_restart_or_are_ignored(run_scenario, own_state) -> None:
-    r = run_scenario(text("3s", EXITS + LOAD_ANY))
+    r = run_scenario(text("4s", EXITS + LOAD_ANY))
     procs = r["process"]
     checks = {c["metric"]: c for c in r["checks"]}
     assert procs["crasher"]["exit_code"] == 3 and procs["crasher"]["ended_early"] == 1
