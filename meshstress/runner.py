@@ -7,6 +7,8 @@ The sequence, every step bounded in time and undone in `finally` (also on Ctrl-C
 SIGTERM or a crash: `meshstress clean` finds the rest from the state file):
 1. probes compile and attach (if the scenario asks for any; the slow part, done once);
 2. `build.bringup.bring_up`: namespaces, links, impairments, routing, wait for convergence;
+   then the scenario's [[process]] entries start in order, each ready before the next
+   (meshstress.procs.run), and are stopped when the traffic has ended;
 3. t0 = now + a short lead; every flow starts at t0 + its start; a route recorder
    samples every node's table in its own thread; the event timeline runs;
 4. at t0 + duration the flows end; their records become metrics (meshstress.judge.metrics),
@@ -278,7 +280,9 @@ def run(
             results["run"]["id"] = up.state.run_id
             if up.result is not None:
                 say(f"routing: {up.result}")
+            converged_at = time.monotonic()
             mesh = build.Mesh(up.state)
+            procs = _processes(sc, mesh, out_dir, say)
             try:
                 if probes is not None:
                     probes.watch(mesh)
@@ -286,6 +290,7 @@ def run(
                 recorder = _RouteRecorder(up.state, up.backend, sc.route_interval)
                 runner = EventRunner(mesh, up.backend, topo)
                 runner.prepare(sc.events)  # sockets and indexes: not inside a timed event
+                procs.start_all(converged_at)  # each ready before the next, before traffic
                 time.sleep(sc.warmup)
                 lead = LEAD_LAB if results["run"]["where"] == "lab" else LEAD
                 # the start barrier: every agent is up before t0 is chosen, so a slow
@@ -309,6 +314,9 @@ def run(
                 _sleep_until(t0 + sc.duration, say, t0)
                 for f in flows:
                     f.wait(timeout=15.0)
+                procs.stop()
+                if sc.processes:
+                    results["process"] = procs.results(t0 + time.time() - time.monotonic())
                 recorder.halt.set()
                 recorder.join(timeout=10)
                 softnet_after = read_softnet_dropped()
@@ -341,6 +349,7 @@ def run(
             finally:
                 for f in flows:
                     f.stop()
+                procs.stop()
                 if recorder is not None and recorder.is_alive():
                     recorder.halt.set()
                     recorder.join(timeout=10)
@@ -364,6 +373,7 @@ def run(
                 "passed": bool(up.result.converged),
             }
         )
+    checks += _process_checks(results)
     checks += verdict.judge(sc.assertions, results)
     results["checks"] = checks
     results["passed"] = all(c["passed"] for c in checks)
@@ -374,6 +384,19 @@ def run(
     results["run"]["wall_s"] = round(time.time() - started, 2)
     report.write_all(results, out_dir)
     return results
+
+
+def _processes(sc: Scenario, mesh: Any, out_dir: Path, say: Say) -> Any:
+    """The scenario's [[process]] entries on this mesh (meshstress.procs.run)."""
+    from meshstress.procs.run import Processes
+
+    return Processes(mesh, sc.processes, out_dir, say)
+
+
+def _process_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
+    from meshstress.procs.metrics import exit_checks
+
+    return exit_checks(results.get("process") or {})
 
 
 class _Announcing:

@@ -214,3 +214,16 @@ def give_back_new(path: str | Path, since: float, owner: tuple[int, int] | None 
                     os.chown(name, uid, gid, dir_fd=rootfd, follow_symlinks=False)
                     n += 1
     return n
+
+
+def create(directory: str | Path, name: str, mode: int = 0o644) -> BinaryIO:
+    """A new file `directory/name` to write as it grows (a process's log), not renamed
+    into place: whatever was at `name` (an old file, a planted symlink) is unlinked first,
+    then the file is made with O_CREAT|O_EXCL|O_NOFOLLOW relative to a descriptor of
+    `directory`, which is never a symlink itself. The caller closes it."""
+    _check_name(name)
+    with _dir_fd(directory) as dfd:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dfd)
+        fd = os.open(name, _NEW_FILE, mode, dir_fd=dfd)
+    return os.fdopen(fd, "wb")

@@ -34,6 +34,7 @@ from meshstress.cli import cli
 from meshstress.cli import host as hostcli
 from meshstress.errors import InputError
 from meshstress.model import scenario, topofile
+from meshstress.procs import spec as ps
 from meshstress.routing.settings import BACKEND_NAMES
 from meshstress.stress import events
 from meshstress.traffic import flows
@@ -341,6 +342,24 @@ flow = table_of(
     size=st.integers(-1, 70000) | leaf, port=st.integers(-1, 70000) | leaf,
 )  # fmt: skip
 link_ref = st.lists(node, min_size=0, max_size=3) | leaf
+regex = st.sampled_from(("x", "rtt=([0-9.]+)", "(", "", "(?P<value>\\d+)")) | leaf
+proc_values: dict[str, Any] = {
+    "name": st.sampled_from(("echo", "a.b", "a/b", "..", "-x", "x@y")) | leaf,
+    "nodes": st.lists(node, max_size=3) | node,
+    "command": st.lists(st.sampled_from(("true", "@n0", "--x=@zz", "a\x00b", "")), max_size=3)
+    | st.sampled_from(("true", "sleep 1", "x 'y", "", "@n1")) | leaf,
+    "ready": table_of(line=regex, port=st.integers(-1, 70000) | leaf,
+                      proto=st.sampled_from(("tcp", "udp", "sctp")) | leaf, timeout=duration)
+    | tree,
+    "env": st.dictionaries(st.sampled_from(("A", "1X", "MESHSTRESS_METRICS", "")) | any_key,
+                           st.sampled_from(("x", "@n0", "@zz")) | leaf, max_size=3) | tree,
+    "on_exit": st.sampled_from(("fail", "ignore", "restart", "x")) | leaf,
+    "max_restarts": st.integers(-1, 2000) | leaf, "start": duration,
+    "cwd": st.sampled_from((".", "", "/tmp", "a\x00")) | leaf,
+    "metrics": st.lists(table_of(name=st.sampled_from(("ok", "exit_code", "t", "a b")) | leaf,
+                                 regex=regex), max_size=3) | tree,
+}  # fmt: skip
+proc_table = table_of(**proc_values)
 event_table = st.fixed_dictionaries(
     {"action": st.sampled_from(events.ACTIONS) | leaf},
     optional={"at": duration, "link": link_ref, "node": node, "for": duration,
@@ -370,18 +389,24 @@ scenarios = st.fixed_dictionaries(
         "events": st.lists(event_table, max_size=3) | tree,
         "verdict": table_of(**{"assert": st.lists(st.sampled_from(ASSERTS) | leaf,
                                                   max_size=3) | leaf}) | tree,  # fmt: skip
+        "process": st.lists(proc_table, max_size=2) | tree,
         # tables the parser does not know (yet): each is refused in one line
-        "process": st.lists(table(("name", "node", "argv")), max_size=2) | tree,
         "sweep": table(("param", "values")) | tree,
         "bogus": tree,
     },
 )
+GOOD_PROCESS: dict[str, Any] = {
+    "name": "echo", "nodes": ["n8"], "command": ["python3", "echo.py", "--peer", "@n0"],
+    "ready": {"line": "listening", "timeout": "5s"}, "env": {"MODE": "x"}, "on_exit": "restart",
+    "max_restarts": 2, "start": "1s", "metrics": [{"name": "rtt_ms", "regex": "rtt=([0-9.]+)"}],
+}  # fmt: skip
 GOOD_SCENARIO: dict[str, Any] = {
     "scenario": {"name": "ok", "duration": "5s"},
     "mesh": {"generate": "grid4 3 3", "routing": "babeld"},
     "traffic": [{"name": "cbr", "kind": "udp", "from": "n0", "to": "n8", "rate": "100pps"}],
     "events": [{"at": "1s", "action": "link-down", "link": ["n0", "n1"], "for": "1s"}],
     "verdict": {"assert": ["flows.cbr.delivery_ratio >= 90%", "events[0].recovery_s.cbr <= 10s"]},
+    "process": [GOOD_PROCESS],
 }
 
 
@@ -402,7 +427,9 @@ _sc_paths: dict[tuple[Any, ...], Any] = {
     ("verdict", "assert"): st.lists(st.sampled_from(ASSERTS) | leaf, max_size=3) | leaf,
     ("verdict", "bogus"): leaf,
     **{(k,): tree for k in scenario.ROOT_KEYS},
-    ("process",): st.lists(table(("name", "node", "argv")), max_size=2) | tree,
+    ("process",): st.lists(proc_table, max_size=2) | tree,
+    **{("process", 0, k): proc_values.get(k, leaf) | tree for k in (*ps.KEYS, "bogus")},
+    ("process", 1): proc_table,
     ("sweep",): table(("param", "values")) | tree,
 }  # fmt: skip
 scenarios = mutated(GOOD_SCENARIO, _sc_paths) | scenarios
@@ -417,6 +444,7 @@ def test_good_scenario_is_good(base: Path) -> None:
 @given(scenarios)
 @example(GOOD_SCENARIO)
 @example({**GOOD_SCENARIO, "process": [{"name": "iperf", "node": "n0"}]})
+@example({**GOOD_SCENARIO, "process": [{**GOOD_PROCESS, "ready": {"port": 70000}}]})
 @example({**GOOD_SCENARIO, "sweep": {"param": "loss", "values": ["1%", "5%"]}})
 # a generator asked for 10^10 nodes used to try (minutes, then all memory)
 @example({"mesh": {"generate": "grid4 100000 100000"}})
@@ -435,15 +463,15 @@ def test_fuzz_scenario_toml(base: Path, data: dict[str, Any]) -> None:
         event(f"rejected: {exc.field.split('.')[0].split('[')[0]}")
         _one_line_error(exc, (src, str(base)))
         if set(data) - set(scenario.ROOT_KEYS):  # refused first, by name
-            assert re.match(rf"{re.escape(src)}: (process|sweep|bogus): unknown key", str(exc))
+            assert re.match(rf"{re.escape(src)}: (sweep|bogus): unknown key", str(exc))
         return
     event("accepted")
-    assert "process" not in data and "sweep" not in data and "bogus" not in data
+    assert "sweep" not in data and "bogus" not in data
     assert sc.duration > 0 and sc.topology.nodes
 
 
 def test_unknown_scenario_tables_refused(base: Path) -> None:
-    for extra in ("[[process]]\nname = 'x'\n", "[sweep]\nparam = 'loss'\n"):
+    for extra in ("[sweep]\nparam = 'loss'\n",):
         text = dumps(GOOD_SCENARIO) + extra
         with pytest.raises(InputError) as err:
             scenario.loads(text, "s.toml", base=base)

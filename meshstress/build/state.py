@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,6 +25,9 @@ from meshstress.errors import InputError
 from meshstress.model import names
 
 STATE_DIR = os.environ.get("MESHSTRESS_STATE_DIR", "/run/meshstress")
+# One save at a time: threads of a run record processes too (a restarted [[process]]),
+# and two saves must not share the temporary file or put an older list last.
+_SAVE_LOCK = threading.Lock()
 
 
 @dataclass
@@ -60,11 +64,12 @@ class RunState:
     def save(self) -> None:
         state_dir(create=True)
         tmp = f"{self.path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(asdict(self), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        with _SAVE_LOCK:
+            with open(tmp, "w") as f:
+                json.dump(asdict(self), f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
 
     def remove(self) -> None:
         try:

@@ -127,6 +127,7 @@ class MissingMetric(LookupError):
 
 def lookup(results: Mapping[str, Any], path: Sequence[PathPart]) -> Any:
     """The value at `path`; MissingMetric saying what exists where the walk stopped."""
+    path = _process_alias(results, path)
     node: Any = results
     walked: list[PathPart] = []
     for part in path:
@@ -143,6 +144,15 @@ def lookup(results: Mapping[str, Any], path: Sequence[PathPart]) -> Any:
             node = node[part]
         walked.append(part)
     return node
+
+
+def _process_alias(results: Mapping[str, Any], path: Sequence[PathPart]) -> Sequence[PathPart]:
+    """process.NAME.METRIC -> process.NAME.metrics.METRIC.mean (meshstress.procs.metrics)."""
+    if not path or path[0] != "process":
+        return path
+    from meshstress.procs.metrics import alias
+
+    return alias(tuple(path), results)
 
 
 def check(assertion: Assertion, results: Mapping[str, Any]) -> dict[str, Any]:

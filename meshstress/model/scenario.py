@@ -19,6 +19,7 @@ naming the file and the field. The format (docs/scenario.md):
 
     [[traffic]]  ... (meshstress.traffic.flows.parse_flows)
     [[events]]   ... (meshstress.stress.events.parse_events)
+    [[process]] ... (meshstress.procs.spec.parse_processes)
 
     [verdict]
     assert = ["flows.cbr.delivery_ratio >= 90%", "events[0].recovery_s.cbr <= 10s"]
@@ -38,6 +39,7 @@ from meshstress.model import generators, names, topofile, units
 from meshstress.model.topology import Topology
 
 if TYPE_CHECKING:
+    from meshstress.procs.spec import ProcessSpec
     from meshstress.stress.events import Event
     from meshstress.traffic.flows import FlowSpec
 
@@ -53,7 +55,7 @@ MESH_KEYS = (
     "converge_timeout",
     "require_converged",
 )
-ROOT_KEYS = ("scenario", "mesh", "traffic", "events", "verdict")
+ROOT_KEYS = ("scenario", "mesh", "traffic", "events", "verdict", "process")
 VERDICT_KEYS = ("assert", "max_host_busy", "max_saturated_share", "max_softnet_drops")
 DEFAULT_DURATION = 10.0
 
@@ -77,6 +79,7 @@ class Scenario:
     warmup: float = 1.0  # after convergence, before traffic starts
     route_interval: float = 1.0  # route snapshots during the run
     raw: dict[str, Any] = field(default_factory=dict)  # the file's data, as parsed
+    processes: list[ProcessSpec] = field(default_factory=list)  # [[process]], in order
 
     def needs(self) -> list[str]:
         """Doctor check names this scenario needs from the kernel, beyond netns and veth."""
@@ -274,6 +277,7 @@ def from_data(data: dict[str, Any], source: str, base: Path) -> Scenario:
 
     sc.flows = parse_flows(data.get("traffic", []), source, topo, field="traffic")
     sc.events = parse_events(data.get("events", []), source, topo, field="events")
+    _processes(sc, data, base)
     check_times(sc)
     ver = _table(source, data.get("verdict", {}), "verdict", VERDICT_KEYS)
     sc.assertions = _assertions(source, ver.get("assert", []), sc)
@@ -328,6 +332,10 @@ def _assertions(source: str, value: Any, sc: Scenario) -> list[verdict.Assertion
                 raise _fail(source, fld, f"there are {len(sc.events)} events (events[0]...)")
             if len(p) > 3 and p[2] == "recovery_s" and p[3] not in flows:
                 raise _fail(source, fld, f"no flow {p[3]!r} (flows: {', '.join(sorted(flows))})")
+        if p[0] == "process":
+            why = _process_assertion(p, sc)
+            if why is not None:
+                raise _fail(source, fld, why)
         if p[0] not in RESULT_KEYS:
             raise _fail(source, fld, f"unknown metric root {p[0]!r} ({', '.join(RESULT_KEYS)})")
         out.append(a)
@@ -351,4 +359,17 @@ def _host_limits(source: str, ver: dict[str, Any]) -> verdict.HostLimits:
 
 
 # The top-level keys of results.json that assertions may start from.
-RESULT_KEYS = ("mesh", "flows", "events", "routing", "probes", "run")
+RESULT_KEYS = ("mesh", "flows", "events", "routing", "probes", "run", "process")
+
+
+def _processes(sc: Scenario, data: dict[str, Any], base: Path) -> None:
+    """[[process]]: the user's own programs (meshstress.procs.spec)."""
+    from meshstress.procs.spec import parse_processes
+
+    sc.processes = parse_processes(data.get("process", []), sc.source, sc.topology, base)
+
+
+def _process_assertion(path: tuple[Any, ...], sc: Scenario) -> str | None:
+    from meshstress.procs.spec import assertion_problem
+
+    return assertion_problem(path, sc.processes)

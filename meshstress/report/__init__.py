@@ -109,6 +109,7 @@ def summary(results: Mapping[str, Any]) -> str:
                 ]
             )
         lines += _table(rows)
+    lines += _process_lines(results.get("process") or {})
     events = results.get("events") or []
     if events:
         lines.append(
@@ -168,6 +169,31 @@ def summary(results: Mapping[str, Any]) -> str:
     else:
         lines.append("checks: none (add [verdict] assert = [...] to decide pass or fail)")
     return "\n".join(lines) + "\n"
+
+
+def _process_lines(processes: Mapping[str, Any]) -> list[str]:
+    """The [[process]] table of the summary: readiness, exits, and each metric's mean
+    (k of n for 0/1 metrics)."""
+    if not processes:
+        return []
+    rows = [["name", "nodes", "ready s", "exit code", "restarts", "ended early", "metrics"]]
+    for name, p in processes.items():
+        metrics = []
+        for m, v in (p.get("metrics") or {}).items():
+            count = f"{v.get('k')}/{v.get('n')}" if "k" in v else f"n={v.get('count')}"
+            metrics.append(f"{m} {_fmt(v.get('mean'), 4)} ({count})")
+        rows.append(
+            [
+                name,
+                ",".join(p.get("nodes") or []),
+                _fmt(p.get("ready_s")),
+                "stopped" if p.get("exit_code") is None else str(p.get("exit_code")),
+                _fmt(p.get("restarts")),
+                _fmt(p.get("ended_early")),
+                "; ".join(metrics) or "-",
+            ]
+        )
+    return ["processes (metrics: mean over the run):", *_table(rows)]
 
 
 INVALID_CASE = "run valid (host not saturated)"
@@ -362,6 +388,9 @@ def write_resolved(sc: Scenario, out_dir: Path) -> Path:
 
     safefs.write_file(out_dir, "topology.toml", dumps_toml(sc.topology))
     data = {k: v for k, v in sc.raw.items() if k != "mesh"}
+    if sc.processes:  # cwd relative to the scenario file: absolute in the copy
+        pairs = zip(data["process"], sc.processes, strict=True)
+        data["process"] = [dict(raw, cwd=p.cwd) for raw, p in pairs]
     mesh = {k: v for k, v in sc.raw.get("mesh", {}).items()
             if k in ("ideal", "converge_timeout", "require_converged")}  # fmt: skip
     mesh["topology"] = "topology.toml"
