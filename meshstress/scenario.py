@@ -368,7 +368,7 @@ def _assertions(source: str, value: Any, sc: Scenario) -> list[verdict.Assertion
 
 def _curve_assertion(sc: Scenario, text: Any, fld: str, flows: set[str]) -> bool:
     """A "curve. ..." assertion goes to sc.curve_assertions (True); others are plain."""
-    from meshstress.judge import curves
+    from meshstress.judge import curves, degradation
 
     if not curves.is_curve_assertion(text):
         return False
@@ -383,8 +383,19 @@ def _curve_assertion(sc: Scenario, text: Any, fld: str, flows: set[str]) -> bool
         raise _fail(sc.source, fld, f"curves are per flow: curve.flows.NAME.METRIC, got {a.metric}")
     if p[1] not in flows:
         raise _fail(sc.source, fld, f"no flow {p[1]!r} (flows: {', '.join(sorted(flows))})")
-    if a.at is not None and a.at.split("=", 1)[0] != sc.sweep.axis:
-        raise _fail(sc.source, fld, f"{a.at!r}: the sweep's axis is {sc.sweep.axis}")
+    kind = next(f.kind for f in sc.flows if f.name == p[1])
+    have = degradation.CURVE_METRICS.get(kind)
+    tail = verdict.format_path(p[2:])
+    if have is not None and tail not in have:
+        raise _fail(sc.source, fld, f"a {kind} flow has curves of {', '.join(have)}, not {tail}")
+    if a.at is not None:
+        axis, value = a.at.split("=", 1)
+        if axis != sc.sweep.axis:
+            raise _fail(sc.source, fld, f"{a.at!r}: the sweep's axis is {sc.sweep.axis}")
+        unit = curves.parse_stress(value)[1]
+        if unit is not None and unit != sc.sweep.unit:
+            want = sc.sweep.unit or "plain numbers"
+            raise _fail(sc.source, fld, f"{a.at!r} is in {unit}, the {axis} axis in {want}")
     sc.curve_assertions.append(a)
     return True
 
