@@ -398,7 +398,8 @@ _sc_paths: dict[tuple[Any, ...], Any] = {
     ("verdict", "bogus"): leaf,
     **{(k,): tree for k in scenario.ROOT_KEYS},
     ("process",): st.lists(table(("name", "node", "argv")), max_size=2) | tree,
-    ("sweep",): table(("param", "values")) | tree,
+    ("sweep",): table(("loss", "rate", "failed_links", "churn", "links", "nodes", "step",
+                       "settle", "repeat", "fresh", "seed", "param")) | tree,
 }  # fmt: skip
 scenarios = mutated(GOOD_SCENARIO, _sc_paths) | scenarios
 
@@ -430,19 +431,20 @@ def test_fuzz_scenario_toml(base: Path, data: dict[str, Any]) -> None:
         event(f"rejected: {exc.field.split('.')[0].split('[')[0]}")
         _one_line_error(exc, (src, str(base)))
         if set(data) - set(scenario.ROOT_KEYS):  # refused first, by name
-            assert re.match(rf"{re.escape(src)}: (process|sweep|bogus): unknown key", str(exc))
+            assert re.match(rf"{re.escape(src)}: (process|bogus): unknown key", str(exc))
         return
     event("accepted")
-    assert "process" not in data and "sweep" not in data and "bogus" not in data
+    assert "process" not in data and "bogus" not in data
     assert sc.duration > 0 and sc.topology.nodes
 
 
 def test_unknown_scenario_tables_refused(base: Path) -> None:
-    for extra in ("[[process]]\nname = 'x'\n", "[sweep]\nparam = 'loss'\n"):
+    for extra, where in (("[[process]]\nname = 'x'\n", "process"),
+                         ("[sweep]\nparam = 'loss'\n", "sweep.param")):  # fmt: skip
         text = dumps(GOOD_SCENARIO) + extra
         with pytest.raises(InputError) as err:
             scenario.loads(text, "s.toml", base=base)
-        assert str(err.value).startswith(f"s.toml: {extra.strip('[]').split(']')[0]}: unknown key")
+        assert str(err.value).startswith(f"s.toml: {where}: unknown key")
 
 
 # ------------------------------------------------------------------ the command line
