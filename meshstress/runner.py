@@ -222,20 +222,29 @@ def event_recoveries(events: list[dict[str, Any]], records: dict[str, Any], hori
 
 
 def run(
-    sc: Scenario, out_dir: Path, say: Say | None = None, probes: Any = None
+    sc: Scenario,
+    out_dir: Path,
+    say: Say | None = None,
+    probes: Any = None,
+    keep: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run `sc` on this kernel; return the results dict (also written to out_dir).
 
     `probes`: an attached meshstress.observe.probes.Probes to reuse (a BCC compile costs about a
     minute under emulation); it is left open. Without it, the scenario's `probes` are
-    compiled here and closed at the end."""
+    compiled here and closed at the end. `keep`: a dict that gets the flow records
+    ("records") and t0 ("t0"). A [sweep] runs its steps on the timeline
+    (meshstress.stress.sweep; a fresh sweep runs one such run per step)."""
     from meshstress import report
     from meshstress.build import bringup
     from meshstress.judge.metrics import flow_metrics
+    from meshstress.stress import sweep as sweeps
     from meshstress.stress.events import EventRunner, run_timeline
     from meshstress.traffic.flows import release, start_flow
 
     say = say or (lambda msg: None)
+    if sc.sweep is not None and sc.sweep.fresh:
+        return sweeps.run_fresh(sc, out_dir, say, probes)
     safefs.make_dir(out_dir)
     raw = out_dir / "raw"
     safefs.make_dir(raw)  # never a symlink, nobody else's
@@ -289,7 +298,8 @@ def run(
                     before = probes.snapshot()
                 recorder = _RouteRecorder(up.state, up.backend, sc.route_interval)
                 runner = EventRunner(mesh, up.backend, topo)
-                runner.prepare(sc.events)  # sockets and indexes: not inside a timed event
+                # sockets and indexes: not inside a timed event
+                runner.prepare(sweeps.prepare_events(sc))
                 procs.start_all(converged_at)  # each ready before the next, before traffic
                 time.sleep(sc.warmup)
                 lead = LEAD_LAB if results["run"]["where"] == "lab" else LEAD
@@ -310,7 +320,13 @@ def run(
                     f"traffic: {len(flows)} flow(s) for {sc.duration:g} s, "
                     f"{len(sc.events)} event(s)"
                 )
-                events = run_timeline(_Announcing(runner, say, t0), sc.events, t0)
+                steps: list[dict[str, Any]] = []
+                if sc.sweep is None:
+                    events = run_timeline(_Announcing(runner, say, t0), sc.events, t0)
+                else:
+                    events, steps = sweeps.timeline(
+                        runner, _Announcing(runner, say, t0), sc, t0, say
+                    )
                 _sleep_until(t0 + sc.duration, say, t0)
                 for f in flows:
                     f.wait(timeout=15.0)
@@ -323,6 +339,8 @@ def run(
                 if softnet_before is not None and softnet_after is not None:
                     softnet = softnet_after - softnet_before
                 records = {f.spec.name: f.record() for f in flows}
+                if keep is not None:
+                    keep.update(records=records, t0=t0)
                 results["flows"] = {}
                 for f in flows:
                     m = flow_metrics(records[f.spec.name], t0)
@@ -335,6 +353,8 @@ def run(
                 for ev in events:
                     del ev["t"]
                 results["events"] = events
+                if sc.sweep is not None:
+                    results["sweep"] = sweeps.results(sc, records, t0, steps)
                 results["routing"] = routing_summary(recorder.snaps, t0)
                 if recorder.errors:
                     results["routing"]["sample_errors"] = recorder.errors[:5]
@@ -375,6 +395,7 @@ def run(
         )
     checks += _process_checks(results)
     checks += verdict.judge(sc.assertions, results)
+    checks += sweeps.checks(sc, results.get("sweep"))
     results["checks"] = checks
     results["passed"] = all(c["passed"] for c in checks)
     # a saturated host invalidates the run whatever the checks say (exit 4)

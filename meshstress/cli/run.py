@@ -67,6 +67,11 @@ def run(
 
     path = Path(scenario_file) if scenario_file else default_scenario()
     sc = scenario.load(path)
+    if duration is not None and sc.sweep is not None:
+        raise click.BadParameter(
+            "a sweep lasts steps x repeat x step: change [sweep] step instead",
+            param_hint="--duration",
+        )
     if duration is not None:
         try:
             sc.duration = units.parse_duration(duration)
@@ -79,8 +84,11 @@ def run(
     chosen, why = runner.choose_where(sc, where)
     if check_only:
         click.echo(f"{path}: valid; {len(sc.topology.nodes)} nodes, {len(sc.flows)} flows, "
-                   f"{len(sc.events)} events, {len(sc.assertions)} checks; would run on "
-                   f"{chosen} ({why})")  # fmt: skip
+                   f"{len(sc.events)} events, "
+                   f"{len(sc.assertions) + len(sc.curve_assertions)} checks"
+                   + (f", a {sc.sweep.axis} sweep of {sc.sweep.windows_count} steps"
+                      if sc.sweep is not None else "")
+                   + f"; would run on {chosen} ({why})")  # fmt: skip
         return
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = run_folder(sc.name, stamp, out)

@@ -156,9 +156,11 @@ class Curve:
         for i, x in enumerate(stress + values):
             if not math.isfinite(x):
                 raise bad(f"value {x!r} at position {i % len(stress)} is not finite")
+        falls = len(stress) > 1 and stress[1] < stress[0]
         for i in range(1, len(stress)):
-            if stress[i] <= stress[i - 1]:
-                raise bad(f"stress must rise strictly: {self.at(i)} follows {self.at(i - 1)}")
+            if (stress[i] >= stress[i - 1]) if falls else (stress[i] <= stress[i - 1]):
+                order = "fall" if falls else "rise"
+                raise bad(f"stress must {order} strictly: {self.at(i)} follows {self.at(i - 1)}")
         if self.intervals is not None and self.counts is not None:
             raise bad("give intervals or counts, not both")
         if self.intervals is not None:
@@ -191,6 +193,17 @@ class Curve:
             raise ValueError(f"sweep {axis}: steps mix units ({', '.join(sorted(found))})")
         unit = found.pop() if found else ""
         return cls(axis=axis, stress=[x for x, _ in parsed], values=values, unit=unit, **kw)
+
+    @property
+    def falls(self) -> bool:
+        """Stress values that fall along the sweep (a rate: less bandwidth is more
+        stress). "Up to" and "after" then follow the sweep's order: up_to rate=1mbit
+        means the steps from the first down to 1mbit."""
+        return len(self.stress) > 1 and self.stress[1] < self.stress[0]
+
+    def before(self, x: float, y: float) -> bool:
+        """x comes at or before y in the sweep's order."""
+        return x >= y if self.falls else x <= y
 
     def at(self, i: int) -> str:
         return f"{self.axis}={format_stress(self.stress[i], self.unit)}"
@@ -274,11 +287,11 @@ def _bound(curve: Curve, limit: float | str, up_to: Stress, above: bool) -> Chec
     scope = (
         "over the sweep" if top is None else f"up to {curve.axis}={format_stress(top, curve.unit)}"
     )
-    if top is not None and top > curve.stress[-1]:
+    if top is not None and not curve.before(top, curve.stress[-1]):
         return _result(
             curve, check, False, f"{m} {check} {f} {scope}: the sweep stops at {curve.at(-1)}"
         )
-    steps = [i for i, s in enumerate(curve.stress) if top is None or s <= top]
+    steps = [i for i, s in enumerate(curve.stress) if top is None or curve.before(s, top)]
     if not steps:
         return _result(
             curve, check, False, f"{m} {check} {f} {scope}: the sweep starts at {curve.at(0)}"
@@ -430,14 +443,14 @@ def knee(curve: Curve, after: Stress = None) -> CheckResult:
             frac = (t - v[i - 1]) / (v[i] - v[i - 1])
             # 12 significant digits: the knee between 10% and 20% is 15%, not 0.15000000000000002
             x = float(f"{s[i - 1] + frac * (s[i] - s[i - 1]):.12g}")
-            x = min(max(x, s[i - 1]), s[i])
+            x = min(max(x, min(s[i - 1], s[i])), max(s[i - 1], s[i]))
             at = f"{curve.axis}={format_stress(x, curve.unit)}"
             text = (
                 f"{m} {what} ({curve.fmt(t)}) at {at}, interpolated between"
                 f" {curve.fmt(v[i - 1])} at {curve.at(i - 1)}"
                 f" and {curve.fmt(v[i])} at {curve.at(i)}"
             )
-            passed = limit is None or x > limit
+            passed = limit is None or not curve.before(x, limit)
             if limit is not None:
                 bound = f"{curve.axis}={format_stress(limit, curve.unit)}"
                 text += f"; {'after' if passed else 'not after'} {bound}"

@@ -282,9 +282,42 @@ def _tcp_metrics(record: FlowRecord, t0: float) -> dict[str, Any]:
     return out
 
 
-def flow_metrics(record: FlowRecord, t0: float) -> dict[str, Any]:
+def windowed(record: FlowRecord, window: tuple[float, float]) -> FlowRecord:
+    """The part of a record that a window [start, end) of monotonic seconds holds: udp
+    and ping packets SENT inside it, with their fate (received later or not: arrivals
+    after the window's end count); tcp: the receiver's bins that start inside it (tcp_info
+    is the sender's at its end, so what it gives is dropped). The record's scheduled
+    span is cut to the window."""
+    from dataclasses import replace
+
+    a, b = window
+    if not b > a:
+        raise ValueError(f"a window ends after it starts, got {window!r}")
+    lo, hi = max(a, record.t_start), min(b, max(record.t_start, record.t_end))
+    if record.spec.kind == "tcp":
+        bins = [(t, n) for t, n in record.bins if a <= t < b]
+        return replace(record, bins=bins, t_start=lo, t_end=max(lo, hi), tcp_info={},
+                       bytes_written=0)  # fmt: skip
+    sent = [(s, t) for s, t in _sent(record) if a <= t < b]
+    seqs = {s for s, _ in sent}
+    received = [p for p in record.received if p[0] in seqs]
+    return replace(record, sent=sent, received=received, t_start=lo, t_end=max(lo, hi))
+
+
+def flow_metrics(
+    record: FlowRecord, t0: float, window: tuple[float, float] | None = None
+) -> dict[str, Any]:
     """A flow's numbers as a JSON-ready dict (times relative to t0; keys in
-    docs/traffic.md)."""
+    docs/traffic.md). With `window` (start, end) in the records' clock (monotonic
+    seconds), only what was sent inside it counts (`windowed`); a tcp flow then has no
+    tcp_info numbers (retransmissions: None)."""
+    if window is not None:
+        record = windowed(record, window)
+        if record.spec.kind == "tcp":
+            out = _tcp_metrics(record, t0)
+            out["bytes_written"] = None
+            out["errors"] = list(record.errors)
+            return out
     if record.spec.kind == "tcp":
         out = _tcp_metrics(record, t0)
     else:

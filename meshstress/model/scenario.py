@@ -21,8 +21,11 @@ naming the file and the field. The format (docs/scenario.md):
     [[events]]   ... (meshstress.stress.events.parse_events)
     [[process]] ... (meshstress.procs.spec.parse_processes)
 
+    [sweep]      ... (meshstress.model.sweep.parse_sweep; docs/degradation.md)
+
     [verdict]
-    assert = ["flows.cbr.delivery_ratio >= 90%", "events[0].recovery_s.cbr <= 10s"]
+    assert = ["flows.cbr.delivery_ratio >= 90%", "events[0].recovery_s.cbr <= 10s",
+              "curve.flows.cbr.delivery_ratio monotone"]   # curve.: over a [sweep]
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from meshstress.model import generators, names, topofile, units
 from meshstress.model.topology import Topology
 
 if TYPE_CHECKING:
+    from meshstress.judge.curves import CurveAssertion
+    from meshstress.model.sweep import Sweep
     from meshstress.procs.spec import ProcessSpec
     from meshstress.stress.events import Event
     from meshstress.traffic.flows import FlowSpec
@@ -55,7 +60,7 @@ MESH_KEYS = (
     "converge_timeout",
     "require_converged",
 )
-ROOT_KEYS = ("scenario", "mesh", "traffic", "events", "verdict", "process")
+ROOT_KEYS = ("scenario", "mesh", "traffic", "events", "sweep", "verdict", "process")
 VERDICT_KEYS = ("assert", "max_host_busy", "max_saturated_share", "max_softnet_drops")
 DEFAULT_DURATION = 10.0
 
@@ -80,6 +85,8 @@ class Scenario:
     route_interval: float = 1.0  # route snapshots during the run
     raw: dict[str, Any] = field(default_factory=dict)  # the file's data, as parsed
     processes: list[ProcessSpec] = field(default_factory=list)  # [[process]], in order
+    sweep: Sweep | None = None  # [sweep]: one stress axis stepped over the run
+    curve_assertions: list[CurveAssertion] = field(default_factory=list)  # "curve. ..."
 
     def needs(self) -> list[str]:
         """Doctor check names this scenario needs from the kernel, beyond netns and veth."""
@@ -90,6 +97,10 @@ class Scenario:
         directions = [] if self.ideal else [d for link in topo.links for d in (link.ab, link.ba)]
         directions += [] if self.ideal else [seg.egress for seg in topo.segments]
         directions += [imp for ev in self.events for imp in (ev.ab, ev.ba) if imp is not None]
+        if self.sweep is not None:
+            from meshstress.model.sweep import step_impairments
+
+            directions += step_impairments(self.sweep, topo, self.ideal)
         kinds: set[str] = set()
         for imp in directions:
             if not imp.is_ideal():
@@ -278,11 +289,31 @@ def from_data(data: dict[str, Any], source: str, base: Path) -> Scenario:
     sc.flows = parse_flows(data.get("traffic", []), source, topo, field="traffic")
     sc.events = parse_events(data.get("events", []), source, topo, field="events")
     _processes(sc, data, base)
+    if "sweep" in data:
+        _sweep(sc, data["sweep"], "duration" in head)
     check_times(sc)
     ver = _table(source, data.get("verdict", {}), "verdict", VERDICT_KEYS)
     sc.assertions = _assertions(source, ver.get("assert", []), sc)
     sc.host_limits = _host_limits(source, ver)
     return sc
+
+
+def _sweep(sc: Scenario, raw: Any, duration_given: bool) -> None:
+    """[sweep]: the run lasts steps x repeat x step; a [scenario] duration must agree."""
+    from meshstress.model.sweep import parse_sweep
+
+    sc.sweep = sw = parse_sweep(raw, sc.source, sc.topology, sc.flows)
+    if duration_given and abs(sc.duration - sw.duration) > 1e-9:
+        raise _fail(
+            sc.source,
+            "scenario.duration",
+            f"a sweep lasts steps x repeat x step = {len(sw.steps)} x {sw.repeat} x "
+            f"{units.format_duration(sw.step)} = {units.format_duration(sw.duration)}; "
+            f"leave duration out or make it {units.format_duration(sw.duration)}",
+        )
+    sc.duration = sw.duration
+    if sw.fresh and sc.events:
+        raise _fail(sc.source, "events", "a fresh sweep (a new mesh per step) takes no events")
 
 
 def check_times(sc: Scenario) -> None:
@@ -320,6 +351,8 @@ def _assertions(source: str, value: Any, sc: Scenario) -> list[verdict.Assertion
     out = []
     for i, text in enumerate(value):
         fld = f"verdict.assert[{i}]"
+        if _curve_assertion(sc, text, fld, flows):
+            continue
         try:
             a = verdict.parse_assertion(text)
         except ValueError as exc:
@@ -340,6 +373,40 @@ def _assertions(source: str, value: Any, sc: Scenario) -> list[verdict.Assertion
             raise _fail(source, fld, f"unknown metric root {p[0]!r} ({', '.join(RESULT_KEYS)})")
         out.append(a)
     return out
+
+
+def _curve_assertion(sc: Scenario, text: Any, fld: str, flows: set[str]) -> bool:
+    """A "curve. ..." assertion goes to sc.curve_assertions (True); others are plain."""
+    from meshstress.judge import curves, degradation
+
+    if not curves.is_curve_assertion(text):
+        return False
+    try:
+        a = curves.parse_curve_assertion(text)
+    except ValueError as exc:
+        raise _fail(sc.source, fld, str(exc)) from None
+    if sc.sweep is None:
+        raise _fail(sc.source, fld, "a curve assertion needs a [sweep] in the scenario")
+    p = verdict.parse_path(a.metric)
+    if p[0] != "flows" or len(p) < 3:
+        raise _fail(sc.source, fld, f"curves are per flow: curve.flows.NAME.METRIC, got {a.metric}")
+    if p[1] not in flows:
+        raise _fail(sc.source, fld, f"no flow {p[1]!r} (flows: {', '.join(sorted(flows))})")
+    kind = next(f.kind for f in sc.flows if f.name == p[1])
+    have = degradation.CURVE_METRICS.get(kind)
+    tail = verdict.format_path(p[2:])
+    if have is not None and tail not in have:
+        raise _fail(sc.source, fld, f"a {kind} flow has curves of {', '.join(have)}, not {tail}")
+    if a.at is not None:
+        axis, value = a.at.split("=", 1)
+        if axis != sc.sweep.axis:
+            raise _fail(sc.source, fld, f"{a.at!r}: the sweep's axis is {sc.sweep.axis}")
+        unit = curves.parse_stress(value)[1]
+        if unit is not None and unit != sc.sweep.unit:
+            want = sc.sweep.unit or "plain numbers"
+            raise _fail(sc.source, fld, f"{a.at!r} is in {unit}, the {axis} axis in {want}")
+    sc.curve_assertions.append(a)
+    return True
 
 
 def _host_limits(source: str, ver: dict[str, Any]) -> verdict.HostLimits:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
 from meshstress import safefs
+from meshstress.report import sweep as sweep_report
 
 if TYPE_CHECKING:
     from meshstress.model.scenario import Scenario
@@ -130,6 +131,7 @@ def summary(results: Mapping[str, Any]) -> str:
                 ]
             )
         lines += _table(rows)
+    lines += sweep_report.table_lines(results)
     routing = results.get("routing") or {}
     if routing.get("snapshots"):
         lines.append(
@@ -163,6 +165,9 @@ def summary(results: Mapping[str, Any]) -> str:
     if checks:
         lines.append("checks:")
         for c in checks:
+            if "explanation" in c or c.get("check"):  # a curve check: its own words
+                lines.append(sweep_report.check_line(c))
+                continue
             mark = "PASS" if c.get("passed") else "FAIL"
             extra = f" ({c['error']})" if c.get("error") else ""
             lines.append(f"  {mark} {c.get('assert')}: measured {_fmt(c.get('actual'), 4)}{extra}")
@@ -222,7 +227,8 @@ def junit(results: Mapping[str, Any]) -> str:
         if c.get("passed"):
             out.append(case + "/>")
         else:
-            msg = f"measured {c.get('actual')!r}" + (f": {c['error']}" if c.get("error") else "")
+            msg = c.get("explanation") or f"measured {c.get('actual')!r}"
+            msg += f": {c['error']}" if c.get("error") else ""
             out.append(case + ">")
             out.append(f"    <failure message={quoteattr(msg)}>{escape(msg)}</failure>")
             out.append("  </testcase>")
@@ -249,13 +255,13 @@ def plot(results: Mapping[str, Any], out_dir: Path) -> list[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    written = []
+    written = sweep_report.plot(results, out_dir, plt)
     flows = results.get("flows") or {}
     events = results.get("events") or []
     series = {n: f.get("series") for n, f in flows.items() if f.get("series")}
     reach = (results.get("routing") or {}).get("reachable_series")
     if not series and not reach:
-        return []
+        return written
     rows = len(series) + (1 if reach else 0)
     fig, axes = plt.subplots(rows, 1, figsize=(9, 2.6 * rows), sharex=True, squeeze=False)
     i = 0

@@ -548,6 +548,24 @@ class EventRunner:
         _, up = self._change(before)
         return {"up": up}
 
+    def set_links(self, down: Sequence[Link] = (), up: Sequence[Link] = ()) -> dict[str, Any]:
+        """Take links `down` and bring links `up` in one step (a sweep's failed_links
+        step): one netlink buffer per namespace as for any event, all sent before any
+        ack is read. Returns {"down": {node: [ifname]}, "up": {...}, "t", "took_s"}."""
+        start = time.monotonic()
+        nodes = sorted({n for link in (*down, *up) for n in link})
+        with _urgent():
+            before = self._wanted(nodes)
+            for a, b in down:
+                self.downed.add(link_key(a, b))
+                self.cut.discard(link_key(a, b))
+            for a, b in up:
+                self.downed.discard(link_key(a, b))
+                self.cut.discard(link_key(a, b))
+            went_down, came_up = self._change(before)
+        return {"down": went_down, "up": came_up, "t": start,
+                "took_s": time.monotonic() - start}  # fmt: skip
+
     def _node_crash(self, event: Event) -> dict[str, Any]:
         node = self._need_node(event)
         role = self.backend.role

@@ -1,0 +1,188 @@
+"""The views of a sweep in a run folder, rendered from results.json's `sweep` (pure apart
+from the PNG writer): the degradation table of summary.txt and degradation.png.
+(To move into meshstress/report/ with the package layout.)"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from meshstress import safefs
+from meshstress.judge.curves import format_stress, format_value
+
+# per flow kind: the metrics the table shows, in order, and their column titles
+TABLE = {
+    "udp": (
+        ("delivery_ratio", "delivery"),
+        ("latency_ms.p50", "p50 ms"),
+        ("latency_ms.p99", "p99 ms"),
+        ("throughput_bps", "throughput"),
+    ),
+    "ping": (
+        ("delivery_ratio", "delivery"),
+        ("rtt_ms.p50", "rtt p50 ms"),
+        ("rtt_ms.p99", "rtt p99 ms"),
+    ),
+    "tcp": (("goodput_bps", "goodput"),),
+}
+# what degradation.png draws: one panel per metric family, one line per flow
+PANELS = (
+    ("delivery ratio (%)", ("delivery_ratio",), 100.0),
+    ("latency p99 (ms)", ("latency_ms.p99", "rtt_ms.p99"), 1.0),
+    ("throughput (Mbit/s)", ("throughput_bps", "goodput_bps"), 1e-6),
+)
+AXIS_TITLE = {
+    "loss": "loss per link direction",
+    "delay": "added delay per link direction",
+    "jitter": "jitter per link direction",
+    "rate": "rate limit per link direction",
+    "failed_links": "links down",
+    "churn": "node crashes per minute",
+}
+AXIS_SCALE = {"fraction": (100.0, "%"), "seconds": (1000.0, "ms"), "bit/s": (1e-6, "Mbit/s")}
+
+
+def _value(metric: str, e: Mapping[str, Any] | None) -> str:
+    if not e or e.get("value") is None:
+        return "-"
+    text = format_value(e["value"], metric)
+    if metric.endswith("_bps"):
+        text = _rate(e["value"])
+    iv = e.get("interval")
+    if iv and iv[0] != iv[1]:
+        lo, hi = (format_value(x, metric) if not metric.endswith("_bps") else _rate(x) for x in iv)
+        text += f" [{lo}, {hi}]"
+    if e.get("n") and e.get("k") is not None:
+        text += f" ({e['k']}/{e['n']})"
+    return text
+
+
+def _rate(bps: float) -> str:
+    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if bps >= scale:
+            return f"{bps / scale:.3g} {unit}"
+    return f"{bps:.0f} bit/s"
+
+
+def table_lines(results: Mapping[str, Any]) -> list[str]:
+    """The degradation table: a row per step and flow, the step's metrics pooled over its
+    repeats with their intervals (Clopper-Pearson with the counts for ratios, bootstrap
+    for percentiles and goodput)."""
+    sw = results.get("sweep")
+    if not isinstance(sw, Mapping) or not sw.get("points"):
+        return []
+    from meshstress.report import _table
+
+    flows: Mapping[str, str] = sw.get("flows") or {}
+    rep = sw.get("repeat", 1)
+    lines = [
+        f"degradation over {sw.get('axis')} ({len(sw['points'])} steps of "
+        f"{sw.get('step_s'):g} s, first {sw.get('settle_s'):g} s not measured"
+        + (f", {rep} repeats pooled" if rep and rep > 1 else "")
+        + (", a fresh mesh per step" if sw.get("fresh") else "")
+        + "; 99% intervals):"
+    ]
+    for name, kind in flows.items():
+        cols = TABLE.get(kind, (("delivery_ratio", "delivery"),))
+        rows = [["step", str(sw.get("axis")), "flow", *(title for _, title in cols)]]
+        for p in sw["points"]:
+            m = p.get("metrics") or {}
+            rows.append(
+                [str(p["step"]), str(p["text"]), name]
+                + [_value(metric, m.get(f"flows.{name}.{metric}")) for metric, _ in cols]
+            )
+        lines += _table(rows)
+    applied = [w.get("applied") for w in sw.get("windows") or [] if w.get("applied")]
+    if applied:
+        took = max(a["took_s"] for a in applied)
+        late = max(a.get("late_s", 0.0) for a in applied)
+        lines.append(
+            f"  steps applied at t = {', '.join(format(a['t_rel'], 'g') for a in applied)} s; "
+            f"each took at most {took * 1000:.3g} ms, began at most {late * 1000:.3g} ms late"
+        )
+    return lines
+
+
+def check_line(c: Mapping[str, Any]) -> str:
+    mark = "PASS" if c.get("passed") else "FAIL"
+    default = " (default)" if c.get("default") else ""
+    why = c.get("explanation") or c.get("error") or ""
+    return f"  {mark} {c.get('assert')}{default}: {why}"
+
+
+def plot(results: Mapping[str, Any], out_dir: Path, plt: Any) -> list[str]:
+    """degradation.png: each panel one metric family against the stress, one line per
+    flow with its confidence bars, the knee (half the baseline) marked; [] without a
+    sweep."""
+    sw = results.get("sweep")
+    if not isinstance(sw, Mapping) or not sw.get("curves"):
+        return []
+    curves: Mapping[str, Any] = sw["curves"]
+    flows: Mapping[str, str] = sw.get("flows") or {}
+    unit = sw.get("unit", "")
+    scale, suffix = AXIS_SCALE.get(unit, (1.0, ""))
+    axis = str(sw.get("axis"))
+    panels = []
+    for title, metrics, yscale in PANELS:
+        lines = [
+            (name, f"flows.{name}.{m}")
+            for name in flows
+            for m in metrics
+            if f"flows.{name}.{m}" in curves
+        ]
+        if lines:
+            panels.append((title, lines, yscale))
+    if not panels:
+        return []
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), squeeze=False)
+    knees = {
+        c.get("metric"): c.get("value")
+        for c in results.get("checks") or []
+        if c.get("check") == "knee" and c.get("value") is not None
+    }
+    for row, (title, lines, yscale) in zip(axes, panels, strict=True):
+        ax = row[0]
+        for name, metric in lines:
+            c = curves[metric]
+            xs = [x * scale for x in c["stress"]]
+            ys = [v * yscale for v in c["values"]]
+            lo = [
+                max(0.0, (v - iv[0]) * yscale)
+                for v, iv in zip(c["values"], c["intervals"], strict=True)
+            ]
+            hi = [
+                max(0.0, (iv[1] - v) * yscale)
+                for v, iv in zip(c["values"], c["intervals"], strict=True)
+            ]
+            label = f"{name} ({flows.get(name)})"
+            line = ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=4, label=label)
+            knee = knees.get(metric)
+            if knee is not None:
+                color = line[0].get_color()
+                ax.axvline(knee * scale, color=color, linestyle=":", alpha=0.8)
+                ax.annotate(
+                    f"knee {format_stress(knee, unit)}",
+                    (knee * scale, ax.get_ylim()[1]),
+                    textcoords="offset points",
+                    xytext=(3, -12),
+                    fontsize=8,
+                    color=color,
+                )
+        ax.set_xticks([x * scale for x in sw.get("stress") or []], labels=sw.get("steps") or [])
+        ax.set_ylabel(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        if sw.get("stress") and sw["stress"][-1] < sw["stress"][0]:
+            ax.invert_xaxis()  # more stress to the right
+        ax.set_xlabel(f"{axis}: {AXIS_TITLE.get(axis, axis)}" + (f" ({suffix})" if suffix else ""))
+    scenario = (results.get("run") or {}).get("scenario")
+    fig.suptitle(
+        f"{scenario}: degradation over {axis} (bars: 99% intervals; dotted: knee)", fontsize=10
+    )
+    fig.tight_layout()
+    path = out_dir / "degradation.png"
+    with safefs.open_write(out_dir, path.name) as f:
+        fig.savefig(f, dpi=90, format="png")
+    plt.close(fig)
+    return [str(path)]
