@@ -462,7 +462,7 @@ def test_fuzz_scenario_toml(base: Path, data: dict[str, Any]) -> None:
         sc = scenario.loads(text, src, base=base)
     except InputError as exc:
         event(f"rejected: {exc.field.split('.')[0].split('[')[0]}")
-        _one_line_error(exc, (src, str(base)))
+        _one_line_error(exc, (src, str(base), *(str(base / f) for f in TOPO_FILES)))
         if set(data) - set(scenario.ROOT_KEYS):  # refused first, by name
             assert re.match(rf"{re.escape(src)}: bogus: unknown key", str(exc))
         return
