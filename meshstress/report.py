@@ -85,7 +85,13 @@ def summary(results: Mapping[str, Any]) -> str:
         lines.append("flows:")
         rows = [["name", "kind", "path", "sent", "received", "delivery", "p50 ms", "p99 ms",
                  "longest outage s", "throughput", "retrans"]]  # fmt: skip
+        rr = any(f.get("kind") == "rr" for f in flows.values())
+        if rr:  # request/response flows: sent = requests decided, received = answered
+            rows[0].append("attempts/ok")
         for name, f in flows.items():
+            if f.get("kind") == "rr":  # requests, answered, success ratio
+                f = {**f, "sent": f.get("decided"), "received": f.get("ok"),
+                     "delivery_ratio": f.get("success_ratio")}  # fmt: skip
             lat = next(
                 (v for v in (f.get("latency_ms"), f.get("rtt_ms")) if isinstance(v, dict)), {}
             )
@@ -103,6 +109,7 @@ def summary(results: Mapping[str, Any]) -> str:
                     _rate(f.get("throughput_bps") or f.get("goodput_bps")),
                     _fmt(f.get("retransmission_rate")),
                 ]
+                + ([_fmt(f.get("attempts_per_success"))] if rr else [])
             )
         lines += _table(rows)
     events = results.get("events") or []
@@ -224,7 +231,8 @@ def plot(results: Mapping[str, Any], out_dir: Path) -> list[str]:
         ax = axes[i][0]
         i += 1
         t = s.get("t") or []
-        for key, label in (("delivery_ratio", "delivered"), ("goodput_bps", "goodput bit/s"),
+        for key, label in (("delivery_ratio", "delivered"), ("success_ratio", "answered"),
+                           ("goodput_bps", "goodput bit/s"),
                            ("latency_ms", "latency ms"), ("rtt_ms", "rtt ms")):  # fmt: skip
             if s.get(key) and len(s[key]) == len(t):
                 ax.plot(t, s[key], label=label, drawstyle="steps-post")
