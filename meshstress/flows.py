@@ -74,8 +74,9 @@ class RRSpec:
         return sum(self.attempt_timeout(k) for k in range(self.retries + 1))
 
     def drain(self) -> float:
-        """How long the client goes on past its end to resolve outstanding requests."""
-        return min(self.window(), RR_MAX_DRAIN)
+        """How long the client goes on past its end to resolve outstanding requests: the
+        longest retry sequence, plus LINGER for a client that runs late."""
+        return min(self.window() + LINGER, RR_MAX_DRAIN)
 
 
 @dataclass(frozen=True)
