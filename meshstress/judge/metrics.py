@@ -10,7 +10,9 @@ A tcp flow's outages ("stalls") are runs of 100 ms receiver intervals without a 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +84,9 @@ def _gaps(record: FlowRecord, min_gap: float | None) -> list[tuple[float, float,
     """(start, end, resumed) of every outage at least min_gap long, in time order."""
     gap = _default_gap(record) if min_gap is None else min_gap
     runs: list[tuple[float, float, bool]] = []
-    if record.interval is None:  # tcp: 100 ms bins without a byte
+    if record.spec.kind == "rr":
+        runs = _rr_runs(record)
+    elif record.interval is None:  # tcp: 100 ms bins without a byte
         width = record.bin_s
         n = max(0, math.ceil((record.t_end - record.t_start) / width - 1e-9))
         got = set()
@@ -309,8 +313,13 @@ def flow_metrics(
 ) -> dict[str, Any]:
     """A flow's numbers as a JSON-ready dict (times relative to t0; keys in
     docs/traffic.md). With `window` (start, end) in the records' clock (monotonic
-    seconds), only what was sent inside it counts (`windowed`); a tcp flow then has no
-    tcp_info numbers (retransmissions: None)."""
+    seconds), only what was sent inside it counts (`windowed`; rr: the requests
+    scheduled inside [start, end)); a tcp flow then has no tcp_info numbers
+    (retransmissions: None)."""
+    if record.spec.kind == "rr":
+        out = _rr_metrics(rr_window(record, window) if window else record, t0)
+        out["errors"] = list(record.errors)
+        return out
     if window is not None:
         record = windowed(record, window)
         if record.spec.kind == "tcp":
@@ -323,4 +332,121 @@ def flow_metrics(
     else:
         out = _packet_metrics(record, t0)
     out["errors"] = list(record.errors)
+    return out
+
+
+# --- request/response (kind "rr") ------------------------------------------------------
+
+RR_OUTCOMES = ("ok", "timeout", "connect_failed", "error", "skipped", "pending")
+
+
+def _rr_runs(record: FlowRecord) -> list[tuple[float, float, bool]]:
+    """(start, end, resumed) of every stretch without a successful response: between
+    consecutive responses that completed a request, from the first request's schedule to
+    the first response, and from the last response to the last schedule plus one interval
+    (not resumed)."""
+    reqs = record.requests
+    if not reqs:
+        return []
+    interval = 1.0 / record.spec.pps()
+    lo = min(q.t_sched for q in reqs)
+    hi = max(q.t_sched for q in reqs) + interval
+    points = [lo] + sorted(q.t_done for q in reqs if q.outcome == "ok" and q.t_done is not None)
+    runs = [(a, b, True) for a, b in zip(points, points[1:], strict=False) if b > a]
+    if hi > points[-1]:
+        runs.append((points[-1], hi, False))
+    return runs
+
+
+def rr_window(record: FlowRecord, window: tuple[float, float]) -> FlowRecord:
+    """The part of an rr record whose requests were scheduled in [start, end)."""
+    lo, hi = window
+    reqs = [q for q in record.requests if lo <= q.t_sched < hi]
+    ids = {q.id for q in reqs}
+    return dataclasses.replace(
+        record,
+        t_start=max(record.t_start, lo),
+        t_end=min(record.t_end, hi),
+        requests=reqs,
+        served=[p for p in record.served if p[0] in ids],
+        responses=[p for p in record.responses if p[0] in ids],
+    )
+
+
+def _pcts(values: list[float]) -> dict[str, float | None]:
+    keys = ("min", "mean", "p50", "p95", "p99", "max")
+    if not values:
+        return {k: None for k in keys}
+    return {
+        "min": round(min(values), 3),
+        "mean": round(sum(values) / len(values), 3),
+        "p50": round(percentile(values, 50), 3),
+        "p95": round(percentile(values, 95), 3),
+        "p99": round(percentile(values, 99), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def _rr_metrics(record: FlowRecord, t0: float) -> dict[str, Any]:
+    reqs = record.requests
+    rr = record.spec.rr
+    tcp = rr is not None and rr.proto == "tcp"
+    outcomes = Counter(q.outcome for q in reqs)
+    decided = [q for q in reqs if q.decided]
+    ok = [q for q in reqs if q.outcome == "ok" and q.ok_attempt is not None]
+    results = Counter(r for q in reqs for r in q.results)
+    attempts = sum(len(q.sends) for q in reqs)
+    started = sum(1 for q in reqs if q.sends)
+    tried = sum(len(q.sends) for q in decided)
+    latency: dict[int, float] = {}  # id -> ms from the first send to the response
+    first, last = [], []
+    for q in ok:
+        k = q.ok_attempt or 0
+        if q.t_done is not None and k < len(q.sends):
+            latency[q.id] = (q.t_done - q.sends[0]) * 1000.0
+            first.append(latency[q.id])
+            last.append((q.t_done - q.sends[k]) * 1000.0)
+    connect = [c * 1000.0 for q in reqs for c in q.connect_s if c is not None]
+    out: dict[str, Any] = {
+        "proto": rr.proto if rr else None,
+        "requests": len(reqs),
+        "started": started,
+        "decided": len(decided),
+        "ok": len(ok),
+        "success_ratio": round(len(ok) / len(decided), 6) if decided else 0.0,
+        "outcomes": {k: outcomes.get(k, 0) for k in RR_OUTCOMES},
+        "attempts": attempts,
+        "retries": attempts - started,
+        "attempts_per_success": round(tried / len(ok), 4) if ok else None,
+        "first_attempt_ok": sum(1 for q in ok if q.ok_attempt == 0),
+        "timeouts": results.get("timeout", 0),
+        "connect_failures": results.get("connect_failed", 0),
+        "attempt_errors": results.get("error", 0),
+        "server_received": len(record.served),
+        "responses": len(record.responses),
+        "late_responses": len(record.responses) - len(ok),
+        "latency_ms": _pcts(first),
+        "attempt_latency_ms": _pcts(last),
+        "connect_ms": _pcts(connect) if tcp else None,
+        "connects_ok": len(connect) if tcp else None,
+        "rate_rps": record.spec.pps(),
+        "start_delay_s": round(min(q.t_sched for q in reqs) - record.t_start, 3) if reqs else None,
+    }
+    out.update(_outage_fields(record, t0))
+    # per 0.5 s of schedule time: the share of decided requests that succeeded, and the
+    # median latency of those
+    bins: dict[int, tuple[list[bool], list[float]]] = {}
+    for q in decided:
+        done, ms = bins.setdefault(math.floor((q.t_sched - t0) / SERIES_BIN), ([], []))
+        done.append(q.id in latency)
+        if q.id in latency:
+            ms.append(latency[q.id])
+    t_: list[float] = []
+    ratio: list[float] = []
+    lat: list[float | None] = []
+    for b, (done, ms) in sorted(bins.items()):
+        t_.append(round(b * SERIES_BIN, 3))
+        ratio.append(round(sum(done) / len(done), 4))
+        lat.append(round(percentile(ms, 50), 3) if ms else None)
+    out["series"] = {"bin_s": SERIES_BIN, "t": t_, "success_ratio": ratio, "latency_ms": lat}
     return out

@@ -90,7 +90,13 @@ def summary(results: Mapping[str, Any]) -> str:
         lines.append("flows:")
         rows = [["name", "kind", "path", "sent", "received", "delivery", "p50 ms", "p99 ms",
                  "longest outage s", "throughput", "retrans"]]  # fmt: skip
+        rr = any(f.get("kind") == "rr" for f in flows.values())
+        if rr:  # request/response flows: sent = requests decided, received = answered
+            rows[0].append("attempts/ok")
         for name, f in flows.items():
+            if f.get("kind") == "rr":  # requests, answered, success ratio
+                f = {**f, "sent": f.get("decided"), "received": f.get("ok"),
+                     "delivery_ratio": f.get("success_ratio")}  # fmt: skip
             lat = next(
                 (v for v in (f.get("latency_ms"), f.get("rtt_ms")) if isinstance(v, dict)), {}
             )
@@ -108,6 +114,7 @@ def summary(results: Mapping[str, Any]) -> str:
                     _rate(f.get("throughput_bps") or f.get("goodput_bps")),
                     _fmt(f.get("retransmission_rate")),
                 ]
+                + ([_fmt(f.get("attempts_per_success"))] if rr else [])
             )
         lines += _table(rows)
     lines += _process_lines(results.get("process") or {})
@@ -239,6 +246,7 @@ def junit(results: Mapping[str, Any]) -> str:
 # per flow: the first two of these its series has, in this order (latency on the right)
 TIMELINE_SERIES = (
     ("delivery_ratio", "delivered (fraction)"),
+    ("success_ratio", "answered (fraction)"),
     ("goodput_bps", "goodput (bit/s)"),
     ("latency_ms", "latency (ms)"),
     ("rtt_ms", "rtt (ms)"),

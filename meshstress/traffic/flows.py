@@ -30,9 +30,11 @@ if TYPE_CHECKING:
     from meshstress.build import Mesh
     from meshstress.model.topology import Topology
 
-KINDS = ("udp", "tcp", "ping")
+KINDS = ("udp", "tcp", "ping", "rr")
 KEYS = ("name", "kind", "from", "to", "start", "duration", "rate", "size", "port")
-DEFAULT_PPS = {"udp": 100.0, "ping": 10.0}
+RR_KEYS = ("proto", "request_size", "response_size", "timeout", "retries", "backoff",
+           "max_timeout", "max_outstanding", "connection")  # fmt: skip
+DEFAULT_PPS = {"udp": 100.0, "ping": 10.0, "rr": 10.0}
 MAX_PPS = 100_000.0
 UDP_MIN_SIZE = 16  # seq (8 bytes) and send time (8 bytes)
 MAX_PAYLOAD = 65507
@@ -41,6 +43,40 @@ PING_WAIT = 1.0  # ping -W: seconds to wait for each reply
 TCP_BIN = 0.1  # goodput interval of the tcp receiver
 PORT_BASE = 40000
 _ports = itertools.count()
+RR_HEADER = 20  # request id (u64), attempt (u32), send time (f64): meshstress.traffic.agent.RR
+RR_MAX_RATE = 10_000.0  # requests per second
+RR_MAX_TCP_SIZE = 16 << 20
+RR_MAX_DRAIN = 30.0  # the client resolves outstanding requests at most this long past its end
+
+
+@dataclass(frozen=True)
+class RRSpec:
+    """The settings of a request/response flow (kind "rr"); its rate is FlowSpec.rate_pps
+    (requests started per second)."""
+
+    proto: str = "udp"  # "udp" | "tcp"
+    request_size: int = 64  # bytes, header (20 bytes) included
+    response_size: int = 64
+    timeout: float = 0.2  # seconds, the first attempt's (TCP: connect included)
+    retries: int = 3  # attempts after the first
+    backoff: float = 2.0  # each retry's timeout = the previous one's times this
+    max_timeout: float | None = None  # a cap on one attempt's timeout
+    max_outstanding: int = 1000  # above it a due request is not started ("skipped")
+    connection: str = "per-request"  # tcp: "per-request" | "persistent"
+
+    def attempt_timeout(self, k: int) -> float:
+        """The timeout of attempt k (0: the first)."""
+        t = self.timeout * self.backoff**k
+        return t if self.max_timeout is None else min(t, self.max_timeout)
+
+    def window(self) -> float:
+        """The longest a request can take: every attempt's timeout, one after another."""
+        return sum(self.attempt_timeout(k) for k in range(self.retries + 1))
+
+    def drain(self) -> float:
+        """How long the client goes on past its end to resolve outstanding requests: the
+        longest retry sequence, plus LINGER for a client that runs late."""
+        return min(self.window() + LINGER, RR_MAX_DRAIN)
 
 
 @dataclass(frozen=True)
@@ -55,6 +91,7 @@ class FlowSpec:
     rate_bps: int | None = None  # udp: bitrate alternative to rate_pps; tcp: optional cap
     size: int = 200  # udp payload / ping payload bytes
     port: int | None = None  # None: assigned
+    rr: RRSpec | None = None  # kind "rr": its settings
 
     def pps(self) -> float:
         """Packets per second of a udp or ping flow (a udp bitrate counts payload bits)."""
@@ -63,6 +100,32 @@ class FlowSpec:
         if self.kind == "udp" and self.rate_bps is not None:
             return self.rate_bps / (8 * self.size)
         return DEFAULT_PPS.get(self.kind, 100.0)
+
+
+@dataclass
+class RRRequest:
+    """One request of an rr flow as its client recorded it (monotonic seconds).
+
+    outcome: "ok" | "timeout" | "connect_failed" | "error" (how the last attempt failed,
+    once every retry had been used) | "skipped" (due while max_outstanding requests were
+    outstanding: never sent) | "pending" (undecided when the client stopped).
+    results[k]: what became of attempt k by its deadline: "ok", "timeout" (no answer in
+    time), "connect_failed" (tcp: not connected in time, or refused), "error" (the kernel
+    refused the send, or the connection broke).
+    """
+
+    id: int
+    t_sched: float  # when it was due (open loop: rate from the client's start)
+    sends: list[float] = field(default_factory=list)  # each attempt's start
+    results: list[str] = field(default_factory=list)
+    connect_s: list[float | None] = field(default_factory=list)  # tcp, per attempt
+    outcome: str = "pending"
+    ok_attempt: int | None = None  # the attempt whose response came first
+    t_done: float | None = None  # the response's arrival, or when it was given up
+
+    @property
+    def decided(self) -> bool:
+        return self.outcome != "pending"
 
 
 @dataclass
@@ -75,6 +138,9 @@ class FlowRecord:
           answered ones), received [(seq, t_send, t_reply)], duplicates included.
     tcp:  bins [(t_bin_start, bytes)] every bin_s from the receiver, tcp_info from the
           sender at its end, bytes_written by the sender.
+    rr:   requests [RRRequest] from the client; served [(id, attempt, t_recv)] every
+          request copy the server got; responses [(id, attempt, t_recv)] every response
+          the client got (late ones and duplicates included).
     """
 
     spec: FlowSpec
@@ -90,6 +156,9 @@ class FlowRecord:
     connected_at: float | None = None  # tcp: when the sender's connect() succeeded
     send_errors: int = 0
     errors: list[str] = field(default_factory=list)
+    requests: list[RRRequest] = field(default_factory=list)  # rr: the client's, by id
+    served: list[tuple[int, int, float]] = field(default_factory=list)  # rr: server got
+    responses: list[tuple[int, int, float]] = field(default_factory=list)  # rr: client got
 
     @property
     def interval(self) -> float | None:
@@ -125,6 +194,75 @@ def _rate(value: object, kind: str, source: str, fld: str) -> tuple[float | None
     return None, bps
 
 
+def _rr_rate(value: object, source: str, fld: str) -> float:
+    """Requests per second: "20rps" (or "20pps", or a bare number)."""
+    text = value.strip().lower() if isinstance(value, str) else None
+    if isinstance(value, bool) or not (isinstance(value, int | float) or text):
+        raise InputError(source, fld, f'expected requests per second like "20rps", got {value!r}')
+    if text is not None:
+        text = text.removesuffix("rps").removesuffix("pps").strip()
+    try:
+        rate = float(text if text is not None else value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InputError(
+            source, fld, f'expected requests per second like "20rps", got {value!r}'
+        ) from None
+    if not (math.isfinite(rate) and 0 < rate <= RR_MAX_RATE):
+        raise InputError(source, fld, f"requests per second must be in (0, {RR_MAX_RATE:g}]")
+    return rate
+
+
+def _parse_rr(item: dict[str, Any], source: str, at: str) -> RRSpec:
+    """The rr keys of one [[traffic]] table -> RRSpec (InputError naming the field)."""
+    kw: dict[str, Any] = {}
+    proto = item.get("proto", "udp")
+    if proto not in ("udp", "tcp"):
+        raise InputError(source, f"{at}.proto", f'expected "udp" or "tcp", got {proto!r}')
+    kw["proto"] = proto
+    high = MAX_PAYLOAD if proto == "udp" else RR_MAX_TCP_SIZE
+    for key in ("request_size", "response_size"):
+        if key in item:
+            try:
+                kw[key] = units.parse_size(item[key])
+            except ValueError as exc:
+                raise InputError(source, f"{at}.{key}", str(exc)) from None
+            if not RR_HEADER <= kw[key] <= high:
+                raise InputError(
+                    source, f"{at}.{key}", f"must be {RR_HEADER} to {high} bytes over {proto}"
+                )
+    for key in ("timeout", "max_timeout"):
+        if key in item:
+            try:
+                kw[key] = units.parse_duration(item[key])
+            except ValueError as exc:
+                raise InputError(source, f"{at}.{key}", str(exc)) from None
+            if not 0.001 <= kw[key] <= 60.0:
+                raise InputError(source, f"{at}.{key}", "must be 1ms to 60s")
+    if kw.get("max_timeout", math.inf) < kw.get("timeout", RRSpec.timeout):
+        raise InputError(source, f"{at}.max_timeout", "is shorter than the timeout")
+    for key, low, top in (("retries", 0, 100), ("max_outstanding", 1, 100_000)):
+        if key in item:
+            n = item[key]
+            if isinstance(n, bool) or not isinstance(n, int) or not low <= n <= top:
+                raise InputError(source, f"{at}.{key}", f"expected a count {low}..{top}, got {n!r}")
+            kw[key] = n
+    if "backoff" in item:
+        b = item["backoff"]
+        if isinstance(b, bool) or not isinstance(b, int | float) or not 1.0 <= b <= 100.0:
+            raise InputError(source, f"{at}.backoff", f"expected a factor 1..100, got {b!r}")
+        kw["backoff"] = float(b)
+    if "connection" in item:
+        conn = item["connection"]
+        if proto != "tcp":
+            raise InputError(source, f"{at}.connection", 'only a proto = "tcp" flow has one')
+        if conn not in ("per-request", "persistent"):
+            raise InputError(
+                source, f"{at}.connection", f'expected "per-request" or "persistent", got {conn!r}'
+            )
+        kw["connection"] = conn
+    return RRSpec(**kw)
+
+
 def parse_flows(raw: object, source: str, topo: Topology, field: str = "traffic") -> list[FlowSpec]:
     """A scenario's [[traffic]] array -> FlowSpecs; bad input raises InputError naming
     `field[i].key`."""
@@ -137,13 +275,18 @@ def parse_flows(raw: object, source: str, topo: Topology, field: str = "traffic"
         if not isinstance(item, dict):
             raise InputError(source, at, "expected a table")
         for key in item:
-            if key not in KEYS:
-                raise InputError(source, f"{at}.{key}", f"unknown key (known: {', '.join(KEYS)})")
+            if key not in KEYS and key not in RR_KEYS:
+                raise InputError(
+                    source, f"{at}.{key}", f"unknown key (known: {', '.join(KEYS + RR_KEYS)})"
+                )
         kind = item.get("kind")
         if kind not in KINDS:
             raise InputError(
                 source, f"{at}.kind", f"expected one of {', '.join(KINDS)}, got {kind!r}"
             )
+        for key in RR_KEYS:
+            if key in item and kind != "rr":
+                raise InputError(source, f"{at}.{key}", f'only a kind = "rr" flow has {key}')
         ends = {}
         for key in ("from", "to"):
             node = item.get(key)
@@ -170,7 +313,13 @@ def parse_flows(raw: object, source: str, topo: Topology, field: str = "traffic"
                     duration = v
         pps: float | None = None
         bps: int | None = None
-        if "rate" in item:
+        rr: RRSpec | None = None
+        if kind == "rr":
+            rr = _parse_rr(item, source, at)
+            pps = _rr_rate(item["rate"], source, f"{at}.rate") if "rate" in item else None
+            if pps is None:
+                pps = DEFAULT_PPS["rr"]
+        elif "rate" in item:
             pps, bps = _rate(item["rate"], kind, source, f"{at}.rate")
         elif kind in DEFAULT_PPS:
             pps = DEFAULT_PPS[kind]
@@ -178,6 +327,9 @@ def parse_flows(raw: object, source: str, topo: Topology, field: str = "traffic"
         if "size" in item:
             if kind == "tcp":
                 raise InputError(source, f"{at}.size", "a tcp flow has no packet size")
+            if kind == "rr":
+                raise InputError(source, f"{at}.size", "an rr flow has request_size and "
+                                 "response_size")  # fmt: skip
             try:
                 size = units.parse_size(item["size"])
             except ValueError as exc:
@@ -201,7 +353,7 @@ def parse_flows(raw: object, source: str, topo: Topology, field: str = "traffic"
             names.check(name, source, f"{at}.name", names.flow_problem)  # raw/NAME.* files
         specs.append(
             dict(name=name, kind=kind, src=ends["from"], dst=ends["to"], start=start,
-                 duration=duration, rate_pps=pps, rate_bps=bps, size=size, port=port)
+                 duration=duration, rate_pps=pps, rate_bps=bps, size=size, port=port, rr=rr)
         )  # fmt: skip
     taken: set[str] = set()
     for i, s in enumerate(specs):
@@ -336,7 +488,8 @@ def start_flow(
     flow.go = go
     src, dst = mesh.address(spec.src), mesh.address(spec.dst)
     port = spec.port if spec.port is not None else PORT_BASE + next(_ports) % 20000
-    for what in ("ready", "send.json", "recv.json", "ping.txt", "offset.json"):
+    for what in ("ready", "send.json", "recv.json", "ping.txt", "offset.json", "client.json",
+                 "server.json"):  # fmt: skip
         try:
             os.unlink(flow.path(what))
         except FileNotFoundError:
@@ -390,6 +543,22 @@ def start_flow(
         launch("ping", spec.src, _agent(
             "ping", "--start", t_start, "--out-offset", flow.files["offset"], "--", *argv),
             stdout=out)  # fmt: skip
+    elif spec.kind == "rr":
+        rr = spec.rr or RRSpec()
+        flow.files = {"client": flow.path("client.json"), "server": flow.path("server.json")}
+        sizes = ("--request-size", rr.request_size, "--response-size", rr.response_size)
+        launch("server", spec.dst, _agent(
+            "rr-server", "--proto", rr.proto, "--bind", dst, "--port", port,
+            "--end", t_end + rr.drain() + LINGER, *sizes, "--out", flow.files["server"],
+            "--ready", ready, "--peer-done", flow.files["client"]))  # fmt: skip
+        launch("client", spec.src, _agent(
+            "rr-client", "--proto", rr.proto, "--connection", rr.connection, "--bind", src,
+            "--to", dst, "--port", port, "--start", t_start, "--end", t_end,
+            "--drain", repr(rr.drain()), "--rate", repr(spec.pps()), *sizes,
+            "--timeout", repr(rr.timeout), "--retries", rr.retries,
+            "--backoff", repr(rr.backoff), "--max-timeout", repr(rr.max_timeout or 0.0),
+            "--max-outstanding", rr.max_outstanding, "--out", flow.files["client"],
+            "--ready", ready))  # fmt: skip
     else:
         raise ValueError(f"unknown flow kind {spec.kind!r}")
     return flow
@@ -473,6 +642,28 @@ def load_record(spec: FlowSpec, files: dict[str, str], t_start: float, t_end: fl
         rec.connected = "connected_at" in send if send else None
         if send.get("connected_at") is not None:
             rec.connected_at = float(send["connected_at"])
+    elif spec.kind == "rr":
+        client = _load_json(files["client"], rec.errors, "client")
+        server = _load_json(files["server"], rec.errors, "server")
+        for q in client.get("requests", []):
+            rec.requests.append(
+                RRRequest(
+                    id=int(q["id"]),
+                    t_sched=float(q["t"]),
+                    sends=[float(t) for t in q.get("sends", [])],
+                    results=[str(r) if r is not None else "pending" for r in q.get("results", [])],
+                    connect_s=[None if c is None else float(c) for c in q.get("connect_s", [])],
+                    outcome=str(q.get("outcome", "pending")),
+                    ok_attempt=None if q.get("ok_attempt") is None else int(q["ok_attempt"]),
+                    t_done=None if q.get("t_done") is None else float(q["t_done"]),
+                )
+            )
+        rec.responses = [(int(i), int(k), float(t)) for i, k, t in client.get("responses", [])]
+        rec.served = [(int(i), int(k), float(t)) for i, k, t in server.get("served", [])]
+        for kind, n in (client.get("error_kinds") or {}).items():
+            rec.errors.append(f"client: {n} attempt(s) failed: {kind}")
+        for kind, n in (server.get("send_errors") or {}).items():
+            rec.errors.append(f"server: {n} response(s) not sent: {kind}")
     elif spec.kind == "ping":
         from meshstress.traffic import ping_records
 
