@@ -244,8 +244,6 @@ def test_rr_window_keeps_the_requests_scheduled_inside_it() -> None:
     whole = flow_metrics(rec, 100.0)
     assert whole["ok"] == 40 and whole["decided"] == 50 and whole["success_ratio"] == 0.8
     assert whole["attempts_per_success"] == round((40 + 30) / 40, 4)
-    with pytest.raises(NotImplementedError):
-        flow_metrics(FlowRecord(FlowSpec("u", "udp", "a", "b"), 0.0, 1.0), 0.0, window=(0, 1))
 
 
 def test_rr_in_the_summary_table() -> None:
