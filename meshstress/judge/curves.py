@@ -155,9 +155,14 @@ class Curve:
         for i, x in enumerate(stress + values):
             if not math.isfinite(x):
                 raise bad(f"value {x!r} at position {i % len(stress)} is not finite")
+        # a rate axis falls (less bandwidth is harsher): the steps go one way, strictly
+        sign = -1.0 if len(stress) > 1 and stress[1] < stress[0] else 1.0
+        way = "fall" if sign < 0 else "rise"
         for i in range(1, len(stress)):
-            if stress[i] <= stress[i - 1]:
-                raise bad(f"stress must rise strictly: {self.at(i)} follows {self.at(i - 1)}")
+            if sign * (stress[i] - stress[i - 1]) <= 0:
+                raise bad(
+                    f"stress must {way} strictly: {self.at(i)} follows {self.at(i - 1)}"
+                )
         if self.intervals is not None and self.counts is not None:
             raise bad("give intervals or counts, not both")
         if self.intervals is not None:
@@ -190,6 +195,15 @@ class Curve:
             raise ValueError(f"sweep {axis}: steps mix units ({', '.join(sorted(found))})")
         unit = found.pop() if found else ""
         return cls(axis=axis, stress=[x for x, _ in parsed], values=values, unit=unit, **kw)
+
+    @property
+    def falling(self) -> bool:
+        """The stress falls step by step (a rate sweep: less bandwidth is harsher)."""
+        return len(self.stress) > 1 and self.stress[1] < self.stress[0]
+
+    def beyond(self, x: float, y: float) -> bool:
+        """x lies further along the sweep than y (x > y, or x < y on a falling axis)."""
+        return x < y if self.falling else x > y
 
     def at(self, i: int) -> str:
         return f"{self.axis}={format_stress(self.stress[i], self.unit)}"
@@ -273,11 +287,11 @@ def _bound(curve: Curve, limit: float | str, up_to: Stress, above: bool) -> Chec
     scope = (
         "over the sweep" if top is None else f"up to {curve.axis}={format_stress(top, curve.unit)}"
     )
-    if top is not None and top > curve.stress[-1]:
+    if top is not None and curve.beyond(top, curve.stress[-1]):
         return _result(
             curve, check, False, f"{m} {check} {f} {scope}: the sweep stops at {curve.at(-1)}"
         )
-    steps = [i for i, s in enumerate(curve.stress) if top is None or s <= top]
+    steps = [i for i, s in enumerate(curve.stress) if top is None or not curve.beyond(s, top)]
     if not steps:
         return _result(
             curve, check, False, f"{m} {check} {f} {scope}: the sweep starts at {curve.at(0)}"
@@ -402,6 +416,7 @@ def monotone(curve: Curve) -> CheckResult:
 
 
 _monotone = monotone  # assert_graceful's parameter `monotone` hides the function
+_no_cliff = no_cliff  # and `no_cliff` this one
 
 
 def knee(curve: Curve, after: Stress = None) -> CheckResult:
@@ -429,14 +444,14 @@ def knee(curve: Curve, after: Stress = None) -> CheckResult:
             frac = (t - v[i - 1]) / (v[i] - v[i - 1])
             # 12 significant digits: the knee between 10% and 20% is 15%, not 0.15000000000000002
             x = float(f"{s[i - 1] + frac * (s[i] - s[i - 1]):.12g}")
-            x = min(max(x, s[i - 1]), s[i])
+            x = min(max(x, min(s[i - 1], s[i])), max(s[i - 1], s[i]))
             at = f"{curve.axis}={format_stress(x, curve.unit)}"
             text = (
                 f"{m} {what} ({curve.fmt(t)}) at {at}, interpolated between"
                 f" {curve.fmt(v[i - 1])} at {curve.at(i - 1)}"
                 f" and {curve.fmt(v[i])} at {curve.at(i)}"
             )
-            passed = limit is None or x > limit
+            passed = limit is None or curve.beyond(x, limit)
             if limit is not None:
                 bound = f"{curve.axis}={format_stress(limit, curve.unit)}"
                 text += f"; {'after' if passed else 'not after'} {bound}"
@@ -460,17 +475,22 @@ def assert_graceful(
     ceiling: float | str | None = None,
     relative: bool = False,
     knee_after: Stress = None,
+    no_cliff: float | str | None = None,
 ) -> list[CheckResult]:
     """pytest helper: run the asked checks (floor and ceiling up to `up_to`, no_cliff with
     max_drop, monotone, knee after knee_after); AssertionError with one line per failed
-    check, else the results."""
+    check, else the results. `no_cliff=` is another name for max_drop."""
+    if no_cliff is not None:
+        if max_drop is not None and max_drop != no_cliff:
+            raise ValueError("give max_drop or no_cliff (the same check), not both")
+        max_drop = no_cliff
     results = []
     if floor is not None:
         results.append(_bound(curve, floor, up_to, above=True))
     if ceiling is not None:
         results.append(_bound(curve, ceiling, up_to, above=False))
     if max_drop is not None:
-        results.append(no_cliff(curve, max_drop, relative=relative))
+        results.append(_no_cliff(curve, max_drop, relative=relative))
     if monotone:
         results.append(_monotone(curve))
     if knee_after is not None:
