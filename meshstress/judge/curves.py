@@ -160,9 +160,7 @@ class Curve:
         way = "fall" if sign < 0 else "rise"
         for i in range(1, len(stress)):
             if sign * (stress[i] - stress[i - 1]) <= 0:
-                raise bad(
-                    f"stress must {way} strictly: {self.at(i)} follows {self.at(i - 1)}"
-                )
+                raise bad(f"stress must {way} strictly: {self.at(i)} follows {self.at(i - 1)}")
         if self.intervals is not None and self.counts is not None:
             raise bad("give intervals or counts, not both")
         if self.intervals is not None:
