@@ -11,6 +11,8 @@ On the host the sweep is over bandwidth (tbf); where the kernel has netem (the V
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from meshstress import generators
@@ -42,6 +44,18 @@ def test_service_recovers_within_5s_of_a_link_cut(mesh_factory, kv_service) -> N
                         settings={"hello_interval": "250ms", "smoothing_half_life": "0s"})  # fmt: skip
     kv = kv_service(mesh, server="n3", client="n0")
     assert kv.requests(count=1, pace=1, size=5, attempts=5, timeout=0.5) == (1, 1)  # k1 = "xxxxx"
+    # a mesh a few seconds old may not reroute for a long while (docs/findings.md #1):
+    # cut once both directions' routes have held for 3 s
+    seen: list[tuple[object, object, float]] = []
+
+    def settled() -> bool:
+        now = (mesh.path("n0", "n3"), mesh.path("n3", "n0"), time.monotonic())
+        if not seen or seen[-1][:2] != now[:2]:
+            seen.append(now)
+        return now[0] is not None and now[1] is not None and now[2] - seen[-1][2] >= 3
+
+    assert mesh.wait_until(settled, timeout=60, interval=0.2), seen
+
     before = mesh.path("n0", "n3")
     assert before is not None and len(before) == 3, before
     middle = before[1]
@@ -49,7 +63,11 @@ def test_service_recovers_within_5s_of_a_link_cut(mesh_factory, kv_service) -> N
         took = recovery_time(lambda: kv.get("k1") == b"xxxxx", since=cut["t"], timeout=30)
         after = mesh.path("n0", "n3")
         print(f"\ncut {middle}-n3 on {before}: answers again after {took:.2f} s via {after}")
-        assert took <= 5.0, f"no answer within 5 s of cutting {middle}-n3 (took {took} s)"
+        assert took <= 5.0, (
+            f"no answer within 5 s of cutting {middle}-n3 (took {took} s); now "
+            f"n0->n3 {after}, n3->n0 {mesh.path('n3', 'n0')}, "
+            f"ping {mesh.ping('n0', 'n3', count=1).ok}"
+        )
         assert after is not None and middle not in after
     # the link is back: one hop (TTL 1) crosses it again, and the service answers
     one_hop = ["ping", "-c1", "-W1", "-t1", mesh.address("n3")]
