@@ -251,6 +251,7 @@ def mesh_factory() -> Iterator[Callable[..., Any]]:
     """Build meshes for a test; every one is torn down afterwards, also on failure."""
     from meshstress import build
     from meshstress.build import bringup
+    from meshstress.stress.live import LiveMesh
 
     made: list[Any] = []
 
@@ -260,17 +261,17 @@ def mesh_factory() -> Iterator[Callable[..., Any]]:
         settings: dict[str, Any] | None = None,
         wait: bool | None = None,
         timeout: float = 120.0,
-    ) -> build.Mesh:
+    ) -> LiveMesh:
         """Build `topo` (routing and its settings override the topology's); the mesh
-        carries .info (summary), .backend and .result (convergence, when waited)."""
+        carries .info (summary), .backend and .result (convergence, when waited), and
+        the stress context managers of meshstress.stress.live (docs/pytest.md)."""
         if routing is not None:
             topo.routing = routing
         if settings is not None:
             topo.routing_settings = settings
         brought = bringup.bring_up(topo, wait=wait, timeout=timeout)
-        mesh = build.Mesh(brought.state)
+        mesh = LiveMesh(brought.state, topo, brought.backend)
         mesh.info = brought.info  # type: ignore[attr-defined]
-        mesh.backend = brought.backend  # type: ignore[attr-defined]
         mesh.result = brought.result  # type: ignore[attr-defined]
         made.append(mesh)
         return mesh

@@ -610,3 +610,32 @@ def test_binom_cdf_window_equals_the_full_sum(n: int, p: float) -> None:
 def test_guess_better_and_format_value(metric: str, better: str, shown: str) -> None:
     assert curves.guess_better(metric) == better
     assert curves.format_value(0.125, metric) == shown
+
+
+def test_a_falling_axis_rate_reads_as_the_sweep_goes() -> None:
+    """A rate sweep gets harsher as the rate falls: the steps fall strictly, `up_to` means
+    "up to that far along the sweep", and the knee lies between its neighbours."""
+    c = Curve.from_texts(
+        "rate", ["4mbit", "1mbit", "250kbit", "100kbit"], [1.0, 0.9, 0.6, 0.2], metric="ok_ratio"
+    )
+    assert c.falls and c.unit == "bit/s"
+    assert floor(c, 0.85, up_to="1mbit").passed
+    bad = floor(c, 0.85, up_to="250kbit")
+    assert not bad.passed and bad.steps == (2,)
+    assert not floor(c, 0.1, up_to="50kbit").passed  # beyond the sweep's last step
+    assert "the sweep stops at rate=100kbit" in floor(c, 0.1, up_to="50kbit").explanation
+    k = knee(c)
+    assert k.value is not None and 100_000 <= k.value <= 250_000
+    assert knee(c, after="500kbit").passed and not knee(c, after="200kbit").passed
+    assert monotone(c).passed
+    with pytest.raises(ValueError, match="stress must fall strictly: rate=2mbit follows"):
+        Curve.from_texts("rate", ["4mbit", "1mbit", "2mbit"], [1, 1, 1])
+
+
+def test_assert_graceful_takes_no_cliff_as_max_drop() -> None:
+    c = Curve.from_texts("loss", ["0%", "10%", "20%"], [1.0, 0.9, 0.5], metric="ok_ratio")
+    assert_graceful(c, floor="85%", up_to="10%", no_cliff="40%")
+    with pytest.raises(AssertionError, match="drops by 40%"):
+        assert_graceful(c, no_cliff="30%")
+    with pytest.raises(ValueError, match="not both"):
+        assert_graceful(c, no_cliff="30%", max_drop="20%")

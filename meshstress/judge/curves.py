@@ -416,6 +416,7 @@ def monotone(curve: Curve) -> CheckResult:
 
 
 _monotone = monotone  # assert_graceful's parameter `monotone` hides the function
+_no_cliff = no_cliff  # and `no_cliff` this one
 
 
 def knee(curve: Curve, after: Stress = None) -> CheckResult:
@@ -474,17 +475,22 @@ def assert_graceful(
     ceiling: float | str | None = None,
     relative: bool = False,
     knee_after: Stress = None,
+    no_cliff: float | str | None = None,
 ) -> list[CheckResult]:
     """pytest helper: run the asked checks (floor and ceiling up to `up_to`, no_cliff with
     max_drop, monotone, knee after knee_after); AssertionError with one line per failed
-    check, else the results."""
+    check, else the results. `no_cliff=` is another name for max_drop."""
+    if no_cliff is not None:
+        if max_drop is not None and max_drop != no_cliff:
+            raise ValueError("give max_drop or no_cliff (the same check), not both")
+        max_drop = no_cliff
     results = []
     if floor is not None:
         results.append(_bound(curve, floor, up_to, above=True))
     if ceiling is not None:
         results.append(_bound(curve, ceiling, up_to, above=False))
     if max_drop is not None:
-        results.append(no_cliff(curve, max_drop, relative=relative))
+        results.append(_no_cliff(curve, max_drop, relative=relative))
     if monotone:
         results.append(_monotone(curve))
     if knee_after is not None:
