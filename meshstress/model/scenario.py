@@ -43,8 +43,8 @@ from meshstress.model.topology import Topology
 
 if TYPE_CHECKING:
     from meshstress.judge.curves import CurveAssertion
-    from meshstress.observe.capture import CaptureOptions
     from meshstress.model.sweep import Sweep
+    from meshstress.observe.capture import CaptureOptions
     from meshstress.procs.spec import ProcessSpec
     from meshstress.stress.events import Event
     from meshstress.traffic.flows import FlowSpec

@@ -96,10 +96,12 @@ def plan_interfaces(topo: Any) -> tuple[dict[str, list[dict[str, Any]]], str]:
 
     plan = make_plan(topo, "x", l3=False, impair=False)
     out = {
-        node: [{"ifname": i.ifname, "peer": i.peer_node, "segment": i.segment}
-               for i in plan.interfaces(node)]
+        node: [
+            {"ifname": i.ifname, "peer": i.peer_node, "segment": i.segment}
+            for i in plan.interfaces(node)
+        ]
         for node in plan.node_ns
-    }  # fmt: skip
+    }
     return out, plan.prefix
 
 
@@ -118,12 +120,15 @@ def parse_target(value: Any, source: str, fld: str, topo: Any) -> Target:
     if iface in SOFT_IFACES and topo.routing == "batman-adv":
         return Target(node, iface)
     if iface not in aliases:
-        known = sorted({*aliases.values()} | (set(SOFT_IFACES) if topo.routing == "batman-adv"
-                                              else set()))  # fmt: skip
+        known = sorted(
+            {*aliases.values()} | (set(SOFT_IFACES) if topo.routing == "batman-adv" else set())
+        )
         raise InputError(
-            source, fld, f"node {node} has no interface {iface!r} (it has {', '.join(known)}, "
-            "or a neighbour's name)"
-        )  # fmt: skip
+            source,
+            fld,
+            f"node {node} has no interface {iface!r} (it has {', '.join(known)}, "
+            "or a neighbour's name)",
+        )
     return Target(node, aliases[iface])
 
 
@@ -146,8 +151,11 @@ def parse_options(head: dict[str, Any], source: str, topo: Any) -> CaptureOption
     if "capture_snaplen" in head:
         n = head["capture_snaplen"]
         if not isinstance(n, int) or isinstance(n, bool) or not MIN_SNAPLEN <= n <= MAX_SNAPLEN:
-            raise InputError(source, "scenario.capture_snaplen",
-                             f"expected bytes from {MIN_SNAPLEN} to {MAX_SNAPLEN}, got {n!r}")  # fmt: skip
+            raise InputError(
+                source,
+                "scenario.capture_snaplen",
+                f"expected bytes from {MIN_SNAPLEN} to {MAX_SNAPLEN}, got {n!r}",
+            )
         opts.snaplen = n
     if "capture_limit" in head:
         try:
@@ -156,8 +164,11 @@ def parse_options(head: dict[str, Any], source: str, topo: Any) -> CaptureOption
             raise InputError(source, "scenario.capture_limit", str(exc)) from None
         least = PCAP_HEADER + RECORD_HEADER + opts.snaplen
         if opts.limit < least:
-            raise InputError(source, "scenario.capture_limit",
-                             f"must hold one full record at least ({least} bytes)")  # fmt: skip
+            raise InputError(
+                source,
+                "scenario.capture_limit",
+                f"must hold one full record at least ({least} bytes)",
+            )
     if "capture_window" in head:
         try:
             opts.window = units.parse_duration(head["capture_window"])
@@ -347,9 +358,11 @@ class Capturer(threading.Thread):
 
 
 def resolve(
-    targets: list[Target], interfaces: dict[str, list[dict[str, Any]]], prefix: str,
+    targets: list[Target],
+    interfaces: dict[str, list[dict[str, Any]]],
+    prefix: str,
     soft: str | None,
-) -> list[tuple[str, str, str]]:  # fmt: skip
+) -> list[tuple[str, str, str]]:
     """(node, short name, real ifname) for every interface the targets name. Pure.
     `soft`: batman-adv's soft interface name when the mesh runs batman-adv."""
     out: dict[tuple[str, str], str] = {}
@@ -363,8 +376,10 @@ def resolve(
         else:
             aliases = iface_aliases(t.node, ifs, prefix)
             short = aliases.get(t.iface, t.iface)
-            real = next((i["ifname"] for i in ifs if short_name(i["ifname"], prefix) == short),
-                        prefix + short)  # fmt: skip
+            real = next(
+                (i["ifname"] for i in ifs if short_name(i["ifname"], prefix) == short),
+                prefix + short,
+            )
             out[(t.node, short)] = real
     return [(node, short, real) for (node, short), real in out.items()]
 
@@ -413,8 +428,12 @@ class Captures:
         for stem, (node, short, cap) in sorted(self.threads.items()):
             path = folder / f"{stem}.pcap"
             safefs.write_file(folder, path.name, cap.ring.to_bytes())
-            info = {"node": node, "iface": short, **cap.ring.summary(),
-                    "kernel_drops": cap.kernel_drops}  # fmt: skip
+            info = {
+                "node": node,
+                "iface": short,
+                **cap.ring.summary(),
+                "kernel_drops": cap.kernel_drops,
+            }
             info["file"] = str(path.relative_to(rel_to)) if rel_to else str(path)
             if cap.error:
                 info["error"] = cap.error
