@@ -447,3 +447,17 @@ Clock = Callable[[], float]
 def wall_of(monotonic_t: float, clock: Clock = time.time, mono: Clock = time.monotonic) -> float:
     """A time.monotonic() instant as wall-clock seconds (kernel packet timestamps)."""
     return clock() - mono() + monotonic_t
+
+
+def section(files: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The results.json `capture` section: each file's counts and its routing
+    signalling (meshstress.packets.classify), and the same summed per node."""
+    from meshstress.packets import classify
+
+    per_node: dict[str, list[dict[str, Any]]] = {}
+    for stem, info in files.items():
+        sig = classify.signalling(read_pcap(folder / f"{stem}.pcap"))
+        info["signalling"] = sig
+        per_node.setdefault(info["node"], []).append(sig)
+    nodes = {node: classify.merge(parts) for node, parts in sorted(per_node.items())}
+    return {"files": files, "nodes": nodes}
