@@ -195,7 +195,11 @@ def pcap_record(ts: float, data: bytes, origlen: int) -> bytes:
 def read_pcap(path: str | Path) -> Iterator[tuple[float, bytes, int]]:
     """(timestamp, captured bytes, original length) of each record of a classic pcap
     (either byte order, microsecond or nanosecond magic). Pure apart from reading."""
-    raw = Path(path).read_bytes()
+    return read_pcap_bytes(Path(path).read_bytes(), str(path))
+
+
+def read_pcap_bytes(raw: bytes, path: str = "pcap") -> Iterator[tuple[float, bytes, int]]:
+    """read_pcap of bytes in memory."""
     if len(raw) < PCAP_HEADER:
         raise ValueError(f"{path}: not a pcap file (too short)")
     for order in ("<", ">"):
