@@ -1,6 +1,6 @@
 """scapy layers for Babel (RFC 8966) on UDP port 6696.
 
-scapy 2.5-2.8 ships no Babel layer (neither in scapy.layers nor in scapy.contrib), so
+scapy 2.8.0 (checked) ships no Babel layer (neither in scapy.layers nor in scapy.contrib), so
 these are new. ``BabelHeader`` (magic 42, version 2, body length) carries a ``tlvs``
 list of the TLVs of section 4.6: ``BabelPad1``, ``BabelPadN``, ``BabelAckReq``,
 ``BabelAck``, ``BabelHello``, ``BabelIHU``, ``BabelRouterId``, ``BabelNextHop``,
