@@ -292,7 +292,14 @@ def run(
             converged_at = time.monotonic()
             mesh = build.Mesh(up.state)
             procs = _processes(sc, mesh, out_dir, say)
+            captures = None
             try:
+                if sc.capture is not None and sc.capture.targets:
+                    from meshstress.observe.capture import Captures
+
+                    captures = Captures(mesh, sc.capture)
+                    captures.start()
+                    say(f"capture: {len(captures.threads)} interface(s) into capture/")
                 if probes is not None:
                     probes.watch(mesh)
                     before = probes.snapshot()
@@ -314,6 +321,13 @@ def run(
                 else:
                     t0 = time.monotonic() + lead
                 results["run"]["agents_up_s"] = round(t0 - lead - t, 3)
+                window = sc.capture.window if sc.capture is not None else None
+                if captures is not None and window and sc.events:
+                    from meshstress.observe.capture import event_windows, wall_of
+
+                    captures.set_windows(
+                        event_windows([wall_of(t0 + ev.at) for ev in sc.events], window)
+                    )
                 softnet_before = read_softnet_dropped()
                 recorder.start()
                 say(
@@ -356,6 +370,11 @@ def run(
                 if sc.sweep is not None:
                     results["sweep"] = sweeps.results(sc, records, t0, steps)
                 results["routing"] = routing_summary(recorder.snaps, t0)
+                if captures is not None:
+                    from meshstress.observe.capture import section
+
+                    folder = out_dir / "capture"
+                    results["capture"] = section(captures.write(folder, out_dir), folder)
                 if recorder.errors:
                     results["routing"]["sample_errors"] = recorder.errors[:5]
                 results["run"]["host"] = host_load(
@@ -367,6 +386,8 @@ def run(
                     results["probes"] = delta(before, probes.snapshot())
                     results["probes"]["totals"] = probe_totals(results["probes"])
             finally:
+                if captures is not None:
+                    captures.stop()
                 for f in flows:
                     f.stop()
                 procs.stop()
