@@ -337,6 +337,7 @@ class EventRunner:
         self._links_done: float | None = None  # when the last apply's link changes were made
         self._grouped: set[str] = set()  # nodes whose mesh interfaces are in MESH_GROUP
         self.use_groups = True  # False: one request per interface (benchmarks compare)
+        self.realtime = True  # False: actions run at the thread's own priority (same)
 
     def prepare(self, events: Sequence[Event]) -> None:
         """Open the netlink sockets and learn the interface indexes of every node the
@@ -431,6 +432,9 @@ class EventRunner:
             now = after[(node, ifname)]
             if now != was:
                 per_node.setdefault(node, []).append((ifname, now))
+        ends_of: dict[str, set[bool]] = {}  # node -> the states its interfaces end in
+        for (node, _), now in after.items():
+            ends_of.setdefault(node, set()).add(now)
         batches = []
         for node, changes in per_node.items():
             index = self._indexes(node)
@@ -438,7 +442,7 @@ class EventRunner:
             if missing:
                 raise MeshstressError(f"interface {missing[0]} of node {node} is gone")
             links = [("link", ifname, up) for ifname, up in changes]
-            ends = {after[(n, i)] for (n, i) in after if n == node}
+            ends = ends_of[node]
             if node in self._grouped and self.use_groups and len(ends) == 1:
                 (up,) = ends
                 reqs: list[tuple[Callable[[int, bool], bytes], list[tuple[str, str, bool]]]]
@@ -508,7 +512,7 @@ class EventRunner:
         if handler is None:
             raise MeshstressError(f"unknown event action {event.action!r}")
         self._links_done = None
-        with _urgent():
+        with _urgent(self.realtime):
             detail: dict[str, Any] = handler(event)
         if self._links_done is not None:  # every interface changed (and daemons signalled)
             detail["links_s"] = round(self._links_done - start, 6)
@@ -624,19 +628,39 @@ class EventRunner:
 
 
 URGENT_SWITCH_S = 0.0001
+URGENT_PRIORITY = 10  # SCHED_FIFO priority of the event thread while an action runs
 
 
 @contextlib.contextmanager
-def _urgent() -> Iterator[None]:
+def _urgent(realtime: bool = True) -> Iterator[bool]:
     """While an event runs, other threads of this process (the route recorder of
     `meshstress run` parses dumps without pause) hand the GIL back after 0.1 ms instead
     of Python's 5 ms: each system call releases the GIL, and getting it back may take
-    up to a switch interval while another thread holds it."""
+    up to a switch interval while another thread holds it.
+
+    With `realtime`, the calling thread also runs SCHED_FIFO (URGENT_PRIORITY) until the
+    action ends: on a loaded host the kernel work of a partition (hundreds of interface
+    changes, done inside our sendto calls) is otherwise preempted by every other
+    runnable task. SCHED_RESET_ON_FORK: a daemon started meanwhile (a restart) runs at
+    normal priority. Best effort: where the kernel refuses (no CAP_SYS_NICE, no RT
+    bandwidth in this cgroup) the thread keeps its policy. Yields whether it was raised."""
     before = sys.getswitchinterval()
     sys.setswitchinterval(min(before, URGENT_SWITCH_S))
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    raised = False
+    if realtime and policy & ~os.SCHED_RESET_ON_FORK not in (os.SCHED_FIFO, os.SCHED_RR):
+        try:
+            os.sched_setscheduler(
+                0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(URGENT_PRIORITY)
+            )
+            raised = True
+        except OSError:
+            pass
     try:
-        yield
+        yield raised
     finally:
+        if raised:
+            os.sched_setscheduler(0, policy, param)
         sys.setswitchinterval(before)
 
 
