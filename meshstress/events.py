@@ -10,6 +10,8 @@ See docs/events.md.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import select
 import socket
@@ -242,6 +244,38 @@ _SEQ_BASE = 0x6D730000  # sequence numbers of our batches ("ms"), apart from pyr
 _ACK_TIMEOUT = 10.0  # the kernel acks a batch before sendto returns; this only guards
 
 
+# libc through PyDLL: these calls keep the GIL. An action's send and ack read per
+# namespace (about 430 system calls for a partition of Ulm) then never hand the GIL to
+# another thread (the route recorder) and wait to get it back; the kernel handles a
+# netlink request inside send, so each call is short (see _send_buffer, _read_ready).
+_LIBC = ctypes.PyDLL(None, use_errno=True)
+_LIBC.send.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
+_LIBC.send.restype = ctypes.c_ssize_t
+_LIBC.recv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_LIBC.recv.restype = ctypes.c_ssize_t
+_RECV_BUF = 65536
+
+
+def _send_buffer(node: str, sock: Any, data: bytes) -> None:
+    """Send `data` to the kernel on node's netlink socket, keeping the GIL."""
+    sent = _LIBC.send(sock.fileno(), data, len(data), 0)
+    if sent != len(data):
+        err = ctypes.get_errno() if sent < 0 else errno.EMSGSIZE
+        raise MeshstressError(f"node {node}: netlink send failed: {os.strerror(err)}")
+
+
+def _read_ready(sock: Any, buf: Any) -> bytes | None:
+    """What the socket has queued already (MSG_DONTWAIT, keeping the GIL); None if
+    nothing yet."""
+    got = _LIBC.recv(sock.fileno(), buf, _RECV_BUF, socket.MSG_DONTWAIT)
+    if got < 0:
+        err = ctypes.get_errno()
+        if err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+            return None
+        raise OSError(err, os.strerror(err))
+    return bytes(buf[:got])
+
+
 def _nlmsg(kind: int, flags: int, seq: int, body: bytes) -> bytes:
     return struct.pack("=IHHII", 16 + len(body), kind, flags, seq, 0) + body
 
@@ -459,7 +493,7 @@ class EventRunner:
                 make(_SEQ_BASE + k, k == len(reqs) - 1) for k, (make, _) in enumerate(reqs)
             )
             sock = self.mesh.netlink(node)
-            sock.sendto(data, (0, 0))
+            _send_buffer(node, sock, data)
             batches.append(_Batch(node, sock, [covered for _, covered in reqs]))
         return batches
 
@@ -472,14 +506,18 @@ class EventRunner:
         down: dict[str, list[str]] = {}
         up: dict[str, list[str]] = {}
         failed: list[str] = []
+        buf = ctypes.create_string_buffer(_RECV_BUF)
         for batch in batches:
             last = _SEQ_BASE + len(batch.what) - 1
             acks: dict[int, int] = {}
             while last not in acks:
-                ready, _, _ = select.select([batch.sock], [], [], _ACK_TIMEOUT)
-                if not ready:
-                    raise MeshstressError(f"node {batch.node}: no netlink ack for link changes")
-                acks.update(parse_acks(batch.sock.recv(65536)))
+                data = _read_ready(batch.sock, buf)  # queued by the time send returned
+                if data is None:
+                    ready, _, _ = select.select([batch.sock], [], [], _ACK_TIMEOUT)
+                    if not ready:
+                        raise MeshstressError(f"node {batch.node}: no netlink ack for link changes")
+                    continue
+                acks.update(parse_acks(data))
             for k, covered in enumerate(batch.what):
                 err = acks.get(_SEQ_BASE + k, 0)
                 for kind, name, on in covered:
