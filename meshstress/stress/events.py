@@ -10,6 +10,8 @@ See docs/events.md.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import select
 import socket
@@ -243,6 +245,38 @@ _SEQ_BASE = 0x6D730000  # sequence numbers of our batches ("ms"), apart from pyr
 _ACK_TIMEOUT = 10.0  # the kernel acks a batch before sendto returns; this only guards
 
 
+# libc through PyDLL: these calls keep the GIL. An action's send and ack read per
+# namespace (about 430 system calls for a partition of Ulm) then never hand the GIL to
+# another thread (the route recorder) and wait to get it back; the kernel handles a
+# netlink request inside send, so each call is short (see _send_buffer, _read_ready).
+_LIBC = ctypes.PyDLL(None, use_errno=True)
+_LIBC.send.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
+_LIBC.send.restype = ctypes.c_ssize_t
+_LIBC.recv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_LIBC.recv.restype = ctypes.c_ssize_t
+_RECV_BUF = 65536
+
+
+def _send_buffer(node: str, sock: Any, data: bytes) -> None:
+    """Send `data` to the kernel on node's netlink socket, keeping the GIL."""
+    sent = _LIBC.send(sock.fileno(), data, len(data), 0)
+    if sent != len(data):
+        err = ctypes.get_errno() if sent < 0 else errno.EMSGSIZE
+        raise MeshstressError(f"node {node}: netlink send failed: {os.strerror(err)}")
+
+
+def _read_ready(sock: Any, buf: Any) -> bytes | None:
+    """What the socket has queued already (MSG_DONTWAIT, keeping the GIL); None if
+    nothing yet."""
+    got = _LIBC.recv(sock.fileno(), buf, _RECV_BUF, socket.MSG_DONTWAIT)
+    if got < 0:
+        err = ctypes.get_errno()
+        if err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+            return None
+        raise OSError(err, os.strerror(err))
+    return bytes(buf[:got])
+
+
 def _nlmsg(kind: int, flags: int, seq: int, body: bytes) -> bytes:
     return struct.pack("=IHHII", 16 + len(body), kind, flags, seq, 0) + body
 
@@ -338,6 +372,7 @@ class EventRunner:
         self._links_done: float | None = None  # when the last apply's link changes were made
         self._grouped: set[str] = set()  # nodes whose mesh interfaces are in MESH_GROUP
         self.use_groups = True  # False: one request per interface (benchmarks compare)
+        self.realtime = True  # False: actions run at the thread's own priority (same)
 
     def prepare(self, events: Sequence[Event]) -> None:
         """Open the netlink sockets and learn the interface indexes of every node the
@@ -432,6 +467,9 @@ class EventRunner:
             now = after[(node, ifname)]
             if now != was:
                 per_node.setdefault(node, []).append((ifname, now))
+        ends_of: dict[str, set[bool]] = {}  # node -> the states its interfaces end in
+        for (node, _), now in after.items():
+            ends_of.setdefault(node, set()).add(now)
         batches = []
         for node, changes in per_node.items():
             index = self._indexes(node)
@@ -439,7 +477,7 @@ class EventRunner:
             if missing:
                 raise MeshstressError(f"interface {missing[0]} of node {node} is gone")
             links = [("link", ifname, up) for ifname, up in changes]
-            ends = {after[(n, i)] for (n, i) in after if n == node}
+            ends = ends_of[node]
             if node in self._grouped and self.use_groups and len(ends) == 1:
                 (up,) = ends
                 reqs: list[tuple[Callable[[int, bool], bytes], list[tuple[str, str, bool]]]]
@@ -456,7 +494,7 @@ class EventRunner:
                 make(_SEQ_BASE + k, k == len(reqs) - 1) for k, (make, _) in enumerate(reqs)
             )
             sock = self.mesh.netlink(node)
-            sock.sendto(data, (0, 0))
+            _send_buffer(node, sock, data)
             batches.append(_Batch(node, sock, [covered for _, covered in reqs]))
         return batches
 
@@ -469,14 +507,18 @@ class EventRunner:
         down: dict[str, list[str]] = {}
         up: dict[str, list[str]] = {}
         failed: list[str] = []
+        buf = ctypes.create_string_buffer(_RECV_BUF)
         for batch in batches:
             last = _SEQ_BASE + len(batch.what) - 1
             acks: dict[int, int] = {}
             while last not in acks:
-                ready, _, _ = select.select([batch.sock], [], [], _ACK_TIMEOUT)
-                if not ready:
-                    raise MeshstressError(f"node {batch.node}: no netlink ack for link changes")
-                acks.update(parse_acks(batch.sock.recv(65536)))
+                data = _read_ready(batch.sock, buf)  # queued by the time send returned
+                if data is None:
+                    ready, _, _ = select.select([batch.sock], [], [], _ACK_TIMEOUT)
+                    if not ready:
+                        raise MeshstressError(f"node {batch.node}: no netlink ack for link changes")
+                    continue
+                acks.update(parse_acks(data))
             for k, covered in enumerate(batch.what):
                 err = acks.get(_SEQ_BASE + k, 0)
                 for kind, name, on in covered:
@@ -504,13 +546,14 @@ class EventRunner:
         """Apply `event` now; return a JSON-ready record of what was done. "t" is the
         time.monotonic() when the action began, "took_s" how long it ran; detail
         "links_s" how long after "t" the kernel had made every interface change."""
-        start = time.monotonic()
         handler = getattr(self, "_" + event.action.replace("-", "_"), None)
         if handler is None:
             raise MeshstressError(f"unknown event action {event.action!r}")
         self._links_done = None
-        with _urgent():
+        with _urgent(self.realtime):  # raised first: the action begins at full priority
+            start = time.monotonic()
             detail: dict[str, Any] = handler(event)
+            end = time.monotonic()
         if self._links_done is not None:  # every interface changed (and daemons signalled)
             detail["links_s"] = round(self._links_done - start, 6)
         return {
@@ -518,7 +561,7 @@ class EventRunner:
             "action": event.action,
             "target": target(event),
             "t": start,
-            "took_s": time.monotonic() - start,
+            "took_s": end - start,
             "detail": detail,
         }
 
@@ -642,20 +685,40 @@ class EventRunner:
         return detail
 
 
-URGENT_SWITCH_S = 0.0001
+URGENT_SWITCH_S = 0.00001  # 10 us: a partition releases the GIL ~430 times (syscalls)
+URGENT_PRIORITY = 10  # SCHED_FIFO priority of the event thread while an action runs
 
 
 @contextlib.contextmanager
-def _urgent() -> Iterator[None]:
+def _urgent(realtime: bool = True) -> Iterator[bool]:
     """While an event runs, other threads of this process (the route recorder of
-    `meshstress run` parses dumps without pause) hand the GIL back after 0.1 ms instead
+    `meshstress run` parses dumps without pause) hand the GIL back after 10 us instead
     of Python's 5 ms: each system call releases the GIL, and getting it back may take
-    up to a switch interval while another thread holds it."""
+    up to a switch interval while another thread holds it.
+
+    With `realtime`, the calling thread also runs SCHED_FIFO (URGENT_PRIORITY) until the
+    action ends: on a loaded host the kernel work of a partition (hundreds of interface
+    changes, done inside our sendto calls) is otherwise preempted by every other
+    runnable task. SCHED_RESET_ON_FORK: a daemon started meanwhile (a restart) runs at
+    normal priority. Best effort: where the kernel refuses (no CAP_SYS_NICE, no RT
+    bandwidth in this cgroup) the thread keeps its policy. Yields whether it was raised."""
     before = sys.getswitchinterval()
     sys.setswitchinterval(min(before, URGENT_SWITCH_S))
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    raised = False
+    if realtime and policy & ~os.SCHED_RESET_ON_FORK not in (os.SCHED_FIFO, os.SCHED_RR):
+        try:
+            os.sched_setscheduler(
+                0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(URGENT_PRIORITY)
+            )
+            raised = True
+        except OSError:
+            pass
     try:
-        yield
+        yield raised
     finally:
+        if raised:
+            os.sched_setscheduler(0, policy, param)
         sys.setswitchinterval(before)
 
 
