@@ -216,6 +216,8 @@ def event_recoveries(events: list[dict[str, Any]], records: dict[str, Any], hori
     for ev in events:
         rec: dict[str, float | None] = {}
         for name, record in records.items():
+            if record.spec.kind == "crafted":  # nobody receives it: no outage to measure
+                continue
             value = outage_after(record, ev["t"], horizon=horizon)
             rec[name] = None if value is None else round(value, 3)
         ev["recovery_s"] = rec
