@@ -466,12 +466,15 @@ def inject_results(
     for it in injected:
         spec, rec = it["spec"], it["record"]
         sent = rec.get("sent") or []
-        t_begin = it["t"]
-        t_end = t_begin + spec.duration
+        # the attack's window is when frames went out (an agent can start seconds late
+        # under emulation), else when it was started
+        t_begin = sent[0][1] if sent else it["t"]
+        t_end = sent[-1][1] if sent else it["t"] + spec.duration
         events.append({
             "node": it["node"], "protocol": spec.protocol, "attack": spec.attack,
             "seed": spec.seed, "rate": spec.rate, "for_s": spec.duration,
             "planned": it["planned"], "sent": len(sent), "send_errors": rec.get("send_errors", 0),
+            "started_s": round(it["t"] - t0, 3),
             "first_s": round(sent[0][1] - t0, 3) if sent else None,
             "last_s": round(sent[-1][1] - t0, 3) if sent else None,
             "pcap": os.path.relpath(it["paths"]["pcap"], out_dir),
