@@ -40,6 +40,7 @@ while True:
     due = began + n / pps
     if due >= end: break
     now = time.monotonic()
+    if now >= end: break
     if due > now: time.sleep(due - now)
     sendp(frame, iface=iface, verbose=False)
     n += 1
