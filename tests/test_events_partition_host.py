@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from meshstress.events import MESH_GROUP, Event, EventRunner, link_interfaces, partition_cuts
+from meshstress.state import RunState
+from meshstress.topology import Topology
 
 from meshstress import build, generators, plan, topofile
 from meshstress.build import Mesh
-from meshstress.events import MESH_GROUP, Event, EventRunner, link_interfaces, partition_cuts
 from meshstress.routing import Backend, get_backend
 from meshstress.routing.testing import Routed, missing_handler, routed_meshes
-from meshstress.state import RunState
-from meshstress.topology import Topology
 
 pytestmark = pytest.mark.network
 

@@ -444,7 +444,8 @@ def _host_limits(source: str, ver: dict[str, Any]) -> verdict.HostLimits:
 
 
 # The top-level keys of results.json that assertions may start from.
-RESULT_KEYS = ("mesh", "flows", "events", "routing", "probes", "run", "process", "capture")
+RESULT_KEYS = ("mesh", "flows", "events", "routing", "probes", "run", "process", "capture",
+               "inject")
 
 
 def _processes(sc: Scenario, data: dict[str, Any], base: Path) -> None:

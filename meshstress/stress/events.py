@@ -16,6 +16,7 @@ import os
 import select
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -32,12 +33,14 @@ from meshstress.model import units
 from meshstress.model.topofile import _IMPAIR_KEYS, _Ctx
 from meshstress.model.topology import Impairment, Topology
 from meshstress.routing.base import freeze_processes, live_records, neighbour_route_ifaces
+from meshstress.stress.inject import InjectSpec, parse_inject
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
     from meshstress.routing.base import Backend
 
-ACTIONS = ("link-down", "link-up", "node-crash", "node-restart", "partition", "heal", "impair")
+ACTIONS = ("link-down", "link-up", "node-crash", "node-restart", "partition", "heal", "impair",
+           "inject")  # fmt: skip
 
 # keys each action takes besides `at` and `action`
 _KEYS: dict[str, tuple[str, ...]] = {
@@ -48,9 +51,11 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "partition": ("groups", "for"),
     "heal": (),
     "impair": ("link", *_IMPAIR_KEYS, "a_to_b", "b_to_a"),
+    "inject": ("node", "protocol", "attack", "rate", "for", "seed", "recover_within"),
 }
 _REQUIRED = {"link-down": "link", "link-up": "link", "node-crash": "node",
-             "node-restart": "node", "partition": "groups", "impair": "link"}  # fmt: skip
+             "node-restart": "node", "partition": "groups", "impair": "link",
+             "inject": "node"}  # fmt: skip
 _UNDO = {"link-down": "link-up", "node-crash": "node-restart", "partition": "heal"}
 
 Link = tuple[str, str]
@@ -67,6 +72,7 @@ class Event:
     groups: tuple[tuple[str, ...], ...] | None = None
     ab: Impairment | None = None  # impair: new link[0]->link[1] impairment (None: as is)
     ba: Impairment | None = None  # impair: new link[1]->link[0] impairment
+    inject: InjectSpec | None = None  # inject: what the hostile node sends, for how long
 
 
 # --- parsing (pure) --------------------------------------------------------------------
@@ -104,6 +110,10 @@ def parse_events(raw: object, source: str, topo: Topology, field: str = "events"
         if action == "impair":
             ab, ba = _impairments(ctx, table, where)
             ev = replace(ev, ab=ab, ba=ba)
+        if action == "inject":  # its `for` is how long it sends: no undoing event
+            ev = replace(ev, inject=parse_inject(ctx, table, where, topo.routing))
+            out.append(ev)
+            continue
         out.append(ev)
         if "for" in table:
             span = ctx.unit(table["for"], f"{where}.for", units.parse_duration)
@@ -373,6 +383,9 @@ class EventRunner:
         self._grouped: set[str] = set()  # nodes whose mesh interfaces are in MESH_GROUP
         self.use_groups = True  # False: one request per interface (benchmarks compare)
         self.realtime = True  # False: actions run at the thread's own priority (same)
+        self.out_dir: str | None = None  # the run folder: inject/ goes there
+        self.injects: list[dict[str, Any]] = []  # started inject agents (see _inject)
+        self._inject_plans: dict[int, dict[str, Any]] = {}  # id(event) -> prepared plan
 
     def prepare(self, events: Sequence[Event]) -> None:
         """Open the netlink sockets and learn the interface indexes of every node the
@@ -394,6 +407,9 @@ class EventRunner:
         crashing = {ev.node for ev in events if ev.action == "node-crash" and ev.node}
         for node in sorted(crashing - self._grouped):
             self._group(node)
+        for ev in events:  # the forged frames are generated now, not inside the event
+            if ev.action == "inject":
+                self._inject_plans[id(ev)] = self._plan_inject(ev)
 
     def _group(self, node: str) -> None:
         """Put node's mesh interfaces (all of them, nothing else) in MESH_GROUP."""
@@ -666,6 +682,53 @@ class EventRunner:
         _, up = self._change(before)
         return {"restored": restored, "up": up}
 
+    def _plan_inject(self, event: Event) -> dict[str, Any]:
+        """Generate the frames of an inject event and write its plan file
+        (OUT/inject/NODE[-k].plan.json); return where everything goes."""
+        import json
+        import tempfile
+
+        from meshstress.stress import inject as inj
+
+        node, spec = self._need_node(event), event.inject
+        if spec is None:
+            raise MeshstressError("inject event without its settings")
+        ctx = inject_context(self.mesh, self.backend, self.topo, node)
+        frames = inj.generate(spec, ctx)
+        folder = os.path.join(self.out_dir or tempfile.mkdtemp(prefix="meshstress-inject-"),
+                              "inject")  # fmt: skip
+        os.makedirs(folder, exist_ok=True)
+        base, k = node, 1
+        while os.path.exists(os.path.join(folder, f"{base}.plan.json")):
+            k += 1
+            base = f"{node}-{k}"
+        paths = {w: os.path.join(folder, f"{base}.{w}") for w in ("plan.json", "pcap", "json")}
+        with open(paths["plan.json"], "w") as f:
+            json.dump({"node": node, "seed": spec.seed, "protocol": spec.protocol,
+                       "attack": spec.attack, "ifnames": [p.ifname for p in ctx.ports],
+                       "frames": [[p, b.hex()] for p, b in frames]}, f)  # fmt: skip
+        return {"node": node, "spec": spec, "paths": paths, "planned": len(frames),
+                "honest": sorted(ctx.honest)}  # fmt: skip
+
+    def _inject(self, event: Event) -> dict[str, Any]:
+        """Start the hostile node's sender (meshstress.stress.inject_agent, PID recorded,
+        role "inject"); it sends for the event's `for` and ends by itself."""
+        plan = self._inject_plans.get(id(event)) or self._plan_inject(event)
+        spec: InjectSpec = plan["spec"]
+        paths = plan["paths"]
+        argv = [sys.executable, "-m", "meshstress.stress.inject_agent", "--plan",
+                paths["plan.json"], "--pps", repr(spec.rate), "--seconds", repr(spec.duration),
+                "--pcap", paths["pcap"], "--out", paths["json"]]  # fmt: skip
+        with open(paths["json"] + ".log", "w") as log:
+            proc = self.mesh.popen(plan["node"], argv, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
+        with contextlib.suppress(psutil.NoSuchProcess):
+            self.mesh.record_process(proc, plan["node"], "inject", argv)
+        self.injects.append({**plan, "proc": proc, "t": time.monotonic()})
+        return {"pid": proc.pid, "protocol": spec.protocol, "attack": spec.attack,
+                "seed": spec.seed, "rate": spec.rate, "for_s": spec.duration,
+                "planned": plan["planned"], "pcap": paths["pcap"]}  # fmt: skip
+
     def _impair(self, event: Event) -> dict[str, Any]:
         a, b = self._need_link(event)
         ends = link_interfaces(self.mesh.state.interfaces, a, b)
@@ -765,3 +828,36 @@ def run_timeline(
         record["late_s"] = record.get("t", began) - due  # "t": when the action began
         records.append(record)
     return records
+
+
+def inject_context(mesh: Mesh, backend: Backend, topo: Topology, node: str) -> Any:
+    """What the forger needs from the live mesh: the hostile node's mesh interfaces (MAC,
+    IPv6 link-local), and every other node's originator MAC (batman-adv: its first mesh
+    interface's) and IPv4 address."""
+    from meshstress.stress import inject as inj
+
+    def macs(n: str) -> list[tuple[str, str, int]]:
+        ipr = mesh.netlink(n)
+        names = [i["ifname"] for i in mesh.state.interfaces.get(n, [])]
+        links = {lk.get_attr("IFLA_IFNAME"): lk for lk in ipr.get_links()}
+        return [(ifn, links[ifn].get_attr("IFLA_ADDRESS"), links[ifn]["index"])
+                for ifn in names if ifn in links]  # fmt: skip
+
+    ports = []
+    ipr = mesh.netlink(node)
+    for ifname, mac, index in macs(node):
+        ll = None
+        for a in ipr.get_addr(family=socket.AF_INET6, index=index):
+            addr = a.get_attr("IFA_ADDRESS")
+            if addr and addr.startswith("fe80:"):
+                ll = addr
+        ports.append(inj.Port(ifname, mac, ll))
+    batman = backend.name == "batman-adv"
+    honest = {}
+    for other in mesh.nodes:
+        if other != node:
+            found = macs(other) if batman else []
+            honest[other] = (found[0][1] if found else "", mesh.address(other))
+    algo = backend.node_config(topo, node).get("algorithm", "BATMAN_IV") if batman else ""
+    return inj.Context(node=node, address=mesh.address(node), ports=tuple(ports),
+                       honest=honest, algorithm=algo or "BATMAN_IV")  # fmt: skip
