@@ -100,20 +100,23 @@ class _RouteRecorder(threading.Thread):
         import psutil
 
         from meshstress.routing import snapshot
+        from meshstress.routing.converge import open_reader
 
         mesh = build.Mesh(self.st)
+        reader = open_reader(mesh, self.backend)
         psutil.cpu_percent(interval=None)
         try:
             while not self.halt.is_set():
                 t = time.monotonic()
                 try:
-                    self.snaps.append(snapshot(mesh, self.backend))
+                    self.snaps.append(snapshot(mesh, self.backend, reader))
                 except Exception as exc:  # a node mid-restart: note it, keep sampling
                     self.errors.append(f"{type(exc).__name__}: {exc}")
                 self.snapshot_s.append(time.monotonic() - t)
                 self.halt.wait(max(0.0, self.interval - (time.monotonic() - t)))
                 self.cpu.append(psutil.cpu_percent(interval=None))
         finally:
+            reader.close()
             mesh.close()
 
 
@@ -160,11 +163,16 @@ def routing_summary(snaps: list[Any], t0: float) -> dict[str, Any]:
         return {"snapshots": 0}
     changes = route_changes(snaps)
     reach = []
+    last: tuple[list[int], float] | None = None
     for s in snaps:
-        nodes = list(s.routes)
-        pairs = [(a, b) for a in nodes for b in nodes if a != b]
-        ok = sum(1 for a, b in pairs if s.path(a, b) is not None)
-        reach.append((round(s.t - t0, 3), ok / len(pairs) if pairs else 1.0))
+        rows = [id(r) for r in s.next_hops.values()]  # a reader reuses unchanged rows
+        if last is not None and last[0] == rows:
+            share = last[1]
+        else:
+            n = len(s.next_hops)
+            share = s.reachable_pairs() / (n * (n - 1)) if n > 1 else 1.0
+            last = (rows, share)
+        reach.append((round(s.t - t0, 3), share))
     return {
         "snapshots": len(snaps),
         "route_changes": sum(changes.values()),
