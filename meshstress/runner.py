@@ -95,16 +95,21 @@ class _RouteRecorder(threading.Thread):
         self.cpu: list[float] = []  # host CPU busy %, all cores, between samples
         self.snapshot_s: list[float] = []  # what one route snapshot cost
         self.halt = threading.Event()
+        self.meter: Any = None  # observe.cpu.CpuMeter: who used the CPU meanwhile
 
     def run(self) -> None:
         import psutil
 
+        from meshstress.observe.cpu import CpuMeter
         from meshstress.routing import snapshot
         from meshstress.routing.converge import open_reader
 
         mesh = build.Mesh(self.st)
         reader = open_reader(mesh, self.backend)
         psutil.cpu_percent(interval=None)
+        meter = CpuMeter(lambda: self.st.processes, recorder_tid=threading.get_native_id())
+        meter.sample()
+        self.meter = meter
         try:
             while not self.halt.is_set():
                 t = time.monotonic()
@@ -115,6 +120,7 @@ class _RouteRecorder(threading.Thread):
                 self.snapshot_s.append(time.monotonic() - t)
                 self.halt.wait(max(0.0, self.interval - (time.monotonic() - t)))
                 self.cpu.append(psutil.cpu_percent(interval=None))
+                meter.sample()
         finally:
             reader.close()
             mesh.close()
@@ -125,10 +131,12 @@ def host_load(
     snapshot_s: list[float],
     limits: verdict.HostLimits | None = None,
     softnet_dropped: int | None = None,
+    cpu_by: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Pure: how busy the host was while the run measured (CPU % busy, all cores, per
-    sample; packets dropped from full softnet backlogs over the run). A saturated host
-    measures itself: flows start late, daemons miss their timers, outages grow."""
+    sample; packets dropped from full softnet backlogs over the run; `cpu_by`, who used
+    the CPU: observe.cpu.breakdown). A saturated host measures itself: flows start
+    late, daemons miss their timers, outages grow."""
     limits = limits or verdict.HostLimits()
     out: dict[str, Any] = {}
     if cpu:
@@ -143,6 +151,9 @@ def host_load(
         out["route_snapshot_s"] = round(sum(snapshot_s) / len(snapshot_s), 3)
     if softnet_dropped is not None:
         out["softnet_dropped"] = softnet_dropped
+    if cpu_by is not None:
+        out["recorder_cpu_share"] = cpu_by["by"]["recorder"]["share"]
+        out["cpu_by"] = cpu_by
     return out
 
 
@@ -367,8 +378,9 @@ def run(
                 if recorder.errors:
                     results["routing"]["sample_errors"] = recorder.errors[:5]
                 results["run"]["host"] = host_load(
-                    recorder.cpu, recorder.snapshot_s, sc.host_limits, softnet
-                )
+                    recorder.cpu, recorder.snapshot_s, sc.host_limits, softnet,
+                    recorder.meter.breakdown() if recorder.meter is not None else None,
+                )  # fmt: skip
                 if probes is not None:
                     from meshstress.observe.probes import delta
 
