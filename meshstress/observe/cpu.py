@@ -213,3 +213,22 @@ def measure(records: Callable[[], Iterable[Any]], seconds: float, every: float =
         time.sleep(min(every, max(0.0, end - time.monotonic())))
         meter.sample()
     return meter
+
+
+def host_capacity(sample_s: float = 0.5) -> tuple[int, float, float]:
+    """(cores, MemAvailable in MB, cores busy now: a sample over `sample_s`)."""
+    cores = os.cpu_count() or 1
+    mem = 0.0
+    text = _read("/proc/meminfo") or ""
+    for line in text.splitlines():
+        if line.startswith("MemAvailable:"):
+            mem = int(line.split()[1]) / 1024
+    a = _read("/proc/stat")
+    time.sleep(sample_s)
+    b = _read("/proc/stat")
+    busy = 0.0
+    if a and b:
+        t0, t1 = parse_host_stat(a), parse_host_stat(b)
+        if t1.total > t0.total:
+            busy = cores * (t1.busy - t0.busy) / (t1.total - t0.total)
+    return cores, mem, busy
