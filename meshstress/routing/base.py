@@ -198,7 +198,7 @@ class KernelRouteReader(RouteReader):
 
     CACHE_MAX = 1 << 19
 
-    def __init__(self, mesh: Mesh, workers: int = 2) -> None:
+    def __init__(self, mesh: Mesh, workers: int = 1) -> None:
         self.nodes = mesh.nodes
         self.owners = addr_to_node(mesh)
         self.me = {n: mesh.address(n) for n in self.nodes}
