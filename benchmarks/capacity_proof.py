@@ -72,6 +72,19 @@ def one(backend: str, n: int, duration: float, tmp: Path, cal: Any, cores: int) 
     }  # fmt: skip
 
 
+def tried(backend: str, n: int, args: Any, tmp: Path, cal: Any, cores: int) -> dict[str, Any]:
+    """one(), once more when the run broke (on a shared host another user's cleanup can
+    take a namespace away); a second failure gives a row with the error."""
+    for attempt in range(2):
+        try:
+            return one(backend, n, args.duration, tmp, cal, cores)
+        except Exception as exc:  # noqa: BLE001 - reported in the row
+            err = f"{type(exc).__name__}: {exc}"
+            print(json.dumps({"backend": backend, "grid": f"{n}x{n}", "broken": err}),
+                  file=sys.stderr, flush=True)  # fmt: skip
+    return {"backend": backend, "grid": f"{n}x{n}", "valid": None, "error": err}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--backends", default="babeld,batmand,static")
@@ -89,10 +102,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="meshstress-capacity-") as tmp:
         for backend in args.backends.split(","):
             for n in (int(x) for x in args.sizes.split(",")):
-                tries = [one(backend, n, args.duration, Path(tmp), cal, cores)]
+                tries = [tried(backend, n, args, Path(tmp), cal, cores)]
                 print(json.dumps(tries[-1]), flush=True)
                 while not tries[-1]["valid"] and len(tries) <= args.repeat:
-                    tries.append(one(backend, n, args.duration, Path(tmp), cal, cores))
+                    tries.append(tried(backend, n, args, Path(tmp), cal, cores))
                     print(json.dumps(tries[-1]), flush=True)
                 if not any(t["valid"] for t in tries) and not args.keep_going:
                     break
