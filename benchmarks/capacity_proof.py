@@ -75,7 +75,7 @@ def one(backend: str, n: int, duration: float, tmp: Path, cal: Any, cores: int) 
 def tried(backend: str, n: int, args: Any, tmp: Path, cal: Any, cores: int) -> dict[str, Any]:
     """one(), once more when the run broke (on a shared host another user's cleanup can
     take a namespace away); a second failure gives a row with the error."""
-    for attempt in range(2):
+    for _attempt in range(2):
         try:
             return one(backend, n, args.duration, tmp, cal, cores)
         except Exception as exc:  # noqa: BLE001 - reported in the row
