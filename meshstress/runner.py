@@ -95,25 +95,34 @@ class _RouteRecorder(threading.Thread):
         self.cpu: list[float] = []  # host CPU busy %, all cores, between samples
         self.snapshot_s: list[float] = []  # what one route snapshot cost
         self.halt = threading.Event()
+        self.meter: Any = None  # observe.cpu.CpuMeter: who used the CPU meanwhile
 
     def run(self) -> None:
         import psutil
 
+        from meshstress.observe.cpu import CpuMeter
         from meshstress.routing import snapshot
+        from meshstress.routing.converge import open_reader
 
         mesh = build.Mesh(self.st)
+        reader = open_reader(mesh, self.backend)
         psutil.cpu_percent(interval=None)
+        meter = CpuMeter(lambda: self.st.processes, recorder_tid=threading.get_native_id())
+        meter.sample()
+        self.meter = meter
         try:
             while not self.halt.is_set():
                 t = time.monotonic()
                 try:
-                    self.snaps.append(snapshot(mesh, self.backend))
+                    self.snaps.append(snapshot(mesh, self.backend, reader))
                 except Exception as exc:  # a node mid-restart: note it, keep sampling
                     self.errors.append(f"{type(exc).__name__}: {exc}")
                 self.snapshot_s.append(time.monotonic() - t)
                 self.halt.wait(max(0.0, self.interval - (time.monotonic() - t)))
                 self.cpu.append(psutil.cpu_percent(interval=None))
+                meter.sample()
         finally:
+            reader.close()
             mesh.close()
 
 
@@ -122,10 +131,12 @@ def host_load(
     snapshot_s: list[float],
     limits: verdict.HostLimits | None = None,
     softnet_dropped: int | None = None,
+    cpu_by: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Pure: how busy the host was while the run measured (CPU % busy, all cores, per
-    sample; packets dropped from full softnet backlogs over the run). A saturated host
-    measures itself: flows start late, daemons miss their timers, outages grow."""
+    sample; packets dropped from full softnet backlogs over the run; `cpu_by`, who used
+    the CPU: observe.cpu.breakdown). A saturated host measures itself: flows start
+    late, daemons miss their timers, outages grow."""
     limits = limits or verdict.HostLimits()
     out: dict[str, Any] = {}
     if cpu:
@@ -140,6 +151,9 @@ def host_load(
         out["route_snapshot_s"] = round(sum(snapshot_s) / len(snapshot_s), 3)
     if softnet_dropped is not None:
         out["softnet_dropped"] = softnet_dropped
+    if cpu_by is not None:
+        out["recorder_cpu_share"] = cpu_by["by"]["recorder"]["share"]
+        out["cpu_by"] = cpu_by
     return out
 
 
@@ -160,11 +174,16 @@ def routing_summary(snaps: list[Any], t0: float) -> dict[str, Any]:
         return {"snapshots": 0}
     changes = route_changes(snaps)
     reach = []
+    last: tuple[list[int], float] | None = None
     for s in snaps:
-        nodes = list(s.routes)
-        pairs = [(a, b) for a in nodes for b in nodes if a != b]
-        ok = sum(1 for a, b in pairs if s.path(a, b) is not None)
-        reach.append((round(s.t - t0, 3), ok / len(pairs) if pairs else 1.0))
+        rows = [id(r) for r in s.next_hops.values()]  # a reader reuses unchanged rows
+        if last is not None and last[0] == rows:
+            share = last[1]
+        else:
+            n = len(s.next_hops)
+            share = s.reachable_pairs() / (n * (n - 1)) if n > 1 else 1.0
+            last = (rows, share)
+        reach.append((round(s.t - t0, 3), share))
     return {
         "snapshots": len(snaps),
         "route_changes": sum(changes.values()),
@@ -387,8 +406,9 @@ def run(
                 if recorder.errors:
                     results["routing"]["sample_errors"] = recorder.errors[:5]
                 results["run"]["host"] = host_load(
-                    recorder.cpu, recorder.snapshot_s, sc.host_limits, softnet
-                )
+                    recorder.cpu, recorder.snapshot_s, sc.host_limits, softnet,
+                    recorder.meter.breakdown() if recorder.meter is not None else None,
+                )  # fmt: skip
                 if probes is not None:
                     from meshstress.observe.probes import delta
 

@@ -78,7 +78,13 @@ def _echo_err(msg: str) -> None:
 )
 @click.option("--timeout", default=120.0, show_default=True, help="Convergence timeout (s).")
 @click.option("--ideal", is_flag=True, help="Leave out the topology's loss, delay and rate.")
-@click.option("--dry-run", is_flag=True, help="Print the plan as JSON; create nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan as JSON and estimate the CPU and memory (to stderr); "
+                   "create nothing.")  # fmt: skip
+@click.option("--strict", is_flag=True,
+              help="With --dry-run: exit 3 when the estimate exceeds this host.")
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+              help="Per-unit costs for the estimate [default: the stored, else packaged].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def up(
     topology: str,
@@ -89,6 +95,8 @@ def up(
     timeout: float,
     ideal: bool,
     dry_run: bool,
+    strict: bool,
+    calibration: str | None,
     as_json: bool,
 ) -> None:
     """Build the mesh described by TOPOLOGY (.toml or meshnet-lab .json)."""
@@ -98,6 +106,7 @@ def up(
     if dry_run:
         p = plan.make_plan(topo, run_id or "dry", impair=not ideal)
         click.echo(json.dumps(p.to_json(), indent=1))
+        _capacity(topo, calibration, strict)
         return
     require_root()
     brought = bring_up(topo, run_id, wait=wait, timeout=timeout, say=_echo_err, impair=not ideal)
@@ -123,6 +132,20 @@ def up(
             f"({info.get('missing_pairs', '?')} pairs unreachable); the mesh stays up"
         )
         sys.exit(1)
+
+
+def _capacity(topo: Topology, calibration: str | None, strict: bool) -> None:
+    """The mesh's estimated CPU and memory (no traffic, no recorder) to stderr; with
+    `strict`, CapabilityError (exit 3) when it exceeds this host."""
+    from meshstress.model import capacity
+    from meshstress.observe.cpu import host_capacity
+
+    est = capacity.estimate(topo, [], capacity.load_calibration(calibration), route_interval=None)
+    lines, refuse = capacity.verdict(est, *host_capacity())
+    for line in lines:
+        _echo_err(f"meshstress: {line}")
+    if refuse and strict:
+        raise CapabilityError(refuse)
 
 
 def _sample(names: Sequence[str], n: int = 5) -> str:

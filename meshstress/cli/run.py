@@ -43,7 +43,13 @@ def _say(msg: str) -> None:
               help="lab only: kill the VM after this many seconds")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="print results.json instead of the summary")
 @click.option("--check", "check_only", is_flag=True,
-              help="only validate the scenario and say where it would run")  # fmt: skip
+              help="only validate the scenario, say where it would run and estimate the CPU "
+                   "and memory it needs")  # fmt: skip
+@click.option("--strict", is_flag=True,
+              help="refuse (exit 3) when the estimate exceeds this host's cores or memory")
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+              help="per-unit costs [default: /var/lib/meshstress/calibration.json, "
+                   "else the packaged default]")  # fmt: skip
 @click.option("--capture", "capture", multiple=True, metavar="NODE[:IFACE]",
               help="write capture/NODE-IFACE.pcap (repeatable; NODE alone: every mesh "
               "interface of the node; docs/packets.md)")  # fmt: skip
@@ -55,6 +61,8 @@ def run(
     timeout: float,
     as_json: bool,
     check_only: bool,
+    strict: bool,
+    calibration: str | None,
     capture: tuple[str, ...] = (),
 ) -> None:
     """Run a scenario: build the mesh, send traffic, apply events, measure, judge.
@@ -63,8 +71,9 @@ def run(
     ping and TCP flows corner to corner, a partition that heals, checks on delivery and
     recovery). Writes results.json, summary.txt, junit.xml and timeline.png into the run
     folder. Exit code: 0 all checks passed, 1 a check failed, 2 bad input, 3 missing
-    capability, 4 invalid: the host was saturated while it measured (CPU, or softnet
-    backlog drops; limits in [verdict]), the numbers are kept in results.json.
+    capability (or, with --strict, a host too small for the estimate), 4 invalid: the
+    host was saturated while it measured (CPU, or softnet backlog drops; limits in
+    [verdict]), the numbers are kept in results.json.
     """
     from meshstress import report, runner
     from meshstress.model import scenario, units
@@ -88,6 +97,8 @@ def run(
     if capture:
         add_capture(sc, list(capture))
     chosen, why = runner.choose_where(sc, where)
+    if chosen == "host" or check_only:
+        capacity_check(sc, calibration, strict, lab=chosen == "lab")
     if check_only:
         click.echo(f"{path}: valid; {len(sc.topology.nodes)} nodes, {len(sc.flows)} flows, "
                    f"{len(sc.events)} events, "
@@ -139,6 +150,25 @@ def add_capture(sc: Any, targets: list[str]) -> None:
     opts.targets = list(dict.fromkeys([*opts.targets, *extra]))
     sc.capture = opts
     sc.raw.setdefault("scenario", {})["capture"] = [str(t) for t in opts.targets]
+
+
+def capacity_check(sc: Any, calibration: str | None, strict: bool, lab: bool = False) -> None:
+    """Print the estimate and the host's capacity to stderr; with `strict`, raise
+    CapabilityError (exit 3, one line) when the estimate exceeds the host."""
+    from meshstress.errors import CapabilityError
+    from meshstress.model import capacity
+    from meshstress.observe.cpu import host_capacity
+
+    cal = capacity.load_calibration(calibration)
+    est = capacity.estimate_scenario(sc, cal)
+    cores, mem, busy = host_capacity()
+    lines, refuse = capacity.verdict(est, cores, mem, busy, sc.host_limits.max_host_busy)
+    if lab:
+        lines.append("(the VM lab has its own, emulated CPU: this host's figures are a guide)")
+    for line in lines:
+        _say(line)
+    if refuse and strict:
+        raise CapabilityError(refuse)
 
 
 def exit_code(results: dict[str, Any]) -> int:

@@ -166,6 +166,10 @@ def summary(results: Mapping[str, Any]) -> str:
             f"{_fmt(host.get('cpu_max_pct'))}% at most; "
             f"{_fmt(host.get('softnet_dropped'))} softnet backlog drops"
         )
+        if host.get("cpu_by"):
+            from meshstress.observe.cpu import summary_line
+
+            lines.append(f"host {summary_line(host['cpu_by'])}")
     why = invalid_line(results)
     if why:
         lines.append(why)

@@ -20,10 +20,16 @@ from meshstress.routing import settings as st
 from meshstress.routing.rtdump import (
     DEFAULT_RULES_TABLES,
     FR_ACT_TO_TBL,
+    RTM_NEWROUTE,
+    RTM_NEWRULE,
     KRoute,
     KRule,
+    TableDumper,
     ipv4_routes,
     ipv4_rules,
+    iter_payloads,
+    parse_route,
+    parse_rule,
 )
 
 if TYPE_CHECKING:
@@ -150,6 +156,98 @@ class Backend:
         """The nodes `node` has a route (or originator entry) for: convergence's first test."""
         return set(self.routes(mesh, node))
 
+    def route_reader(self, mesh: Mesh) -> RouteReader:
+        """What takes repeated route snapshots of the whole mesh: here one kernel table
+        dump per namespace over sockets kept open (KernelRouteReader). Close it before
+        the mesh is torn down."""
+        if type(self).routes is not Backend.routes:
+            return PerNodeReader(mesh, self)
+        return KernelRouteReader(mesh)
+
+
+class RouteReader:
+    """Every node's next hop to every other node, read again on each call."""
+
+    def next_hops(self) -> dict[str, dict[str, str | None]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the reader holds open."""
+
+
+class PerNodeReader(RouteReader):
+    """backend.routes() for one node after another (a backend with its own tables)."""
+
+    def __init__(self, mesh: Mesh, backend: Backend) -> None:
+        self.mesh, self.backend = mesh, backend
+
+    def next_hops(self) -> dict[str, dict[str, str | None]]:
+        return {
+            node: {dst: r.next_hop for dst, r in self.backend.routes(self.mesh, node).items()}
+            for node in self.mesh.nodes
+        }
+
+
+class KernelRouteReader(RouteReader):
+    """Every node's kernel routes as its policy rules pick them (select_routes), from one
+    route and one rule dump per namespace over sockets opened once (TableDumper).
+
+    A namespace whose dump bytes equal the previous dump's gets the previous row back,
+    the same dict object (callers must not change rows): nothing is parsed or selected
+    for it. A changed namespace is parsed with a cache of route messages seen before."""
+
+    CACHE_MAX = 1 << 19
+
+    def __init__(self, mesh: Mesh, workers: int = 1) -> None:
+        self.nodes = mesh.nodes
+        self.owners = addr_to_node(mesh)
+        self.me = {n: mesh.address(n) for n in self.nodes}
+        self.dumper = TableDumper({n: netns.path(mesh.ns(n)) for n in self.nodes}, workers)
+        self._last: dict[str, tuple[bytes, bytes, dict[str, str | None]]] = {}
+        self._parsed: dict[bytes, KRoute] = {}
+        self.selected = 0  # namespaces parsed and selected (their tables changed)
+        self.reused = 0  # namespaces whose tables had not changed
+
+    def next_hops(self) -> dict[str, dict[str, str | None]]:
+        out: dict[str, dict[str, str | None]] = {}
+        for node, (raw_routes, raw_rules) in self.dumper.dump(self.nodes).items():
+            last = self._last.get(node)
+            if last is not None and last[0] == raw_routes and last[1] == raw_rules:
+                out[node] = last[2]
+                self.reused += 1
+                continue
+            row = {
+                dst: r.next_hop
+                for dst, r in select_routes(
+                    self._routes(raw_routes),
+                    sorted(
+                        (parse_rule(p) for p in iter_payloads(raw_rules, RTM_NEWRULE, 2)),
+                        key=lambda r: r.priority,
+                    ),
+                    self.owners,
+                    self.me[node],
+                ).items()
+            }
+            self._last[node] = (raw_routes, raw_rules, row)
+            out[node] = row
+            self.selected += 1
+        return out
+
+    def _routes(self, raw: bytes) -> list[KRoute]:
+        cache = self._parsed
+        if len(cache) > self.CACHE_MAX:
+            cache.clear()
+        out = []
+        for p in iter_payloads(raw, RTM_NEWROUTE, 1):
+            r = cache.get(p)
+            if r is None:
+                r = cache[p] = parse_route(p)
+            out.append(r)
+        return out
+
+    def close(self) -> None:
+        self.dumper.close()
+
 
 # --- helpers -------------------------------------------------------------------
 
@@ -215,10 +313,11 @@ def select_routes(
     if not rules:
         order = [(None, table) for _prio, table in DEFAULT_RULES_TABLES if table != LOCAL_TABLE]
     out: dict[str, Route] = {}
+    by_dst = any(net is not None for net, _table in order)
     for dst, dst_node in owners.items():
         if dst == me:
             continue
-        address = ipaddress.IPv4Address(dst)
+        address = ipaddress.IPv4Address(dst) if by_dst else None
         for net, table in order:
             if net is not None and address not in net:
                 continue

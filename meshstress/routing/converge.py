@@ -15,7 +15,7 @@ from meshstress.routing.probe import ping_pairs
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
-    from meshstress.routing.base import Backend
+    from meshstress.routing.base import Backend, RouteReader
 
 # A reachability sweep pings every ordered pair up to this many nodes; above it, one
 # source node pings every other node (replies cross the mesh back), bounded in count.
@@ -43,20 +43,84 @@ class ConvergenceResult:
         )
 
 
-@dataclass
 class RouteSnapshot:
-    t: float  # time.monotonic() when taken
-    routes: dict[str, dict[str, tuple[str | None, int | None]]]  # node -> dst -> (nh, hops)
+    """Every node's next hop to every other node at time t (time.monotonic()).
+
+    Built from next hops (`next_hops`: node -> dst -> next hop or None); `routes` adds
+    the hop counts (node -> dst -> (next_hop, hops)), computed on first use only. Rows
+    may be shared with other snapshots (a reader reuses an unchanged node's row): treat
+    them as read-only."""
+
+    __slots__ = ("t", "next_hops", "_routes")
+
+    def __init__(
+        self,
+        t: float,
+        routes: dict[str, dict[str, tuple[str | None, int | None]]] | None = None,
+        *,
+        next_hops: dict[str, dict[str, str | None]] | None = None,
+    ) -> None:
+        if (routes is None) == (next_hops is None):
+            raise TypeError("RouteSnapshot takes routes or next_hops")
+        self.t = t
+        self._routes = routes
+        if next_hops is None:
+            assert routes is not None
+            next_hops = {n: {d: e[0] for d, e in row.items()} for n, row in routes.items()}
+        self.next_hops = next_hops
+
+    @property
+    def routes(self) -> dict[str, dict[str, tuple[str | None, int | None]]]:
+        if self._routes is None:
+            self._routes = hops_table(self.next_hops)
+        return self._routes
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RouteSnapshot):
+            return NotImplemented
+        return self.t == other.t and self.routes == other.routes
+
+    def __repr__(self) -> str:
+        return f"RouteSnapshot(t={self.t}, nodes={len(self.next_hops)})"
 
     def path(self, src: str, dst: str) -> list[str] | None:
         """The hop-by-hop path src..dst by following next hops; None on a gap or loop."""
         hops = [src]
         while hops[-1] != dst:
-            entry = self.routes.get(hops[-1], {}).get(dst)
-            if entry is None or entry[0] is None or entry[0] in hops:
+            nh = self.next_hops.get(hops[-1], {}).get(dst)
+            if nh is None or nh in hops:
                 return None
-            hops.append(entry[0])
+            hops.append(nh)
         return hops
+
+    def reachable_pairs(self) -> int:
+        """How many ordered pairs (a, b), a != b, of the snapshot's nodes have a path
+        (path(a, b) is not None): per destination, each node's chain is followed once."""
+        nodes = list(self.next_hops)
+        total = 0
+        for dst in nodes:
+            status: dict[str, bool] = {dst: True}
+            for a in nodes:
+                if a in status:
+                    continue
+                chain = [a]
+                on_chain = {a}
+                ok = False
+                cur = a
+                while True:
+                    nh = self.next_hops.get(cur, {}).get(dst)
+                    if nh is None or nh in on_chain:
+                        break
+                    if nh in status:
+                        ok = status[nh]
+                        break
+                    chain.append(nh)
+                    on_chain.add(nh)
+                    cur = nh
+                for c in chain:
+                    status[c] = ok
+            total += sum(1 for a in nodes if a != dst and status[a])
+        return total
 
 
 @dataclass
@@ -80,12 +144,16 @@ def wait_reroute(
     """After the link `avoid` (a, b) was cut at time.monotonic() `since`: poll until the
     path src..dst no longer uses a->b and echoes cross both ways; how long that took."""
     after: list[str] | None = None
-    while time.monotonic() - since < timeout:
-        after = snapshot(mesh, backend).path(src, dst)
-        if after and avoid not in zip(after, after[1:], strict=False):
-            if not ping_pairs(mesh, [(src, dst), (dst, src)], timeout=0.3, tries=1):
-                return Reroute(time.monotonic() - since, before, after)
-        time.sleep(poll)
+    reader = open_reader(mesh, backend)
+    try:
+        while time.monotonic() - since < timeout:
+            after = snapshot(mesh, backend, reader).path(src, dst)
+            if after and avoid not in zip(after, after[1:], strict=False):
+                if not ping_pairs(mesh, [(src, dst), (dst, src)], timeout=0.3, tries=1):
+                    return Reroute(time.monotonic() - since, before, after)
+            time.sleep(poll)
+    finally:
+        reader.close()
     return Reroute(None, before, after)
 
 
@@ -93,15 +161,19 @@ def record_routes(
     mesh: Mesh, backend: Backend, duration: float, interval: float = 0.5
 ) -> list[RouteSnapshot]:
     """Route snapshots every `interval` seconds for `duration` seconds (at least one)."""
-    snaps = [snapshot(mesh, backend)]
-    end = snaps[0].t + duration
-    while True:
-        wait = snaps[-1].t + interval - time.monotonic()
-        if time.monotonic() + max(wait, 0) > end:
-            return snaps
-        if wait > 0:
-            time.sleep(wait)
-        snaps.append(snapshot(mesh, backend))
+    reader = open_reader(mesh, backend)
+    try:
+        snaps = [snapshot(mesh, backend, reader)]
+        end = snaps[0].t + duration
+        while True:
+            wait = snaps[-1].t + interval - time.monotonic()
+            if time.monotonic() + max(wait, 0) > end:
+                return snaps
+            if wait > 0:
+                time.sleep(wait)
+            snaps.append(snapshot(mesh, backend, reader))
+    finally:
+        reader.close()
 
 
 def hops_table(
@@ -143,22 +215,48 @@ def route_changes(snapshots: Sequence[RouteSnapshot]) -> Counter[tuple[str, str]
     absent) and getting it back each count as one."""
     changes: Counter[tuple[str, str]] = Counter()
     seen: set[tuple[str, str]] = set()
-    prev: dict[tuple[str, str], str | None] = {}
+    prev: dict[str, dict[str, str | None]] = {}
     for snap in snapshots:
-        cur: dict[tuple[str, str], str | None] = {}
-        for node, dsts in snap.routes.items():
-            for dst, (nh, _hops) in dsts.items():
-                cur[(node, dst)] = nh
-        for key in set(prev) | set(cur):
-            before, after = prev.get(key), cur.get(key)
-            if before != after and key in seen:
-                changes[key] += 1
-        seen.update(k for k, v in cur.items() if v is not None)
+        cur = snap.next_hops
+        for node in prev.keys() | cur.keys():
+            before, after = prev.get(node, {}), cur.get(node, {})
+            if before is after:  # a reader's unchanged row: nothing to compare
+                continue
+            for dst in before.keys() | after.keys():
+                if before.get(dst) != after.get(dst) and (node, dst) in seen:
+                    changes[(node, dst)] += 1
+            seen.update((node, d) for d, v in after.items() if v is not None)
         prev = cur
     return changes
 
 
-def snapshot(mesh: Mesh, backend: Backend) -> RouteSnapshot:
+def open_reader(mesh: Mesh, backend: Backend) -> RouteReader:
+    """backend.route_reader(mesh); for an object with only routes(), a PerNodeReader."""
+    make = getattr(backend, "route_reader", None)
+    if make is not None:
+        return make(mesh)
+    from meshstress.routing.base import PerNodeReader
+
+    return PerNodeReader(mesh, backend)
+
+
+def snapshot(mesh: Mesh, backend: Backend, reader: RouteReader | None = None) -> RouteSnapshot:
+    """Every node's next hops now. With a `reader` (backend.route_reader(mesh), kept open
+    between snapshots) one dump per namespace and no work for unchanged tables; without,
+    a reader is opened and closed for this snapshot."""
+    if reader is None:
+        reader = open_reader(mesh, backend)
+        try:
+            return snapshot(mesh, backend, reader)
+        finally:
+            reader.close()
+    t = time.monotonic()
+    return RouteSnapshot(t, next_hops=reader.next_hops())
+
+
+def snapshot_per_node(mesh: Mesh, backend: Backend) -> RouteSnapshot:
+    """The reference algorithm: backend.routes() node after node (a netlink socket set
+    up per dump), hop counts for every pair at once. Slow on big meshes: compare with it."""
     t = time.monotonic()
     next_hops = {
         node: {dst: r.next_hop for dst, r in backend.routes(mesh, node).items()}

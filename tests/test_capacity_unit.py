@@ -1,0 +1,157 @@
+"""The capacity estimate (pure): per-unit costs times what a scenario asks for, the
+host check, and calibration files (a bad one: an error naming it and the field)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from meshstress.errors import InputError
+from meshstress.model import capacity, generators
+from meshstress.model.capacity import Calibration, estimate, load_calibration
+from meshstress.traffic.flows import FlowSpec
+
+COSTS = {
+    "namespace_mb": 0.5, "interface_mb": 0.1, "route_kb": 1.0,
+    "packet_end_core_s": 1e-4, "packet_hop_core_s": 1e-5, "tcp_bulk_cores": 1.0,
+    "agent_mb": 10.0, "probe_packet_share": 0.5, "probe_mb": 20.0,
+    "snapshot_node_core_s": 1e-3, "meshstress_mb": 50.0, "meshstress_node_mb": 0.0,
+}  # fmt: skip
+BABELD = {"interval_s": 1.0, "iface_cores": 1e-3, "iface_node_cores": 1e-5, "daemon_mb": 2.0}
+
+
+def cal() -> Calibration:
+    return Calibration(dict(COSTS), {"babeld": dict(BABELD)}, source="test.json")
+
+
+def part(est: capacity.Estimate, what: str) -> capacity.Part:
+    return next(p for p in est.parts if p.what == what)
+
+
+def test_routing_cost_scales_with_interfaces_nodes_and_the_hello_interval() -> None:
+    topo = generators.grid4(3, 3)  # 9 nodes, 12 links: 24 interfaces
+    topo.routing = "babeld"
+    est = estimate(topo, [], cal(), route_interval=1.0)
+    r = part(est, "routing")
+    assert r.cores == pytest.approx(24 * (1e-3 + 1e-5 * 9))
+    assert r.memory_mb == pytest.approx(9 * 2.0 + 9 * 8 * 1.0 / 1024)
+    topo.routing_settings = {"hello_interval": "250ms"}  # 4 hellos a second: 4x the cost
+    assert part(estimate(topo, [], cal()), "routing").cores == pytest.approx(4 * r.cores)
+    topo.nodes[0].settings["routing"] = {"hello_interval": 1.0}  # n0 (2 interfaces) slower
+    slower = part(estimate(topo, [], cal()), "routing").cores
+    assert slower == pytest.approx(4 * r.cores - 3 * 2 * (1e-3 + 1e-5 * 9))
+
+
+def test_namespaces_recorder_and_meshstress() -> None:
+    topo = generators.line(4)  # 4 nodes, 6 interfaces
+    est = estimate(topo, [], cal(), route_interval=0.5)
+    assert part(est, "namespaces").memory_mb == pytest.approx(4 * 0.5 + 6 * 0.1)
+    assert part(est, "recorder").cores == pytest.approx(4 * 1e-3 / 0.5)
+    assert part(est, "routing").cores == 0  # routing none
+    assert est.memory_mb == pytest.approx(2.6 + 50.0)
+    assert estimate(topo, [], cal(), route_interval=None).parts[-2].what != "recorder"
+
+
+def test_traffic_cost_per_packet_at_the_ends_and_per_hop() -> None:
+    topo = generators.line(4)  # n0 .. n3: 3 hops
+    flows = [
+        FlowSpec("a", "udp", "n0", "n3", rate_pps=1000),
+        FlowSpec("b", "ping", "n1", "n2", rate_pps=10),  # echo and reply: 20 pps, 1 hop
+        FlowSpec("c", "tcp", "n0", "n1"),  # no cap: a core
+    ]
+    est = estimate(topo, flows, cal())
+    t = part(est, "traffic")
+    assert t.cores == pytest.approx(1000 * (1e-4 + 3e-5) + 20 * (1e-4 + 1e-5) + 1.0)
+    assert t.memory_mb == 6 * 10.0
+    probed = part(estimate(topo, flows[:1], cal(), probes=["traffic", "drops"]), "traffic")
+    assert probed.cores == pytest.approx(1000 * (1e-4 + 3e-5) * 2.0)
+
+
+def test_segments_count_as_neighbours_for_hops() -> None:
+    topo = generators.line(3)
+    from meshstress.model.topology import Segment
+
+    topo.segments.append(Segment("s", ["n0", "n2"]))
+    assert capacity.hops(capacity.adjacency(topo), "n0", "n2") == 1
+    assert capacity.interfaces(topo) == {"n0": 2, "n1": 2, "n2": 2}
+
+
+def test_an_uncalibrated_backend_and_processes_are_listed_not_guessed() -> None:
+    topo = generators.line(2)
+    topo.routing = "batmand"
+    est = estimate(topo, [], cal(), processes=["server"])
+    assert est.not_estimated == ["routing batmand (no calibration for it)", "process server"]
+    assert any("not estimated" in line for line in est.lines())
+
+
+def test_exceeds_says_what_the_host_lacks() -> None:
+    est = capacity.Estimate([capacity.Part("x", 1.5, 1000.0)], "c.json", False)
+    assert est.exceeds(cores=2, mem_available_mb=2000) == []
+    cpu = est.exceeds(cores=2, mem_available_mb=2000, busy_now_cores=0.5)
+    assert len(cpu) == 1 and cpu[0].startswith("CPU: needs 1.50 cores + 0.50 in use")
+    assert est.exceeds(cores=1, mem_available_mb=500) == [
+        "CPU: needs 1.50 cores, the host has 1 (0.95 below the 95% saturation limit)",
+        "memory: needs 1000 MB, 500 MB available",
+    ]
+
+
+def calib_json(**over: object) -> str:
+    data = Calibration(dict(COSTS), {"babeld": dict(BABELD)}).to_json()
+    data.update(over)
+    return json.dumps(data)
+
+
+def test_calibration_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "calibration.json"
+    capacity.store_calibration(cal(), str(path))
+    got = load_calibration(str(path))
+    assert got.costs == COSTS and got.routing == {"babeld": BABELD}
+    assert got.source == str(path) and not got.default
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("{not json", "file"),
+        ("[1]", "file"),
+        (calib_json(version=7), "version"),
+        (calib_json(costs=None), "costs"),
+        (calib_json(costs={**COSTS, "route_kb": "big"}), "costs.route_kb"),
+        (calib_json(costs={**COSTS, "agent_mb": -1}), "costs.agent_mb"),
+        (calib_json(costs={k: v for k, v in COSTS.items() if k != "probe_mb"}), "costs.probe_mb"),
+        (calib_json(routing={"babeld": {**BABELD, "interval_s": 0}}), "routing.babeld.interval_s"),
+        (calib_json(routing={"babeld": 3}), "routing.babeld"),
+    ],
+)
+def test_a_bad_calibration_file_names_itself_and_the_field(
+    tmp_path: Path, text: str, field: str
+) -> None:
+    path = tmp_path / "cal.json"
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        load_calibration(str(path))
+    assert err.value.source == str(path)
+    assert err.value.field == field
+    assert str(err.value).startswith(f"{path}: {field}: ")
+
+
+def test_a_missing_or_untrusted_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"nope\.json: file: "):
+        load_calibration(str(tmp_path / "nope.json"))
+    path = tmp_path / "open.json"
+    path.write_text(calib_json())
+    os.chmod(path, 0o666)
+    with pytest.raises(InputError, match="not trusted"):
+        load_calibration(str(path))
+
+
+def test_without_a_stored_file_the_packaged_default_is_used(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(capacity, "STORED", str(tmp_path / "absent.json"))
+    got = load_calibration()
+    assert got.default and got.source == "meshstress/data/calibration.json"
+    assert set(got.routing) >= {"static", "babeld", "batmand", "batman-adv"}
+    est = estimate(generators.line(2), [], got)
+    assert "(packaged default)" in est.lines()[0]
