@@ -320,14 +320,21 @@ def write_all(results: dict[str, Any], out_dir: Path) -> None:
     safefs.make_dir(out_dir)
     run = results.setdefault("run", {})
     _write_json(results, out_dir)
-    views = (
+    views = [
         ("summary.txt", lambda: safefs.write_file(out_dir, "summary.txt", summary(results))),
         ("junit.xml", lambda: safefs.write_file(out_dir, "junit.xml", junit(results))),
-        (
-            "plots",
-            lambda: run.__setitem__("plots", [os.path.basename(p) for p in plot(results, out_dir)]),
-        ),
-    )
+    ]
+    # MESHSTRESS_PLOTS=host: a run inside the VM lab leaves its plots to the host
+    # (matplotlib under emulation costs tens of seconds; runner.run_in_lab draws them)
+    if os.environ.get("MESHSTRESS_PLOTS") != "host":
+        views.append(
+            (
+                "plots",
+                lambda: run.__setitem__(
+                    "plots", [os.path.basename(p) for p in plot(results, out_dir)]
+                ),
+            )
+        )
     errors = {}
     for name, render in views:
         try:
@@ -341,6 +348,18 @@ def write_all(results: dict[str, Any], out_dir: Path) -> None:
 
 def _write_json(results: dict[str, Any], out_dir: Path) -> None:
     safefs.write_file(out_dir, "results.json", json.dumps(results, indent=1) + "\n")
+
+
+def draw_plots(out_dir: Path) -> list[str]:
+    """The plots of out_dir/results.json (a lab run leaves them to the host); their names
+    go into results.json's run.plots. ValueError when the file is not a results object."""
+    results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    if not isinstance(results, dict) or not isinstance(results.get("run"), dict):
+        raise ValueError(f"{out_dir}/results.json: not a meshstress results file")
+    written = plot(results, out_dir)
+    results["run"]["plots"] = [os.path.basename(p) for p in written]
+    _write_json(results, out_dir)
+    return written
 
 
 def rerender(out_dir: Path) -> dict[str, Any]:
