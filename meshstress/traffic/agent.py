@@ -28,6 +28,7 @@ network byte order, padded with zeros to --size.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import heapq
 import json
@@ -227,6 +228,11 @@ def tcp_recv(a: argparse.Namespace, rec: dict[str, Any]) -> None:
                     data = s.recv(1 << 20)
                 except BlockingIOError:
                     continue
+                except ConnectionResetError as exc:
+                    # the sender aborts its socket when its flow ends (tcp_send)
+                    if time.monotonic() < a.end - 1.0:
+                        rec["errors"].append(f"recv: {exc}")
+                    data = b""
                 except OSError as exc:
                     rec["errors"].append(f"recv: {exc}")
                     data = b""
@@ -302,6 +308,11 @@ def tcp_send(a: argparse.Namespace, rec: dict[str, Any]) -> None:
             rec["tcp_info"] = parse_tcp_info(raw)
         except OSError as exc:
             rec["errors"].append(f"TCP_INFO: {exc}")
+        # abort (RST), not a graceful close: the flow is over, and an orphaned socket
+        # still retransmitting its unsent bytes over a lossy path (backing off for
+        # minutes) would hold the namespace, and the teardown would wait for it
+        with contextlib.suppress(OSError):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()
 
 
