@@ -123,6 +123,7 @@ step = "2s"
 
 [[sweep]]
 delay = ["0ms", "20ms"]
+links = [["n0", "n1"]]
 step = "2s"
 
 [[sweep]]
@@ -137,12 +138,15 @@ step = "2s"
     acts = msweep.expand_all(sc.sweeps, sc.topology, sc.ideal)
     bounds = [a for a in acts if a.boundary]
     assert [(a.at, a.sweep) for a in bounds] == [(2.0 * i, i // 2) for i in range(8)]
-    # the delay sweep starts by putting loss back as configured (0 here), on every link
+    # the delay sweep (on n0-n1 only) starts by putting loss back as configured (0 here)
+    # on n1-n2; on n0-n1 its own step does that (configured impairment, its delay)
     first_delay = bounds[2]
-    assert {ev.action for ev in first_delay.restore} == {"impair"}
+    assert [(ev.action, ev.link) for ev in first_delay.restore] == [("impair", ("n1", "n2"))]
     assert all(ev.ab is not None and ev.ab.loss == 0 for ev in first_delay.restore)
-    assert all(ev.ab is not None and ev.ab.delay == 0 for ev in first_delay.events)
+    assert [ev.link for ev in first_delay.events] == [("n0", "n1")]
+    assert all(ev.ab is not None and ev.ab.loss == 0 for ev in first_delay.events)
     # the failed_links sweep: delay back to 0 first
+    assert [ev.link for ev in bounds[4].restore] == [("n0", "n1")]
     assert all(ev.ab is not None and ev.ab.delay == 0 for ev in bounds[4].restore)
     # the rate sweep: the links the failed_links sweep took down come up
     assert sorted(ev.action for ev in bounds[6].restore) == ["link-up", "link-up"]

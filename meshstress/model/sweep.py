@@ -448,8 +448,16 @@ def expand_all(sweeps: Sequence[Sweep], topo: Topology, ideal: bool = False) -> 
     for i, sw in enumerate(sweeps):
         mine = expand(sw, topo, ideal)
         if i > 0:
-            back = tuple(restore_events(sweeps[i - 1], topo, ideal, sw.offset))
             first = next(k for k, a in enumerate(mine) if a.boundary)
+            # a link this step impairs gets configured-plus-this-axis anyway: that step
+            # puts the previous axis back on it already
+            reset = {frozenset(ev.link) for ev in mine[first].events if ev.action == "impair"
+                     and ev.link is not None}  # fmt: skip
+            back = tuple(
+                ev
+                for ev in restore_events(sweeps[i - 1], topo, ideal, sw.offset)
+                if not (ev.action == "impair" and ev.link and frozenset(ev.link) in reset)
+            )
             mine[first] = replace(mine[first], restore=back)
         out += mine
     return sorted(out, key=lambda a: (a.at, a.sweep, not a.boundary))

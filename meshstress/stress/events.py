@@ -338,6 +338,7 @@ class EventRunner:
         self._links_done: float | None = None  # when the last apply's link changes were made
         self._grouped: set[str] = set()  # nodes whose mesh interfaces are in MESH_GROUP
         self.use_groups = True  # False: one request per interface (benchmarks compare)
+        self._no_offloads: set[tuple[str, str]] = set()  # (node, ifname) done already
 
     def prepare(self, events: Sequence[Event]) -> None:
         """Open the netlink sockets and learn the interface indexes of every node the
@@ -359,6 +360,21 @@ class EventRunner:
         crashing = {ev.node for ev in events if ev.action == "node-crash" and ev.node}
         for node in sorted(crashing - self._grouped):
             self._group(node)
+        # offloads off, once, on every interface an impair event will impair (ethtool
+        # ioctls: costly under emulation, and the same answer each time)
+        for ev in events:
+            if ev.action != "impair" or ev.link is None:
+                continue
+            a, b = ev.link
+            ends = link_interfaces(self.mesh.state.interfaces, a, b)
+            for (node, ifname), imp in ((ends[0], ev.ab), (ends[1], ev.ba)):
+                if imp is not None and not imp.is_ideal():
+                    self._offloads_off_on(node, ifname)
+
+    def _offloads_off_on(self, node: str, ifname: str) -> None:
+        if (node, ifname) not in self._no_offloads:
+            impair.disable_offloads(self.mesh.ethtool(node), ifname)
+            self._no_offloads.add((node, ifname))
 
     def _group(self, node: str) -> None:
         """Put node's mesh interfaces (all of them, nothing else) in MESH_GROUP."""
@@ -632,12 +648,12 @@ class EventRunner:
             if imp is None:
                 continue
             ipr = self.mesh.netlink(node)
-            found = ipr.link_lookup(ifname=ifname)
-            if not found:
+            index = self._indexes(node).get(ifname)
+            if index is None:
                 raise MeshstressError(f"interface {ifname} of node {node} is gone")
             if not imp.is_ideal():  # as the builder does: netem acts per packet
-                impair.disable_offloads(self.mesh.ethtool(node), ifname)
-            impair.replace(ipr, found[0], imp, mtu=self.mtu)
+                self._offloads_off_on(node, ifname)
+            impair.replace(ipr, index, imp, mtu=self.mtu)
             detail[direction] = {"ifname": ifname, "impairment": impair.describe(imp)}
         return detail
 
