@@ -158,6 +158,7 @@ def summary(results: Mapping[str, Any]) -> str:
             f"{totals['batman_control_tx_bytes']} bytes"
             + (f" ({share:.1%} of bytes sent)" if share is not None else "")
         )
+    lines += _probe_node_lines(results.get("probes") or {})
     host = run.get("host") or {}
     if host:
         lines.append(
@@ -206,6 +207,36 @@ def _process_lines(processes: Mapping[str, Any]) -> list[str]:
             ]
         )
     return ["processes (metrics: mean over the run):", *_table(rows)]
+
+
+def _probe_node_lines(probes: Mapping[str, Any]) -> list[str]:
+    """The BCC probes per node: packets sent and received on its mesh links (the run's
+    veths, "ms-..."), on its routing interface when it has one (batman-adv's bat0: the
+    payload before batman-adv's own header), its TCP retransmissions and drops."""
+    nodes = probes.get("nodes") or {}
+    if not isinstance(nodes, Mapping) or not nodes:
+        return []
+    meshif = any(
+        name != "lo" and not name.startswith("ms-")
+        for n in nodes.values()
+        for name in (n.get("interfaces") or {})
+    )
+    head = ["node", "link tx pkts", "link rx pkts", "link tx bytes"]
+    head += ["bat0 tx pkts", "bat0 rx pkts"] if meshif else []
+    rows = [head + ["tcp retrans", "drops"]]
+    for node, n in nodes.items():
+        ifs = n.get("interfaces") or {}
+        links = [c for name, c in ifs.items() if name.startswith("ms-")]
+        other = [c for name, c in ifs.items() if name != "lo" and not name.startswith("ms-")]
+        row = [str(node)] + [str(sum(c.get(k, 0) for c in links))
+                             for k in ("tx_packets", "rx_packets", "tx_bytes")]  # fmt: skip
+        if meshif:
+            row += [str(sum(c.get(k, 0) for c in other)) for k in ("tx_packets", "rx_packets")]
+        drops = n.get("drops") or {}
+        retrans = n.get("tcp_retransmits")
+        row += [_fmt(retrans), str(sum(drops.values())) if drops else "0"]
+        rows.append(row)
+    return ["probes per node (BCC, over the run):", *_table(rows)]
 
 
 INVALID_CASE = "run valid (host not saturated)"
