@@ -249,6 +249,9 @@ def tcp_recv(a: argparse.Namespace, rec: dict[str, Any]) -> None:
         rec["bins"] = sorted(bins.items())
 
 
+CAP_BURST_S = 0.25  # a capped tcp flow's unused credit is kept this long at most
+
+
 def tcp_send(a: argparse.Namespace, rec: dict[str, Any]) -> None:
     rec["bytes_written"] = 0
     rec["tcp_info"] = {}
@@ -285,6 +288,13 @@ def tcp_send(a: argparse.Namespace, rec: dict[str, Any]) -> None:
                 break
             if a.bps:
                 allowed = int((now - began) * a.bps / 8) - rec["bytes_written"]
+                # a cap, not an average over the flow: credit left unused (a stall on a
+                # lossy or slow stretch) is kept for CAP_BURST_S at most, so the flow
+                # does not send its backlog at full speed when the path gets better
+                most = max(quantum, int(a.bps / 8 * CAP_BURST_S))
+                if allowed > most:
+                    began += (allowed - most) * 8 / a.bps
+                    allowed = most
                 if allowed < quantum:
                     wait = (quantum - allowed) * 8 / a.bps
                     time.sleep(max(0.0, min(wait, a.end - now)))
