@@ -221,18 +221,19 @@ def _plot_one(
             ]
             line = ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=4, label=label)
             knee = knees.get(metric)
-            if knee is not None:
+            if knee is not None:  # in the legend: a label on the plot may hide behind it
                 color = line[0].get_color()
-                ax.axvline(knee * scale, color=color, linestyle=":", alpha=0.8)
-                ax.annotate(
-                    f"knee {format_stress(knee, unit)}",
-                    (knee * scale, ax.get_ylim()[1]),
-                    textcoords="offset points",
-                    xytext=(3, -12),
-                    fontsize=8,
-                    color=color,
-                )
-        ax.set_xticks([x * scale for x in sw.get("stress") or []], labels=sw.get("steps") or [])
+                ax.axvline(
+                    knee * scale, color=color, linestyle=":", alpha=0.8,
+                    label=f"{label}: knee at {format_stress(knee, unit)}",
+                )  # fmt: skip
+        ticks = [x * scale for x in sw.get("stress") or []]
+        if unit == "bit/s" and ticks and min(ticks) > 0:
+            # bandwidth steps are usually factors apart (8, 2, 1, 0.5 Mbit/s): on a log
+            # axis they spread out, on a linear one the smallest crowd together
+            ax.set_xscale("log")
+            ax.minorticks_off()
+        ax.set_xticks(ticks, labels=sw.get("steps") or [])
         ax.set_ylabel(title)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="best")
