@@ -103,6 +103,12 @@ def test_replace_with_the_same_qdiscs_changes_them_in_place(mesh_factory) -> Non
     impair.replace(sock, index, Impairment(rate=2_000_000))
     # the same qdisc (its byte counter kept), at the new rate
     assert tbf() == (250_000, sent)
+    # the caller says what it put there: changed without a dump, still in place
+    impair.replace(sock, index, Impairment(rate=1_000_000), was=Impairment(rate=2_000_000))
+    assert tbf() == (125_000, sent)
+    # told wrong (netem is not there): it looks, and swaps the chain
+    impair.replace(sock, index, Impairment(rate=4_000_000), was=Impairment(rate=1, delay=0.01))
+    assert tbf() == (500_000, 0)
     assert [k for k, _, p in root_qdiscs(mesh, "a", a_if) if p == impair.TC_H_ROOT] == ["tbf"]
 
 

@@ -339,6 +339,9 @@ class EventRunner:
         self._grouped: set[str] = set()  # nodes whose mesh interfaces are in MESH_GROUP
         self.use_groups = True  # False: one request per interface (benchmarks compare)
         self._no_offloads: set[tuple[str, str]] = set()  # (node, ifname) done already
+        # (node, ifname) -> the impairment this runner put there last (its qdisc shape is
+        # known: a step of the same shape changes it in place without a dump)
+        self._impaired: dict[tuple[str, str], Impairment] = {}
 
     def prepare(self, events: Sequence[Event]) -> None:
         """Open the netlink sockets and learn the interface indexes of every node the
@@ -653,7 +656,9 @@ class EventRunner:
                 raise MeshstressError(f"interface {ifname} of node {node} is gone")
             if not imp.is_ideal():  # as the builder does: netem acts per packet
                 self._offloads_off_on(node, ifname)
-            impair.replace(ipr, index, imp, mtu=self.mtu)
+            was = self._impaired.get((node, ifname))
+            impair.replace(ipr, index, imp, mtu=self.mtu, was=was)
+            self._impaired[(node, ifname)] = imp
             detail[direction] = {"ifname": ifname, "impairment": impair.describe(imp)}
         return detail
 
