@@ -158,6 +158,17 @@ def plot(results: Mapping[str, Any], out_dir: Path, plt: Any) -> list[str]:
     return written
 
 
+def _dodge(x: float, shift: float, ticks: list[float], log: bool) -> float:
+    """x moved by `shift` of the axis's span (in log space on a log axis)."""
+    if not shift or len(ticks) < 2:
+        return x
+    if log:
+        import math
+
+        return x * 10 ** (shift * math.log10(max(ticks) / min(ticks)))
+    return x + shift * (max(ticks) - min(ticks))
+
+
 def _ratio_metrics(sw: Mapping[str, Any]) -> set[str]:
     """The metrics counted as k of n (their points carry k): drawn in %."""
     return {
@@ -205,11 +216,16 @@ def _plot_one(
         and c.get("axis", axis) == axis
     }
     xlabel = f"{axis}: {AXIS_TITLE.get(axis, axis)}" + (f" ({suffix})" if suffix else "")
+    ticks_all = [x * scale for x in sw.get("stress") or []]
+    log = unit == "bit/s" and bool(ticks_all) and min(ticks_all) > 0
     for row, (title, lines, yscale) in zip(axes, panels, strict=True):
         ax = row[0]
-        for label, metric in lines:
+        for i, (label, metric) in enumerate(lines):
             c = curves[metric]
-            xs = [x * scale for x in c["stress"]]
+            # lines that coincide (two flows at 100%) stay apart: each its own marker
+            # and dash, and its points and bars dodged a little along the x axis
+            shift = (i - (len(lines) - 1) / 2) * 0.012
+            xs = [_dodge(x * scale, shift, ticks_all, log) for x in c["stress"]]
             ys = [v * yscale for v in c["values"]]
             lo = [
                 max(0.0, (v - iv[0]) * yscale)
@@ -219,7 +235,10 @@ def _plot_one(
                 max(0.0, (iv[1] - v) * yscale)
                 for v, iv in zip(c["values"], c["intervals"], strict=True)
             ]
-            line = ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=4, label=label)
+            line = ax.errorbar(
+                xs, ys, yerr=[lo, hi], marker="osD^v<>"[i % 7], capsize=4, label=label,
+                linestyle=("-", "--", "-.", ":")[i % 4], markersize=5,
+            )  # fmt: skip
             knee = knees.get(metric)
             if knee is not None:  # in the legend: a label on the plot may hide behind it
                 color = line[0].get_color()
@@ -227,8 +246,8 @@ def _plot_one(
                     knee * scale, color=color, linestyle=":", alpha=0.8,
                     label=f"{label}: knee at {format_stress(knee, unit)}",
                 )  # fmt: skip
-        ticks = [x * scale for x in sw.get("stress") or []]
-        if unit == "bit/s" and ticks and min(ticks) > 0:
+        ticks = ticks_all
+        if log:
             # bandwidth steps are usually factors apart (8, 2, 1, 0.5 Mbit/s): on a log
             # axis they spread out, on a linear one the smallest crowd together
             ax.set_xscale("log")
