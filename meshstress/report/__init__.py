@@ -331,11 +331,31 @@ def plot(results: Mapping[str, Any], out_dir: Path) -> list[str]:
         ax.plot([r[0] for r in reach], [r[1] for r in reach], drawstyle="steps-post")
         ax.set_ylim(-0.05, 1.05)
         ax.set_title("pairs with a route (fraction)", fontsize=9)
-    for row in axes:
+    from meshstress.judge.degradation import sweeps_of
+
+    steps = [
+        (float(w["start"]), str(sw.get("axis")), str(w.get("text")), w.get("step") == 0)
+        for sw in sweeps_of(results)
+        for w in sw.get("windows") or []
+        if w.get("start") is not None
+    ]
+    if steps:  # room above the first panel for the steps' names
+        first_title = axes[0][0].get_title()
+        axes[0][0].set_title(first_title, fontsize=9, pad=14)
+    for n, row in enumerate(axes):
         for ev in events:
             if ev.get("t_rel") is not None:
                 row[0].axvline(ev["t_rel"], color="red", alpha=0.4, linestyle="--")
-    axes[-1][0].set_xlabel("seconds since traffic start (red: events)")
+        for at, axis, text, first in steps:  # the sweeps' steps, each named on top
+            row[0].axvline(at, color="0.3", alpha=0.5 if first else 0.25, linestyle=":")
+            if n == 0:
+                row[0].annotate(
+                    f"{axis} {text}" if first else text, (at, 1.0),
+                    xycoords=("data", "axes fraction"), xytext=(2, 2),
+                    textcoords="offset points", fontsize=7, color="0.3",
+                )  # fmt: skip
+    what = "red: events" + ("; dotted: sweep steps" if steps else "")
+    axes[-1][0].set_xlabel(f"seconds since traffic start ({what})")
     fig.tight_layout()
     path = out_dir / "timeline.png"
     with safefs.open_write(out_dir, path.name) as f:
