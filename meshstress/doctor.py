@@ -203,5 +203,12 @@ def default_scenario_verdict(checks: list[Check]) -> tuple[bool, str]:
         )
     return False, (
         f"the default scenario (meshstress run) can run neither on this host, which lacks "
-        f"{lacks}, nor in the VM lab: {why}"
+        f"{lacks}, nor in the VM lab: {why}; {QUICK_HINT}"
     )
+
+
+# what a host that can run the default scenario nowhere can run instead
+QUICK_HINT = (
+    "scenarios/quick.toml needs none of that (babeld, no netem or BCC): "
+    "sudo meshstress run scenarios/quick.toml"
+)

@@ -62,7 +62,9 @@ def test_doctor_exits_nonzero_when_default_scenario_runs_nowhere(
     last = result.output.strip().splitlines()[-1]
     assert last == (
         "meshstress: the default scenario (meshstress run) can run neither on this host, "
-        "which lacks veth, nor in the VM lab: qemu-system-x86_64 not installed"
+        "which lacks veth, nor in the VM lab: qemu-system-x86_64 not installed; "
+        "scenarios/quick.toml needs none of that (babeld, no netem or BCC): "
+        "sudo meshstress run scenarios/quick.toml"
     )
     assert not ERRNO_TUPLE.search(result.output)
     # --json: stdout stays a JSON list, the exit code says the same
@@ -72,11 +74,18 @@ def test_doctor_exits_nonzero_when_default_scenario_runs_nowhere(
 
 
 def test_doctor_exits_zero_when_host_or_lab_can_run_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(doctor, "run_checks", lambda: _checks(netem="x", **{"batman-adv": "y"}))
+    monkeypatch.setattr(doctor, "run_checks", lambda: _checks())
     monkeypatch.setattr(lab, "lab_available", lambda *a: (False, "no qemu"))
     result = CliRunner().invoke(cli, ["doctor"])
     assert result.exit_code == 0, result.output
     assert "the default scenario (meshstress run) can run on this host" in result.output
+    # the default (the mission) needs batman-adv, netem and BCC: without them and no lab,
+    # doctor says so and points at the quick scenario
+    monkeypatch.setattr(doctor, "run_checks", lambda: _checks(netem="x", **{"batman-adv": "y"}))
+    result = CliRunner().invoke(cli, ["doctor"])
+    assert result.exit_code == 3, result.output
+    assert "which lacks batman-adv, netem, nor in the VM lab: no qemu" in result.output
+    assert "sudo meshstress run scenarios/quick.toml" in result.output
     # the host lacks veth, but the lab can run it
     monkeypatch.setattr(doctor, "run_checks", lambda: _checks(veth="no"))
     monkeypatch.setattr(lab, "lab_available", lambda *a: (True, "cached"))

@@ -321,7 +321,15 @@ class FakeSock:
         self.calls.append((command, kind, kw))
 
     def get_qdiscs(self, index: int | None = None) -> list[dict[str, Any]]:
-        return self.qdiscs
+        self.calls.append(("dump", None, {}))
+        return [_Qdisc(q) for q in self.qdiscs]
+
+
+class _Qdisc(dict):  # type: ignore[type-arg]
+    """A dumped qdisc: its kind as pyroute2 gives it (an attribute)."""
+
+    def get_attr(self, name: str) -> Any:
+        return self.get("kind") if name == "TCA_KIND" else None
 
 
 def test_install_puts_our_netem_plugin_in_pyroute2s_table_once() -> None:
@@ -353,20 +361,37 @@ DEFAULT = {"index": 7, "parent": impair.TC_H_ROOT, "handle": 0}
 def test_replace_removes_ours_then_installs() -> None:
     sock = FakeSock([OURS, {"index": 7, "parent": 0x10001, "handle": 0x100000}])
     impair.replace(sock, 7, Impairment(rate=10**6))
-    assert [c[:2] for c in sock.calls] == [("del", None), ("add", "tbf")]
-    assert sock.calls[0][2] == {"index": 7, "handle": 0x10000, "parent": impair.TC_H_ROOT}
+    calls = [c for c in sock.calls if c[0] != "dump"]
+    assert [c[:2] for c in calls] == [("del", None), ("add", "tbf")]
+    assert calls[0][2] == {"index": 7, "handle": 0x10000, "parent": impair.TC_H_ROOT}
 
 
 def test_replace_with_ideal_only_removes() -> None:
     sock = FakeSock([OURS])
     impair.replace(sock, 7, Impairment())
-    assert [c[:2] for c in sock.calls] == [("del", None)]
+    assert [c[:2] for c in sock.calls if c[0] != "dump"] == [("del", None)]
 
 
 def test_replace_leaves_a_default_or_foreign_root_alone() -> None:
     sock = FakeSock([DEFAULT, {**OURS, "index": 8}])
     impair.replace(sock, 7, Impairment(loss=0.1))
-    assert [c[:2] for c in sock.calls] == [("add", "netem")]
+    assert [c[:2] for c in sock.calls if c[0] != "dump"] == [("add", "netem")]
+
+
+def test_replace_changes_a_chain_of_the_same_shape_in_place() -> None:
+    # netem (loss) on 7 already: a new loss is a `tc change`, no delete and add
+    sock = FakeSock([{**OURS, "kind": "netem"}])
+    impair.replace(sock, 7, Impairment(loss=0.05))
+    assert [c[:2] for c in sock.calls] == [("dump", None), ("change", "netem")]
+    # another shape (netem with a tbf under it): swapped
+    sock = FakeSock([{**OURS, "kind": "netem"}])
+    impair.replace(sock, 7, Impairment(loss=0.05, rate=10**6))
+    assert [c[:2] for c in sock.calls] == [
+        ("dump", None), ("dump", None), ("del", None), ("add", "netem"), ("add", "tbf")]  # fmt: skip
+    # the caller says what it put there, of the same shape: no dump
+    sock = FakeSock([{**OURS, "kind": "netem"}])
+    impair.replace(sock, 7, Impairment(delay=0.03), was=Impairment(loss=0.05))
+    assert [c[:2] for c in sock.calls] == [("change", "netem")]
 
 
 def test_remove_ignores_none_there_but_not_other_errors() -> None:

@@ -83,6 +83,35 @@ def test_replace_swaps_the_chain_and_ideal_restores_the_default(mesh_factory) ->
     assert tbf_rate() == 500_000
 
 
+def test_replace_with_the_same_qdiscs_changes_them_in_place(mesh_factory) -> None:
+    # a sweep step changes a rate (or a loss) on a chain of the same qdiscs: `tc change`,
+    # no delete and add (which waits for an RCU grace period: slow under emulation)
+    mesh = mesh_factory(topofile.loads_toml(RATE_ONLY, "rate.toml"))
+    a_if = mesh.state.interfaces["a"][0]["ifname"]
+    sock = mesh.netlink("a")
+    index = sock.link_lookup(ifname=a_if)[0]
+
+    def tbf() -> tuple[int, int]:
+        (q,) = [q for q in sock.get_qdiscs(index=index)
+                if q["index"] == index and q.get_attr("TCA_KIND") == "tbf"]  # fmt: skip
+        rate = int(q.get_attr("TCA_OPTIONS").get_attr("TCA_TBF_PARMS")["rate"])
+        return rate, int(q.get_attr("TCA_STATS")["bytes"])
+
+    tcp_goodput(mesh, "a", "b", 200_000)
+    rate, sent = tbf()
+    assert rate == 500_000 and sent >= 200_000
+    impair.replace(sock, index, Impairment(rate=2_000_000))
+    # the same qdisc (its byte counter kept), at the new rate
+    assert tbf() == (250_000, sent)
+    # the caller says what it put there: changed without a dump, still in place
+    impair.replace(sock, index, Impairment(rate=1_000_000), was=Impairment(rate=2_000_000))
+    assert tbf() == (125_000, sent)
+    # told wrong (netem is not there): it looks, and swaps the chain
+    impair.replace(sock, index, Impairment(rate=4_000_000), was=Impairment(rate=1, delay=0.01))
+    assert tbf() == (500_000, 0)
+    assert [k for k, _, p in root_qdiscs(mesh, "a", a_if) if p == impair.TC_H_ROOT] == ["tbf"]
+
+
 def test_bring_up_names_the_missing_qdisc() -> None:
     if has_netem():
         pytest.skip("this kernel has netem: nothing is missing")

@@ -408,3 +408,23 @@ def test_lab_available_names_the_missing_capability(
     assert runner.lab_available("linux-image-amd64") == (
         True, "linux-image-amd64 fetchable with apt"
     )  # fmt: skip
+
+
+def test_the_guest_of_a_lab_run_skips_the_capability_checks(monkeypatch) -> None:
+    # run_in_lab runs `meshstress run --where host` in the guest with this label: the
+    # host chose the lab for its kernel, and the checks cost 10-20 s under emulation
+    from meshstress import runner
+    from meshstress.cli.run import default_scenario
+    from meshstress.model import scenario
+
+    sc = scenario.load(default_scenario())
+
+    def checks(_sc: object) -> list[str]:
+        raise AssertionError("checked")
+
+    monkeypatch.setattr(runner, "missing_here", checks)
+    monkeypatch.setenv("MESHSTRESS_WHERE_LABEL", "lab")
+    assert runner.choose_where(sc, "host")[0] == "host"
+    monkeypatch.delenv("MESHSTRESS_WHERE_LABEL")
+    with pytest.raises(AssertionError, match="checked"):
+        runner.choose_where(sc, "host")

@@ -107,3 +107,27 @@ def test_probe_totals_sum_nodes_and_split_batman_signalling_from_payload() -> No
     assert t["drops"] == 8 and list(t["drop_reasons"]) == ["QDISC_DROP", "NO_SOCKET"]
     assert t["tcp_retransmits"] == 3
     assert t["batman_control_tx_bytes"] == 400 and t["batman_control_share"] == 0.2
+
+
+def test_the_summary_has_a_probe_table_per_node() -> None:
+    iface = {"tx_packets": 0, "tx_bytes": 0, "rx_packets": 0, "rx_bytes": 0}
+    results = {
+        "run": {}, "mesh": {}, "checks": [],
+        "probes": {"nodes": {
+            "n0": {"interfaces": {"lo": dict(iface, tx_packets=99),
+                                  "ms-ab-i0": dict(iface, tx_packets=10, rx_packets=7,
+                                                   tx_bytes=1000),
+                                  "ms-ab-i1": dict(iface, tx_packets=5, rx_packets=1),
+                                  "bat0": dict(iface, tx_packets=12, rx_packets=6)},
+                   "drops": {"QDISC_DROP": 3}, "tcp_retransmits": 4},
+            "n1": {"interfaces": {"ms-ab-i0": dict(iface, rx_packets=15)},
+                   "drops": {}, "tcp_retransmits": 0},
+        }},
+    }  # fmt: skip
+    lines = report.summary(results).splitlines()
+    at = lines.index("probes per node (BCC, over the run):")
+    assert lines[at + 1].split() == ["node", "link", "tx", "pkts", "link", "rx", "pkts", "link",
+                                     "tx", "bytes", "bat0", "tx", "pkts", "bat0", "rx", "pkts",
+                                     "tcp", "retrans", "drops"]  # fmt: skip
+    assert lines[at + 2].split() == ["n0", "15", "8", "1000", "12", "6", "4", "3"]
+    assert lines[at + 3].split() == ["n1", "0", "15", "0", "0", "0", "0", "0"]

@@ -54,9 +54,23 @@ def test_good_scenario_parses() -> None:
     assert sc.needs() == []  # static routing, no impairments: a plain host runs it
 
 
-def test_default_scenario_is_valid_and_needs_nothing_special() -> None:
+def test_default_scenario_is_the_mission() -> None:
+    # batman-adv, netem steps in loss, latency and bandwidth, BCC probes, a verdict on
+    # the curves (runs natively where the kernel has them, else in the VM lab)
     sc = scenario.load(default_scenario())
-    assert sc.name == "default" and sc.flows and sc.events and sc.assertions
+    assert sc.name == "mission" and sc.topology.routing == "batman-adv"
+    assert [s.axis for s in sc.sweeps] == ["loss", "delay", "rate"]
+    assert {"traffic", "tcp_retrans"} <= set(sc.probes)
+    assert {f.kind for f in sc.flows} >= {"udp", "tcp"}
+    assert {a.check for a in sc.curve_assertions} >= {"floor", "monotone", "knee"}
+    assert {a.axis for a in sc.curve_assertions} == {"loss", "delay", "rate"}
+    assert sc.needs() == ["batman-adv", "netem", "tbf", "bcc+headers"]
+
+
+def test_quick_scenario_needs_nothing_special() -> None:
+    # for hosts that can run the default neither natively nor in the VM lab
+    sc = scenario.load(Path(__file__).parent.parent / "scenarios" / "quick.toml")
+    assert sc.name == "quick" and sc.flows and sc.events and sc.assertions
     assert sc.needs() == []
 
 

@@ -3,6 +3,9 @@ each step applied on the running mesh and measured in its own window."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from meshstress.build import impair
@@ -139,3 +142,92 @@ def test_a_failed_links_sweep_cuts_the_chosen_links_in_one_step(run_scenario) ->
         for check in ("monotone", "knee")
     }
     assert all(c["passed"] for c in defaults), defaults
+
+
+APP = str(Path(__file__).with_name("echo_app.py"))
+
+TWO_AXES = f"""
+[scenario]
+name = "two-axes"
+
+[mesh]
+generate = "line 3"
+routing = "static"
+
+[[process]]
+name = "echo"
+nodes = "n2"
+command = ["{sys.executable}", "{APP}", "server", "--port", "7207"]
+ready = {{ line = "^listening on udp 7207$", timeout = "20s" }}
+
+[[process]]
+name = "client"
+nodes = "n0"
+command = ["{sys.executable}", "{APP}", "client", "--to", "@n2", "--port", "7207",
+           "--rate", "20", "--duration", "60", "--timeout", "0.1"]
+ready = {{ line = "^(reply|timeout) seq=1 ", timeout = "20s" }}
+on_exit = "ignore"
+
+[[traffic]]
+name = "cbr"
+kind = "udp"
+from = "n0"
+to = "n2"
+rate = "100pps"
+size = {SIZE}
+
+[[sweep]]
+failed_links = [0, 1]
+links = [["n1", "n2"]]
+step = "3s"
+settle = "1s"
+
+[[sweep]]
+rate = ["20mbit", "500kbit"]
+links = [["n0", "n1"]]
+step = "3s"
+settle = "1s"
+
+[verdict]
+assert = [
+  "curve[failed_links].process.client.ok floor 99% up_to failed_links=0",
+  "curve[failed_links].flows.cbr.delivery_ratio monotone",
+  "curve[rate].process.client.ok floor 99% up_to rate=20mbit",
+  "curve[rate].flows.cbr.delivery_ratio floor 99% up_to rate=20mbit",
+]
+"""
+
+
+def test_two_sweeps_one_after_another_with_a_process_curve(run_scenario) -> None:
+    r = run_scenario(TWO_AXES)
+    assert "sweep" not in r
+    links, rate = r["sweeps"]
+    assert (links["axis"], links["start_s"], rate["axis"], rate["start_s"]) == (
+        "failed_links", 0.0, "rate", 6.0)  # fmt: skip
+    assert [w["start"] for s in r["sweeps"] for w in s["windows"]] == [0.0, 3.0, 6.0, 9.0]
+    # the client's own numbers, per step: every request answered while n1-n2 is up, none
+    # while it is down (static routes: no way around), all again once the rate sweep has
+    # put the link back up (its first step restores it), and none at 500kbit on n0-n1:
+    # the cbr stream (0.83 Mbit/s on the wire) keeps tbf's queue full, 16 frames of 1514
+    # bytes plus the bucket, about 0.4 s at 500 kbit/s, beyond the client's 0.1 s timeout
+    ok = [p["metrics"]["process.client.ok"] for s in (links, rate) for p in s["points"]]
+    assert all(m["n"] > 0 for m in ok), ok
+    assert [m["k"] for m in ok] == [ok[0]["n"], 0, ok[2]["n"], 0], ok
+    assert links["curves"]["process.client.ok"]["values"] == [1.0, 0.0]
+    assert rate["curves"]["process.client.ok"]["values"] == [1.0, 0.0]
+    # a 0/1 metric's interval is Clopper-Pearson over its counts
+    from meshstress.judge import stats
+
+    lo, hi = stats.clopper_pearson(ok[1]["k"], ok[1]["n"])
+    assert ok[1]["interval"] == [pytest.approx(lo, rel=1e-5), pytest.approx(hi, rel=1e-5)]
+    # the restore: the rate sweep's first step brought n1-n2 up again, before its own change
+    first = rate["windows"][0]["applied"]["changes"]
+    assert first[0]["action"] == "links" and first[0]["up"] == ["n1-n2"], first
+    # the cbr stream follows: nothing across the cut, everything at 20mbit, less at 500kbit
+    cbr = [w["flows"]["cbr"] for s in (links, rate) for w in s["windows"]]
+    assert cbr[1]["received"] == 0 and cbr[1]["sent"] > 0
+    assert cbr[0]["received"] == cbr[0]["sent"] and cbr[2]["received"] == cbr[2]["sent"]
+    assert cbr[3]["received"] < 0.75 * cbr[3]["sent"]  # 500kbit of ~0.83 Mbit/s on the wire
+    assert [(c["axis"], c["passed"]) for c in r["checks"] if c.get("check")] == [
+        ("failed_links", True), ("failed_links", True), ("rate", True), ("rate", True)]  # fmt: skip
+    assert r["passed"], r["checks"]

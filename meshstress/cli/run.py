@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from meshstress import safefs
-from meshstress.errors import MeshstressError
+from meshstress.errors import CapabilityError, MeshstressError
 
 DEFAULT = "default.toml"
 
@@ -67,9 +67,11 @@ def run(
 ) -> None:
     """Run a scenario: build the mesh, send traffic, apply events, measure, judge.
 
-    Without SCENARIO_FILE, runs the default scenario (a 3x3 grid routed by babeld, UDP,
-    ping and TCP flows corner to corner, a partition that heals, checks on delivery and
-    recovery). Writes results.json, summary.txt, junit.xml and timeline.png into the run
+    Without SCENARIO_FILE, runs the default scenario, the mission in one run: a 3x3 grid
+    routed by batman-adv, UDP, ping and TCP flows corner to corner, loss, delay and
+    bandwidth sweeps, BCC probes, a degradation verdict (natively where the kernel has
+    batman-adv, netem and BCC, else in the VM lab; scenarios/quick.toml for hosts that
+    have neither). Writes results.json, summary.txt, junit.xml and timeline.png into the run
     folder. Exit code: 0 all checks passed, 1 a check failed, 2 bad input, 3 missing
     capability (or, with --strict, a host too small for the estimate), 4 invalid: the
     host was saturated while it measured (CPU, or softnet backlog drops; limits in
@@ -96,15 +98,22 @@ def run(
         scenario.check_times(sc)
     if capture:
         add_capture(sc, list(capture))
-    chosen, why = runner.choose_where(sc, where)
+    try:
+        chosen, why = runner.choose_where(sc, where)
+    except CapabilityError as exc:
+        if scenario_file:
+            raise
+        from meshstress.doctor import QUICK_HINT
+
+        raise CapabilityError(f"{exc}; {QUICK_HINT}") from None
     if chosen == "host" or check_only:
         capacity_check(sc, calibration, strict, lab=chosen == "lab")
     if check_only:
         click.echo(f"{path}: valid; {len(sc.topology.nodes)} nodes, {len(sc.flows)} flows, "
                    f"{len(sc.events)} events, "
                    f"{len(sc.assertions) + len(sc.curve_assertions)} checks"
-                   + (f", a {sc.sweep.axis} sweep of {sc.sweep.windows_count} steps"
-                      if sc.sweep is not None else "")
+                   + "".join(f", a {sw.axis} sweep of {sw.windows_count} steps"
+                             for sw in sc.sweeps)
                    + f"; would run on {chosen} ({why})")  # fmt: skip
         return
     stamp = time.strftime("%Y%m%d-%H%M%S")

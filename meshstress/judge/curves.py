@@ -504,7 +504,9 @@ def assert_graceful(
 # ---- the assertion form: "curve.METRIC CHECK ARGS" ----
 
 _AT = re.compile(r"(?P<axis>[A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?P<value>\S+)")
-_FORM = re.compile(r"^\s*curve\.(?P<path>\S+)\s+(?P<check>\S+)(?P<rest>.*?)\s*$")
+_FORM = re.compile(
+    r"^\s*curve(?:\[(?P<axis>[^\]\s]*)\])?\.(?P<path>\S+)\s+(?P<check>\S+)(?P<rest>.*?)\s*$"
+)
 _ARGS = {
     "floor": re.compile(r"\s+(?P<value>\S+)(?:\s+up_to\s+(?P<at>\S.*))?"),
     "ceiling": re.compile(r"\s+(?P<value>\S+)(?:\s+up_to\s+(?P<at>\S.*))?"),
@@ -529,10 +531,12 @@ class CurveAssertion:
     value: float | None = None  # floor/ceiling bound, no_cliff max_drop
     at: str | None = None  # "loss=10%": up_to for floor/ceiling, after for knee
     relative: bool = False
+    axis: str | None = None  # "curve[delay]. ...": the sweep it judges (several sweeps)
 
 
 def is_curve_assertion(text: object) -> bool:
-    return isinstance(text, str) and text.strip().startswith("curve.")
+    """`curve.METRIC ...` or `curve[AXIS].METRIC ...`."""
+    return isinstance(text, str) and text.strip().startswith(("curve.", "curve["))
 
 
 def parse_curve_assertion(text: str) -> CurveAssertion:
@@ -549,6 +553,9 @@ def parse_curve_assertion(text: str) -> CurveAssertion:
             "e.g. 'curve.flows.cbr.delivery_ratio floor 90% up_to loss=10%')"
         )
     check = m.group("check")
+    axis = m.group("axis")
+    if axis is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", axis):
+        raise ValueError(f"{t!r}: curve[AXIS]. names a sweep's axis (curve[loss].), got {axis!r}")
     if check not in _ARGS:
         raise ValueError(f"{t!r}: unknown check {check!r} (one of {', '.join(CHECKS)})")
     try:
@@ -582,7 +589,7 @@ def parse_curve_assertion(text: str) -> CurveAssertion:
             at = f"{a.group('axis')}={a.group('value')}"
     except ValueError as exc:
         raise ValueError(f"{t!r}: {exc}") from None
-    return CurveAssertion(t, metric, check, value, at, relative)
+    return CurveAssertion(t, metric, check, value, at, relative, axis)
 
 
 def evaluate(assertion: str | CurveAssertion, curves: Mapping[str, Curve]) -> dict[str, Any]:

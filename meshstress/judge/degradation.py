@@ -68,7 +68,14 @@ class Rate:
     bins: tuple[float, ...] = ()  # per-bin rates (bit/s), for an interval
 
 
-Raw = Ratio | Samples | Rate
+@dataclass(frozen=True)
+class Mean:
+    """Values whose mean is the metric (a process's numbers that are not 0/1 flags)."""
+
+    values: tuple[float, ...]
+
+
+Raw = Ratio | Samples | Rate | Mean
 # what a metric source gives for one window: (start, end) monotonic -> {metric: raw}
 StepProvider = Callable[[float, float], Mapping[str, Raw]]
 
@@ -185,6 +192,12 @@ def pool(raws: Sequence[Raw], seed: int = 0) -> dict[str, dict[str, Any]]:
             return {"": {"value": None, "k": 0, "n": 0, "interval": None}}
         lo, hi = stats.clopper_pearson(k, n)
         return {"": {"value": _r(k / n), "k": k, "n": n, "interval": [_r(lo), _r(hi)]}}
+    if isinstance(first, Mean):
+        vals = [v for r in raws if isinstance(r, Mean) for v in r.values]
+        if not vals:
+            return {"": {"value": None, "n": 0, "interval": None}}
+        iv = [_r(x) for x in bootstrap_mean(vals, seed=seed)] if len(vals) > 1 else None
+        return {"": {"value": _r(math.fsum(vals) / len(vals)), "n": len(vals), "interval": iv}}
     if isinstance(first, Rate):
         amount = sum(r.amount for r in raws if isinstance(r, Rate))
         seconds = sum(r.seconds for r in raws if isinstance(r, Rate))
@@ -273,15 +286,25 @@ def curve_of(metric: str, d: Mapping[str, Any]) -> curves.Curve:
 # --- the verdict ----------------------------------------------------------------------------
 
 
-def default_assertions(flows: Mapping[str, str]) -> list[str]:
+def default_assertions(flows: Mapping[str, str], axis: str | None = None) -> list[str]:
     """With no curve assertion given: for each flow ({name: kind}) its main metric
     (delivery_ratio; tcp: goodput_bps) `monotone` (within its intervals) and its `knee`
-    (reported; it passes)."""
+    (reported; it passes). `axis`: name the sweep (`curve[AXIS].`, several sweeps)."""
     out = []
+    head = f"curve[{axis}]." if axis else "curve."
     for name, kind in flows.items():
         main = CURVE_METRICS.get(kind, ("delivery_ratio",))[0]
-        out += [f"curve.flows.{name}.{main} monotone", f"curve.flows.{name}.{main} knee"]
+        out += [f"{head}flows.{name}.{main} monotone", f"{head}flows.{name}.{main} knee"]
     return out
+
+
+def sweeps_of(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A results dict's sweeps in time order: `sweeps` (several), or `sweep` (one), or []."""
+    many = results.get("sweeps")
+    if isinstance(many, list):
+        return [d for d in many if isinstance(d, Mapping)]
+    one = results.get("sweep")
+    return [one] if isinstance(one, Mapping) else []
 
 
 def judge(

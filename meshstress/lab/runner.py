@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -169,6 +169,8 @@ class _Run:
     listeners: list[socket.socket] = field(default_factory=list)
     conns: dict[int, tuple[socket.socket, BinaryIO]] = field(default_factory=dict)
     started_at: float | None = None  # host monotonic time when the guest reported COMMAND start
+    say: Callable[[str], None] | None = None  # progress (the guest's boot)
+    t0: float = 0.0  # host monotonic time of the run_in_lab call
 
     @property
     def xchg(self) -> Path:
@@ -325,6 +327,8 @@ def _relay(run: _Run, out: BinaryIO, err: BinaryIO, deadline: float | None) -> b
         exited = run.proc.poll() is not None
         if run.started_at is None and (run.xchg / "started").exists():
             run.started_at = time.monotonic()
+            if run.say is not None:
+                run.say(f"lab: guest up, command started after {run.started_at - run.t0:.1f} s")
         wait = 0.2 if not exited else 0.0
         if deadline is not None:
             wait = max(0.0, min(wait, deadline - time.monotonic()))
@@ -385,6 +389,7 @@ def run_in_lab(
     stderr: BinaryIO | None = None,
     keep: bool = False,
     timings: dict[str, float] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> int:
     """Run argv inside the lab VM and return its exit code (124 on timeout).
 
@@ -392,7 +397,8 @@ def run_in_lab(
     writable at the same path; a path shares that directory; False/None shares nothing.
     stdout/stderr are binary streams (default: this process's). timings, if given, receives
     'boot' (seconds from the call until COMMAND started, seen from the host) and 'total'.
-    A guest that dies before COMMAND starts is booted once more.
+    A guest that dies before COMMAND starts is booted once more. `say`: progress (kernel,
+    initramfs, boot, when COMMAND started).
     """
     t0 = time.monotonic()
     if not argv:
@@ -409,6 +415,8 @@ def run_in_lab(
     err = stderr if stderr is not None else sys.stderr.buffer
     k = kernel.fetch_kernel(kernel_package)
     initrd = build_initramfs(k)
+    if say is not None:
+        say(f"lab: kernel {k.release} and initramfs ready after {time.monotonic() - t0:.1f} s")
     sdir = state_dir()
     reap_stale()
     base = qemu.VmSpec(
@@ -429,7 +437,7 @@ def run_in_lab(
     with _signals(), _giving_back(share_path, since):
         for attempt in (1, 2):
             rundir = Path(tempfile.mkdtemp(prefix="run-", dir=sdir))
-            run = _Run(rundir, rundir.with_suffix(".json"), timeout)
+            run = _Run(rundir, rundir.with_suffix(".json"), timeout, say=say, t0=t0)
             try:
                 shares = _prepare(run, argv, cwd, env, k, share_path)
                 spec = replace(
@@ -440,6 +448,9 @@ def run_in_lab(
                     console_log=str(rundir / "console.log"),
                     shares=shares,
                 )
+                if say is not None:
+                    how = "KVM" if spec.kvm else "software emulation"
+                    say(f"lab: booting {spec.cpus} CPU(s), {spec.mem_mb} MB ({how})")
                 if not _boot(run, spec, out, err, deadline):
                     err.flush()
                     print(timeout_message(timeout or 0), file=sys.stderr, flush=True)

@@ -98,9 +98,16 @@ class Scenario:
     route_interval: float = 1.0  # route snapshots during the run
     raw: dict[str, Any] = field(default_factory=dict)  # the file's data, as parsed
     processes: list[ProcessSpec] = field(default_factory=list)  # [[process]], in order
-    sweep: Sweep | None = None  # [sweep]: one stress axis stepped over the run
+    # [sweep] (one) or [[sweep]] (several, one after another): stress axes stepped over
+    # the run
+    sweeps: list[Sweep] = field(default_factory=list)
     curve_assertions: list[CurveAssertion] = field(default_factory=list)  # "curve. ..."
     capture: CaptureOptions | None = None  # capture = [...]: pcaps per node interface
+
+    @property
+    def sweep(self) -> Sweep | None:
+        """The first sweep (the only one of a plain [sweep]); None without a sweep."""
+        return self.sweeps[0] if self.sweeps else None
 
     def needs(self) -> list[str]:
         """Doctor check names this scenario needs from the kernel, beyond netns and veth."""
@@ -111,10 +118,11 @@ class Scenario:
         directions = [] if self.ideal else [d for link in topo.links for d in (link.ab, link.ba)]
         directions += [] if self.ideal else [seg.egress for seg in topo.segments]
         directions += [imp for ev in self.events for imp in (ev.ab, ev.ba) if imp is not None]
-        if self.sweep is not None:
+        if self.sweeps:
             from meshstress.model.sweep import step_impairments
 
-            directions += step_impairments(self.sweep, topo, self.ideal)
+            for sw in self.sweeps:
+                directions += step_impairments(sw, topo, self.ideal)
         kinds: set[str] = set()
         for imp in directions:
             if not imp.is_ideal():
@@ -317,20 +325,49 @@ def from_data(data: dict[str, Any], source: str, base: Path) -> Scenario:
 
 
 def _sweep(sc: Scenario, raw: Any, duration_given: bool) -> None:
-    """[sweep]: the run lasts steps x repeat x step; a [scenario] duration must agree."""
+    """[sweep] (a table: one axis) or [[sweep]] (an array of tables: several axes, one
+    after another on the same mesh): the run lasts the sum of steps x repeat x step; a
+    [scenario] duration must agree."""
+    from dataclasses import replace
+
     from meshstress.model.sweep import parse_sweep
 
-    sc.sweep = sw = parse_sweep(raw, sc.source, sc.topology, sc.flows)
-    if duration_given and abs(sc.duration - sw.duration) > 1e-9:
+    if isinstance(raw, list):
+        if not raw:
+            raise _fail(sc.source, "sweep", "expected at least one [[sweep]] table")
+        tables = [(item, f"sweep[{i}]") for i, item in enumerate(raw)]
+    else:
+        tables = [(raw, "sweep")]
+    offset = 0.0
+    for i, (item, at) in enumerate(tables):
+        sw = parse_sweep(item, sc.source, sc.topology, sc.flows, at=at)
+        if len(tables) > 1 and sw.fresh:
+            raise _fail(sc.source, f"{at}.fresh", "a fresh mesh per step works with one sweep only")
+        earlier = [s.axis for s in sc.sweeps]
+        if sw.axis in earlier:
+            raise _fail(
+                sc.source, f"{at}.{sw.axis}",
+                f"sweep[{earlier.index(sw.axis)}] sweeps {sw.axis} already: one sweep per axis",
+            )  # fmt: skip
+        sc.sweeps.append(replace(sw, index=i, offset=offset))
+        offset += sw.duration
+    if duration_given and abs(sc.duration - offset) > 1e-9:
+        sw = sc.sweeps[0]
+        how = (
+            f"a sweep lasts steps x repeat x step = {len(sw.steps)} x {sw.repeat} x "
+            f"{units.format_duration(sw.step)} = {units.format_duration(sw.duration)}"
+            if len(sc.sweeps) == 1
+            else "the sweeps last "
+            + " + ".join(units.format_duration(s.duration) for s in sc.sweeps)
+            + f" = {units.format_duration(offset)}"
+        )
         raise _fail(
             sc.source,
             "scenario.duration",
-            f"a sweep lasts steps x repeat x step = {len(sw.steps)} x {sw.repeat} x "
-            f"{units.format_duration(sw.step)} = {units.format_duration(sw.duration)}; "
-            f"leave duration out or make it {units.format_duration(sw.duration)}",
+            f"{how}; leave duration out or make it {units.format_duration(offset)}",
         )
-    sc.duration = sw.duration
-    if sw.fresh and sc.events:
+    sc.duration = offset
+    if sc.sweeps[0].fresh and sc.events:
         raise _fail(sc.source, "events", "a fresh sweep (a new mesh per step) takes no events")
 
 
@@ -403,25 +440,48 @@ def _curve_assertion(sc: Scenario, text: Any, fld: str, flows: set[str]) -> bool
         a = curves.parse_curve_assertion(text)
     except ValueError as exc:
         raise _fail(sc.source, fld, str(exc)) from None
-    if sc.sweep is None:
+    if not sc.sweeps:
         raise _fail(sc.source, fld, "a curve assertion needs a [sweep] in the scenario")
+    axes = [s.axis for s in sc.sweeps]
+    if a.axis is None and len(sc.sweeps) > 1:
+        raise _fail(
+            sc.source, fld,
+            f"the scenario has {len(axes)} sweeps ({', '.join(axes)}): name the axis, like "
+            f"curve[{axes[0]}].{a.metric}",
+        )  # fmt: skip
+    if a.axis is not None and a.axis not in axes:
+        raise _fail(sc.source, fld, f"no sweep of {a.axis!r} (sweeps: {', '.join(axes)})")
+    sw = sc.sweeps[axes.index(a.axis)] if a.axis is not None else sc.sweeps[0]
     p = verdict.parse_path(a.metric)
-    if p[0] != "flows" or len(p) < 3:
-        raise _fail(sc.source, fld, f"curves are per flow: curve.flows.NAME.METRIC, got {a.metric}")
-    if p[1] not in flows:
+    if p[0] == "process" and len(p) >= 3:
+        names = {ps.name for ps in sc.processes}
+        if p[1] not in names:
+            raise _fail(
+                sc.source, fld, f"no process {p[1]!r} (processes: {', '.join(sorted(names))})"
+            )
+    elif p[0] != "flows" or len(p) < 3:
+        raise _fail(
+            sc.source, fld,
+            f"curves are per flow or process: curve.flows.NAME.METRIC or "
+            f"curve.process.NAME.METRIC, got {a.metric}",
+        )  # fmt: skip
+    elif p[1] not in flows:
         raise _fail(sc.source, fld, f"no flow {p[1]!r} (flows: {', '.join(sorted(flows))})")
-    kind = next(f.kind for f in sc.flows if f.name == p[1])
-    have = degradation.CURVE_METRICS.get(kind)
-    tail = verdict.format_path(p[2:])
-    if have is not None and tail not in have:
-        raise _fail(sc.source, fld, f"a {kind} flow has curves of {', '.join(have)}, not {tail}")
+    else:
+        kind = next(f.kind for f in sc.flows if f.name == p[1])
+        have = degradation.CURVE_METRICS.get(kind)
+        tail = verdict.format_path(p[2:])
+        if have is not None and tail not in have:
+            raise _fail(
+                sc.source, fld, f"a {kind} flow has curves of {', '.join(have)}, not {tail}"
+            )
     if a.at is not None:
         axis, value = a.at.split("=", 1)
-        if axis != sc.sweep.axis:
-            raise _fail(sc.source, fld, f"{a.at!r}: the sweep's axis is {sc.sweep.axis}")
+        if axis != sw.axis:
+            raise _fail(sc.source, fld, f"{a.at!r}: the sweep's axis is {sw.axis}")
         unit = curves.parse_stress(value)[1]
-        if unit is not None and unit != sc.sweep.unit:
-            want = sc.sweep.unit or "plain numbers"
+        if unit is not None and unit != sw.unit:
+            want = sw.unit or "plain numbers"
             raise _fail(sc.source, fld, f"{a.at!r} is in {unit}, the {axis} axis in {want}")
     sc.curve_assertions.append(a)
     return True

@@ -75,6 +75,8 @@ class Sweep:
     fresh: bool = False
     seed: int = 0
     churn_down: float = DEFAULT_CHURN_DOWN
+    index: int = 0  # position among the scenario's sweeps ([[sweep]]), in time order
+    offset: float = 0.0  # seconds after t0 at which this sweep begins (the ones before it)
 
     @property
     def unit(self) -> str:
@@ -118,6 +120,8 @@ class StepAction:
     window: int
     events: tuple[Event, ...]
     boundary: bool = True
+    sweep: int = 0  # Sweep.index
+    restore: tuple[Event, ...] = ()  # the previous sweep's axis back to configured first
 
     @property
     def action(self) -> str:  # what meshstress.stress.events.run_timeline's callers print
@@ -149,8 +153,8 @@ def _int(source: str, value: Any, fld: str, lo: int) -> int:
     return value
 
 
-def _step_values(source: str, axis: str, raw: Any, n_links: int) -> list[float]:
-    fld = f"sweep.{axis}"
+def _step_values(source: str, axis: str, raw: Any, n_links: int, at: str = "sweep") -> list[float]:
+    fld = f"{at}.{axis}"
     if not isinstance(raw, list) or not raw:
         example = {
             "loss": '["0%", "5%", "10%"]',
@@ -163,7 +167,7 @@ def _step_values(source: str, axis: str, raw: Any, n_links: int) -> list[float]:
         raise _fail(source, fld, f"expected a non-empty array of steps, like {example}")
     values: list[float] = []
     for i, item in enumerate(raw):
-        at = f"{fld}[{i}]"
+        where = f"{fld}[{i}]"
         try:
             if axis == "loss":
                 x = float(units.parse_fraction(item))
@@ -174,9 +178,9 @@ def _step_values(source: str, axis: str, raw: Any, n_links: int) -> list[float]:
                 if x <= 0:
                     raise ValueError("a rate must be more than 0")
             elif axis == "failed_links":
-                x = float(_int(source, item, at, 0))
+                x = float(_int(source, item, where, 0))
                 if x > n_links:
-                    raise ValueError(f"only {n_links} link(s) in sweep.links")
+                    raise ValueError(f"only {n_links} link(s) in {at}.links")
             else:  # churn: crashes per minute
                 if isinstance(item, bool) or not isinstance(item, int | float):
                     raise ValueError(f"expected crashes per minute (a number), got {item!r}")
@@ -184,26 +188,28 @@ def _step_values(source: str, axis: str, raw: Any, n_links: int) -> list[float]:
                 if not math.isfinite(x) or x < 0:
                     raise ValueError(f"crashes per minute must be >= 0, got {item!r}")
         except (ValueError, OverflowError) as exc:
-            raise _fail(source, at, str(exc)) from None
+            raise _fail(source, where, str(exc)) from None
         if values:
             falling = axis == "rate"
             if (x >= values[-1]) if falling else (x <= values[-1]):
                 order = "fall" if falling else "rise"
                 why = " (less bandwidth is more stress)" if falling else ""
                 raise _fail(
-                    source, at, f"steps must {order} strictly{why}: {item!r} after {raw[i - 1]!r}"
+                    source,
+                    where,
+                    f"steps must {order} strictly{why}: {item!r} after {raw[i - 1]!r}",
                 )
         values.append(x)
     return values
 
 
-def _links(source: str, raw: Any, topo: Topology) -> tuple[Link, ...]:
+def _links(source: str, raw: Any, topo: Topology, at: str = "sweep") -> tuple[Link, ...]:
     known = {frozenset((link.a, link.b)): (link.a, link.b) for link in topo.links}
     if not isinstance(raw, list) or not raw:
-        raise _fail(source, "sweep.links", 'expected an array of links, like [["n0", "n1"]]')
+        raise _fail(source, f"{at}.links", 'expected an array of links, like [["n0", "n1"]]')
     out: list[Link] = []
     for i, item in enumerate(raw):
-        fld = f"sweep.links[{i}]"
+        fld = f"{at}.links[{i}]"
         if (
             not isinstance(item, list)
             or len(item) != 2
@@ -219,44 +225,46 @@ def _links(source: str, raw: Any, topo: Topology) -> tuple[Link, ...]:
     return tuple(out)
 
 
-def parse_sweep(raw: Any, source: str, topo: Topology, flows: Sequence[FlowSpec] = ()) -> Sweep:
-    """The `[sweep]` table -> Sweep; InputError(source, "sweep.KEY", ...) on any mistake."""
+def parse_sweep(
+    raw: Any, source: str, topo: Topology, flows: Sequence[FlowSpec] = (), at: str = "sweep"
+) -> Sweep:
+    """The `[sweep]` table -> Sweep; InputError(source, f"{at}.KEY", ...) on any mistake."""
     if not isinstance(raw, dict):
-        raise _fail(source, "sweep", f"expected a table, got {type(raw).__name__}")
+        raise _fail(source, at, f"expected a table, got {type(raw).__name__}")
     for key in raw:
         if key not in KEYS:
-            raise _fail(source, f"sweep.{key}", f"unknown key (allowed: {', '.join(KEYS)})")
+            raise _fail(source, f"{at}.{key}", f"unknown key (allowed: {', '.join(KEYS)})")
     given = [a for a in AXES if a in raw]
     if len(given) != 1:
         what = f"got {', '.join(given)}" if given else "got none"
-        raise _fail(source, "sweep", f"give exactly one axis of {', '.join(AXES)} ({what})")
+        raise _fail(source, at, f"give exactly one axis of {', '.join(AXES)} ({what})")
     axis = given[0]
     links = (
-        _links(source, raw["links"], topo)
+        _links(source, raw["links"], topo, at)
         if "links" in raw
         else tuple((link.a, link.b) for link in topo.links)
     )
     if axis in ("failed_links", *IMPAIR_AXES) and not links:
-        raise _fail(source, "sweep", f"a {axis} sweep needs links; the topology has none")
+        raise _fail(source, at, f"a {axis} sweep needs links; the topology has none")
     if axis != "churn":
         for key in ("nodes", "churn_down"):
             if key in raw:
-                raise _fail(source, f"sweep.{key}", "only a churn sweep takes it")
+                raise _fail(source, f"{at}.{key}", "only a churn sweep takes it")
     if axis == "churn" and "links" in raw:
-        raise _fail(source, "sweep.links", "a churn sweep crashes nodes: give nodes")
-    values = _step_values(source, axis, raw[axis], len(links))
-    step = _duration(source, raw["step"], "sweep.step") if "step" in raw else DEFAULT_STEP
+        raise _fail(source, f"{at}.links", "a churn sweep crashes nodes: give nodes")
+    values = _step_values(source, axis, raw[axis], len(links), at)
+    step = _duration(source, raw["step"], f"{at}.step") if "step" in raw else DEFAULT_STEP
     if "settle" in raw:
-        settle = _duration(source, raw["settle"], "sweep.settle", positive=False)
+        settle = _duration(source, raw["settle"], f"{at}.settle", positive=False)
     else:
         settle = min(DEFAULT_SETTLE, step / 4)
     if settle >= step:
-        raise _fail(source, "sweep.settle", f"must be shorter than the step ({step:g} s)")
-    repeat = _int(source, raw["repeat"], "sweep.repeat", 1) if "repeat" in raw else 1
+        raise _fail(source, f"{at}.settle", f"must be shorter than the step ({step:g} s)")
+    repeat = _int(source, raw["repeat"], f"{at}.repeat", 1) if "repeat" in raw else 1
     fresh = raw.get("fresh", False)
     if not isinstance(fresh, bool):
-        raise _fail(source, "sweep.fresh", f"expected true or false, got {fresh!r}")
-    seed = _int(source, raw["seed"], "sweep.seed", 0) if "seed" in raw else 0
+        raise _fail(source, f"{at}.fresh", f"expected true or false, got {fresh!r}")
+    seed = _int(source, raw["seed"], f"{at}.seed", 0) if "seed" in raw else 0
     nodes: tuple[str, ...] = ()
     down = DEFAULT_CHURN_DOWN
     if axis == "churn":
@@ -264,11 +272,11 @@ def parse_sweep(raw: Any, source: str, topo: Topology, flows: Sequence[FlowSpec]
         if "nodes" in raw:
             names = set(topo.node_names())
             if not isinstance(raw["nodes"], list) or not raw["nodes"]:
-                raise _fail(source, "sweep.nodes", 'expected an array of node names, like ["n4"]')
+                raise _fail(source, f"{at}.nodes", 'expected an array of node names, like ["n4"]')
             picked: list[str] = []
             for i, n in enumerate(raw["nodes"]):
                 if not isinstance(n, str) or n not in names:
-                    raise _fail(source, f"sweep.nodes[{i}]", f"unknown node {n!r}")
+                    raise _fail(source, f"{at}.nodes[{i}]", f"unknown node {n!r}")
                 if n not in picked:
                     picked.append(n)
             nodes = tuple(picked)
@@ -276,14 +284,14 @@ def parse_sweep(raw: Any, source: str, topo: Topology, flows: Sequence[FlowSpec]
             nodes = tuple(n for n in topo.node_names() if n not in ends)
             if not nodes:
                 raise _fail(
-                    source, "sweep.nodes", "every node is a flow's end: say which may crash"
+                    source, f"{at}.nodes", "every node is a flow's end: say which may crash"
                 )
         if "churn_down" in raw:
-            down = _duration(source, raw["churn_down"], "sweep.churn_down")
+            down = _duration(source, raw["churn_down"], f"{at}.churn_down")
         if down >= step:
             raise _fail(
                 source,
-                "sweep.churn_down",
+                f"{at}.churn_down",
                 f"a crash must end inside its step "
                 f"({step:g} s): make churn_down shorter or step longer",
             )
@@ -306,10 +314,14 @@ def parse_sweep(raw: Any, source: str, topo: Topology, flows: Sequence[FlowSpec]
 
 
 def windows(sw: Sweep) -> list[Window]:
-    """Every step of every repeat in time order: steps 0..n-1, then again (repeat times)."""
+    """Every step of every repeat in time order: steps 0..n-1, then again (repeat times);
+    seconds after t0 (a later sweep of several starts at its offset)."""
     n = len(sw.steps)
+    o = sw.offset
     return [
-        Window(r * n + k, k, r, (r * n + k) * sw.step, (r * n + k + 1) * sw.step, sw.settle)
+        Window(
+            r * n + k, k, r, o + (r * n + k) * sw.step, o + (r * n + k + 1) * sw.step, sw.settle
+        )
         for r in range(sw.repeat)
         for k in range(n)
     ]
@@ -392,18 +404,67 @@ def expand(sw: Sweep, topo: Topology, ideal: bool = False) -> list[StepAction]:
                 Event(at=w.start, action="link-down", link=lk) for lk in want if lk not in failed
             ]
             failed = want
-        out.append(StepAction(at=w.start, window=w.index, events=tuple(events)))
+        out.append(StepAction(at=w.start, window=w.index, events=tuple(events), sweep=sw.index))
         if sw.axis == "churn":
             for t, node in churn_crashes(sw, w, value):
                 crash = Event(at=t, action="node-crash", node=node)
                 back = Event(at=t + sw.churn_down, action="node-restart", node=node)
-                out.append(StepAction(t, w.index, (crash,), boundary=False))
-                out.append(StepAction(t + sw.churn_down, w.index, (back,), boundary=False))
+                out.append(StepAction(t, w.index, (crash,), boundary=False, sweep=sw.index))
+                out.append(
+                    StepAction(t + sw.churn_down, w.index, (back,), False, sweep=sw.index)
+                )
     return sorted(out, key=lambda a: (a.at, not a.boundary))
 
 
+def restore_events(sw: Sweep, topo: Topology, ideal: bool, at: float) -> list[Event]:
+    """What puts a sweep's axis back to the links' configured value at `at` (the end of
+    the sweep, when another follows): each link of an impairment axis gets its configured
+    impairment (ideal with `ideal`), the failed links of its last step come up; churn
+    leaves nothing to undo (every crash ends inside its step)."""
+    from meshstress.model.topology import Impairment
+    from meshstress.stress.events import Event
+
+    by_key = {frozenset((link.a, link.b)): link for link in topo.links}
+    if sw.axis in IMPAIR_AXES:
+        out = []
+        for a, b in sw.links:
+            link = by_key[frozenset((a, b))]
+            ab, ba = (Impairment(), Impairment()) if ideal else (link.ab, link.ba)
+            if (link.a, link.b) != (a, b):
+                ab, ba = ba, ab
+            out.append(Event(at=at, action="impair", link=(a, b), ab=ab, ba=ba))
+        return out
+    if sw.axis == "failed_links":
+        last = int(sw.values[-1])
+        return [Event(at=at, action="link-up", link=lk) for lk in link_order(sw)[:last]]
+    return []
+
+
+def expand_all(sweeps: Sequence[Sweep], topo: Topology, ideal: bool = False) -> list[StepAction]:
+    """Several sweeps one after another on one mesh: each one's actions (expand), and at
+    the start of every sweep after the first the previous sweep's axis restored
+    (`restore`, applied before the step's own changes, in the same step)."""
+    out: list[StepAction] = []
+    for i, sw in enumerate(sweeps):
+        mine = expand(sw, topo, ideal)
+        if i > 0:
+            first = next(k for k, a in enumerate(mine) if a.boundary)
+            # a link this step impairs gets configured-plus-this-axis anyway: that step
+            # puts the previous axis back on it already
+            reset = {frozenset(ev.link) for ev in mine[first].events if ev.action == "impair"
+                     and ev.link is not None}  # fmt: skip
+            back = tuple(
+                ev
+                for ev in restore_events(sweeps[i - 1], topo, ideal, sw.offset)
+                if not (ev.action == "impair" and ev.link and frozenset(ev.link) in reset)
+            )
+            mine[first] = replace(mine[first], restore=back)
+        out += mine
+    return sorted(out, key=lambda a: (a.at, a.sweep, not a.boundary))
+
+
 def all_events(actions: Sequence[StepAction]) -> list[Event]:
-    return [ev for a in actions for ev in a.events]
+    return [ev for a in actions for ev in (*a.restore, *a.events)]
 
 
 def step_impairments(sw: Sweep, topo: Topology, ideal: bool = False) -> list[Impairment]:

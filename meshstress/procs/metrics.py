@@ -138,3 +138,31 @@ def alias(path: tuple[Any, ...], results: Mapping[str, Any]) -> tuple[Any, ...]:
     if not isinstance(entry, Mapping) or path[2] in entry:
         return path
     return ("process", path[1], "metrics", path[2], *(path[3:] or ("mean",)))
+
+
+def step_provider(samples: Iterable[Sample], offset: float) -> Any:
+    """A sweep's per-window metric source for one process (meshstress.judge.degradation
+    .StepProvider: (start, end) in monotonic seconds -> {metric: raw}), over its samples
+    (unix time; `offset` = time.time() - time.monotonic(), taken once). A metric whose
+    every sample in the run is 0 or 1 is a success flag: a Ratio(k, n) per window (pooled
+    and given a Clopper-Pearson interval like a delivery ratio); any other a Mean of the
+    window's values (a bootstrap interval of the mean). Windows without a sample of a
+    metric leave it out (that step is `missing` on its curve)."""
+    from meshstress.judge.degradation import Mean, Ratio
+
+    rows = list(samples)
+    flags = {name for _, name, _ in rows}
+    flags -= {name for _, name, v in rows if v not in (0.0, 1.0)}
+
+    def provide(start: float, end: float) -> dict[str, Any]:
+        window = (start + offset, end + offset)
+        out: dict[str, Any] = {}
+        for name, m in process_metrics(rows, window).items():
+            if name in flags:
+                out[name] = Ratio(int(m["k"]), int(m["n"]))
+            else:
+                vals = tuple(v for t, n, v in rows if n == name and window[0] <= t <= window[1])
+                out[name] = Mean(vals)
+        return out
+
+    return provide

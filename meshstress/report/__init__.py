@@ -158,6 +158,7 @@ def summary(results: Mapping[str, Any]) -> str:
             f"{totals['batman_control_tx_bytes']} bytes"
             + (f" ({share:.1%} of bytes sent)" if share is not None else "")
         )
+    lines += _probe_node_lines(results.get("probes") or {})
     lines += capture_lines(results.get("capture") or {})
     host = run.get("host") or {}
     if host:
@@ -211,6 +212,36 @@ def _process_lines(processes: Mapping[str, Any]) -> list[str]:
             ]
         )
     return ["processes (metrics: mean over the run):", *_table(rows)]
+
+
+def _probe_node_lines(probes: Mapping[str, Any]) -> list[str]:
+    """The BCC probes per node: packets sent and received on its mesh links (the run's
+    veths, "ms-..."), on its routing interface when it has one (batman-adv's bat0: the
+    payload before batman-adv's own header), its TCP retransmissions and drops."""
+    nodes = probes.get("nodes") or {}
+    if not isinstance(nodes, Mapping) or not nodes:
+        return []
+    meshif = any(
+        name != "lo" and not name.startswith("ms-")
+        for n in nodes.values()
+        for name in (n.get("interfaces") or {})
+    )
+    head = ["node", "link tx pkts", "link rx pkts", "link tx bytes"]
+    head += ["bat0 tx pkts", "bat0 rx pkts"] if meshif else []
+    rows = [head + ["tcp retrans", "drops"]]
+    for node, n in nodes.items():
+        ifs = n.get("interfaces") or {}
+        links = [c for name, c in ifs.items() if name.startswith("ms-")]
+        other = [c for name, c in ifs.items() if name != "lo" and not name.startswith("ms-")]
+        row = [str(node)] + [str(sum(c.get(k, 0) for c in links))
+                             for k in ("tx_packets", "rx_packets", "tx_bytes")]  # fmt: skip
+        if meshif:
+            row += [str(sum(c.get(k, 0) for c in other)) for k in ("tx_packets", "rx_packets")]
+        drops = n.get("drops") or {}
+        retrans = n.get("tcp_retransmits")
+        row += [_fmt(retrans), str(sum(drops.values())) if drops else "0"]
+        rows.append(row)
+    return ["probes per node (BCC, over the run):", *_table(rows)]
 
 
 INVALID_CASE = "run valid (host not saturated)"
@@ -339,11 +370,31 @@ def plot(results: Mapping[str, Any], out_dir: Path) -> list[str]:
         ax.plot([r[0] for r in reach], [r[1] for r in reach], drawstyle="steps-post")
         ax.set_ylim(-0.05, 1.05)
         ax.set_title("pairs with a route (fraction)", fontsize=9)
-    for row in axes:
+    from meshstress.judge.degradation import sweeps_of
+
+    steps = [
+        (float(w["start"]), str(sw.get("axis")), str(w.get("text")), w.get("step") == 0)
+        for sw in sweeps_of(results)
+        for w in sw.get("windows") or []
+        if w.get("start") is not None
+    ]
+    if steps:  # room above the first panel for the steps' names
+        first_title = axes[0][0].get_title()
+        axes[0][0].set_title(first_title, fontsize=9, pad=14)
+    for n, row in enumerate(axes):
         for ev in events:
             if ev.get("t_rel") is not None:
                 row[0].axvline(ev["t_rel"], color="red", alpha=0.4, linestyle="--")
-    axes[-1][0].set_xlabel("seconds since traffic start (red: events)")
+        for at, axis, text, first in steps:  # the sweeps' steps, each named on top
+            row[0].axvline(at, color="0.3", alpha=0.5 if first else 0.25, linestyle=":")
+            if n == 0:
+                row[0].annotate(
+                    f"{axis} {text}" if first else text, (at, 1.0),
+                    xycoords=("data", "axes fraction"), xytext=(2, 2),
+                    textcoords="offset points", fontsize=7, color="0.3",
+                )  # fmt: skip
+    what = "red: events" + ("; dotted: sweep steps" if steps else "")
+    axes[-1][0].set_xlabel(f"seconds since traffic start ({what})")
     fig.tight_layout()
     path = out_dir / "timeline.png"
     with safefs.open_write(out_dir, path.name) as f:
@@ -359,14 +410,21 @@ def write_all(results: dict[str, Any], out_dir: Path) -> None:
     safefs.make_dir(out_dir)
     run = results.setdefault("run", {})
     _write_json(results, out_dir)
-    views = (
+    views = [
         ("summary.txt", lambda: safefs.write_file(out_dir, "summary.txt", summary(results))),
         ("junit.xml", lambda: safefs.write_file(out_dir, "junit.xml", junit(results))),
-        (
-            "plots",
-            lambda: run.__setitem__("plots", [os.path.basename(p) for p in plot(results, out_dir)]),
-        ),
-    )
+    ]
+    # MESHSTRESS_PLOTS=host: a run inside the VM lab leaves its plots to the host
+    # (matplotlib under emulation costs tens of seconds; runner.run_in_lab draws them)
+    if os.environ.get("MESHSTRESS_PLOTS") != "host":
+        views.append(
+            (
+                "plots",
+                lambda: run.__setitem__(
+                    "plots", [os.path.basename(p) for p in plot(results, out_dir)]
+                ),
+            )
+        )
     errors = {}
     for name, render in views:
         try:
@@ -380,6 +438,18 @@ def write_all(results: dict[str, Any], out_dir: Path) -> None:
 
 def _write_json(results: dict[str, Any], out_dir: Path) -> None:
     safefs.write_file(out_dir, "results.json", json.dumps(results, indent=1) + "\n")
+
+
+def draw_plots(out_dir: Path) -> list[str]:
+    """The plots of out_dir/results.json (a lab run leaves them to the host); their names
+    go into results.json's run.plots. ValueError when the file is not a results object."""
+    results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    if not isinstance(results, dict) or not isinstance(results.get("run"), dict):
+        raise ValueError(f"{out_dir}/results.json: not a meshstress results file")
+    written = plot(results, out_dir)
+    results["run"]["plots"] = [os.path.basename(p) for p in written]
+    _write_json(results, out_dir)
+    return written
 
 
 def rerender(out_dir: Path) -> dict[str, Any]:

@@ -386,6 +386,10 @@ class EventRunner:
         self.out_dir: str | None = None  # the run folder: inject/ goes there
         self.injects: list[dict[str, Any]] = []  # started inject agents (see _inject)
         self._inject_plans: dict[int, dict[str, Any]] = {}  # id(event) -> prepared plan
+        self._no_offloads: set[tuple[str, str]] = set()  # (node, ifname) done already
+        # (node, ifname) -> the impairment this runner put there last (its qdisc shape is
+        # known: a step of the same shape changes it in place without a dump)
+        self._impaired: dict[tuple[str, str], Impairment] = {}
 
     def prepare(self, events: Sequence[Event]) -> None:
         """Open the netlink sockets and learn the interface indexes of every node the
@@ -410,6 +414,21 @@ class EventRunner:
         for ev in events:  # the forged frames are generated now, not inside the event
             if ev.action == "inject":
                 self._inject_plans[id(ev)] = self._plan_inject(ev)
+        # offloads off, once, on every interface an impair event will impair (ethtool
+        # ioctls: costly under emulation, and the same answer each time)
+        for ev in events:
+            if ev.action != "impair" or ev.link is None:
+                continue
+            a, b = ev.link
+            ends = link_interfaces(self.mesh.state.interfaces, a, b)
+            for (node, ifname), imp in ((ends[0], ev.ab), (ends[1], ev.ba)):
+                if imp is not None and not imp.is_ideal():
+                    self._offloads_off_on(node, ifname)
+
+    def _offloads_off_on(self, node: str, ifname: str) -> None:
+        if (node, ifname) not in self._no_offloads:
+            impair.disable_offloads(self.mesh.ethtool(node), ifname)
+            self._no_offloads.add((node, ifname))
 
     def _group(self, node: str) -> None:
         """Put node's mesh interfaces (all of them, nothing else) in MESH_GROUP."""
@@ -738,12 +757,14 @@ class EventRunner:
             if imp is None:
                 continue
             ipr = self.mesh.netlink(node)
-            found = ipr.link_lookup(ifname=ifname)
-            if not found:
+            index = self._indexes(node).get(ifname)
+            if index is None:
                 raise MeshstressError(f"interface {ifname} of node {node} is gone")
             if not imp.is_ideal():  # as the builder does: netem acts per packet
-                impair.disable_offloads(self.mesh.ethtool(node), ifname)
-            impair.replace(ipr, found[0], imp, mtu=self.mtu)
+                self._offloads_off_on(node, ifname)
+            was = self._impaired.get((node, ifname))
+            impair.replace(ipr, index, imp, mtu=self.mtu, was=was)
+            self._impaired[(node, ifname)] = imp
             detail[direction] = {"ifname": ifname, "impairment": impair.describe(imp)}
         return detail
 

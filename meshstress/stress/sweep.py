@@ -30,25 +30,28 @@ from meshstress.model.sweep import (
     StepAction,
     all_events,
     expand,
+    expand_all,
     fresh_topology,
     windows,
 )
 
 if TYPE_CHECKING:
     from meshstress.model.scenario import Scenario
+    from meshstress.model.sweep import Sweep
     from meshstress.stress.events import Event, EventRunner
 
 Say = Callable[[str], None]
 
 
 def actions(sc: Scenario) -> list[StepAction]:
-    assert sc.sweep is not None
-    return expand(sc.sweep, sc.topology, sc.ideal)
+    """Every sweep's step actions, the sweeps one after another (model.sweep.expand_all)."""
+    assert sc.sweeps
+    return expand_all(sc.sweeps, sc.topology, sc.ideal)
 
 
 def prepare_events(sc: Scenario) -> list[Event]:
-    """The scenario's events and every event of the sweep (for EventRunner.prepare)."""
-    return [*sc.events, *(all_events(actions(sc)) if sc.sweep is not None else [])]
+    """The scenario's events and every event of the sweeps (for EventRunner.prepare)."""
+    return [*sc.events, *(all_events(actions(sc)) if sc.sweeps else [])]
 
 
 class SweepApplier:
@@ -65,12 +68,26 @@ class SweepApplier:
         return self.step(item)
 
     def step(self, item: StepAction) -> dict[str, Any]:
-        sw = self.sc.sweep
-        assert sw is not None
+        sw = self.sc.sweeps[item.sweep]
         start = time.monotonic()
         done: list[dict[str, Any]] = []
+        # the previous sweep's axis back to configured first (impairments: replaced
+        # below if this step sets the same link; links: up in the same batch)
+        for ev in item.restore:
+            if ev.action == "link-up":
+                continue
+            r = self.runner.apply(ev)
+            done.append(
+                {
+                    "action": "restore-" + r["action"],
+                    "target": r["target"],
+                    "took_s": round(r["took_s"], 6),
+                    "detail": r["detail"],
+                }
+            )
         downs = [ev.link for ev in item.events if ev.action == "link-down" and ev.link]
-        ups = [ev.link for ev in item.events if ev.action == "link-up" and ev.link]
+        ups = [ev.link for ev in (*item.restore, *item.events)
+               if ev.action == "link-up" and ev.link]  # fmt: skip
         if downs or ups:
             r = self.runner.set_links(down=downs, up=ups)
             done.append(
@@ -98,12 +115,16 @@ class SweepApplier:
         k = item.window % len(sw.steps)
         rep = item.window // len(sw.steps)
         if item.boundary:
-            what = f"{sw.axis} = {sw.texts()[k]}" + (
-                f" (repeat {rep + 1})" if sw.repeat > 1 else ""
-            )
             self.say(
-                f"[{start - self.t0:6.1f} s] sweep step {k + 1}/{len(sw.steps)}: {what}"
-                f" ({len(done)} change(s), {took * 1000:.0f} ms)"
+                f"[{start - self.t0:6.1f} s] sweep {sw.axis} {k + 1}/{len(sw.steps)}: "
+                f"{sw.texts()[k]} for {sw.step:g} s"
+                + (f" (repeat {rep + 1}/{sw.repeat})" if sw.repeat > 1 else "")
+                + (
+                    f"; {self.sc.sweeps[item.sweep - 1].axis} back as configured"
+                    if item.restore
+                    else ""
+                )
+                + f" ({len(done)} change(s) in {took * 1000:.0f} ms)"
             )
         else:
             self.say(
@@ -113,6 +134,7 @@ class SweepApplier:
         return {
             "at": item.at,
             "action": item.action,
+            "sweep_index": item.sweep,
             "window": item.window,
             "step": k,
             "repeat": rep,
@@ -146,14 +168,17 @@ def results(
     steps: Sequence[dict[str, Any]],
     providers: Mapping[str, degradation.StepProvider] | None = None,
     t0s: Sequence[float] | None = None,
+    sw: Sweep | None = None,
 ) -> dict[str, Any]:
-    """The `sweep` part of results.json. `records` {flow: FlowRecord} (phase mode), or in
-    fresh mode `records` {flow: [FlowRecord per window]} with `t0s` per window.
-    `providers`: more per-window metric sources (the [[process]] hook)."""
+    """One sweep's part of results.json (`sweep`, or an entry of `sweeps`; `sw`: which,
+    by default the first). `records` {flow: FlowRecord} (phase mode), or in fresh mode
+    `records` {flow: [FlowRecord per window]} with `t0s` per window. `providers`: more
+    per-window metric sources (the [[process]] hook: "process.NAME")."""
     from meshstress.judge.metrics import flow_metrics
 
-    sw = sc.sweep
+    sw = sw or sc.sweep
     assert sw is not None
+    steps = [s for s in steps if s.get("sweep_index", 0) == sw.index]
     wins = windows(sw)
     if t0s is None:
         raw = degradation.measure_windows(wins, t0, records, providers)
@@ -213,8 +238,10 @@ def results(
         out_windows.append(entry)
     pts = degradation.points(sw, wins, raw)
     out: dict[str, Any] = {
+        "index": sw.index,
         "axis": sw.axis,
         "unit": sw.unit,
+        "start_s": sw.offset,
         "steps": sw.texts(),
         "stress": list(sw.values),
         "step_s": sw.step,
@@ -225,6 +252,7 @@ def results(
         "links": [f"{a}-{b}" for a, b in sw.links] if sw.axis != "churn" else [],
         "nodes": list(sw.nodes),
         "flows": {f.name: f.kind for f in sc.flows},
+        "processes": sorted({p.name for p in sc.processes}),
         "windows": out_windows,
         "points": pts,
         "curves": degradation.curve_dicts(sw, pts),
@@ -232,15 +260,44 @@ def results(
     return out
 
 
-def checks(sc: Scenario, sweep_results: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The curve assertions, or the default verdict when none was given."""
-    if sc.sweep is None or sweep_results is None:
+def all_results(
+    sc: Scenario,
+    records: Mapping[str, Any],
+    t0: float,
+    steps: Sequence[dict[str, Any]],
+    providers: Mapping[str, degradation.StepProvider] | None = None,
+) -> dict[str, Any]:
+    """{"sweep": {...}} for one sweep (as results.json always had it), {"sweeps": [{...},
+    ...]} for several, in time order."""
+    got = [results(sc, records, t0, steps, providers, sw=sw) for sw in sc.sweeps]
+    return {"sweep": got[0]} if len(got) == 1 else {"sweeps": got}
+
+
+def checks(sc: Scenario, sweep_results: Any) -> list[dict[str, Any]]:
+    """The curve assertions, or the default verdict when none was given. `sweep_results`:
+    the sweep dict of results.json, or the list of them (degradation.sweeps_of)."""
+    if not sc.sweeps or not sweep_results:
         return []
-    curves = sweep_results.get("curves") or {}
-    if sc.curve_assertions:
-        return degradation.judge(sc.curve_assertions, curves)
+    given = [sweep_results] if isinstance(sweep_results, Mapping) else list(sweep_results)
+    by_axis = {str(d.get("axis")): d.get("curves") or {} for d in given}
     kinds = {f.name: f.kind for f in sc.flows}
-    return degradation.judge(degradation.default_assertions(kinds), curves, default=True)
+    out: list[dict[str, Any]] = []
+    several = len(sc.sweeps) > 1
+    for sw in sc.sweeps:
+        curves = by_axis.get(sw.axis, {})
+        if sc.curve_assertions:
+            mine = [a for a in sc.curve_assertions if (a.axis or sc.sweeps[0].axis) == sw.axis]
+            got = degradation.judge(mine, curves)
+        else:
+            default = degradation.default_assertions(kinds, sw.axis if several else None)
+            got = degradation.judge(default, curves, default=True)
+        for c in got:
+            c["axis"] = sw.axis
+        out += got
+    if sc.curve_assertions:  # in the order they were written
+        order = {a.text: i for i, a in enumerate(sc.curve_assertions)}
+        out.sort(key=lambda c: order.get(c["assert"], 0))
+    return out
 
 
 # --- fresh mode ------------------------------------------------------------------------------
@@ -279,7 +336,7 @@ def step_scenario(sc: Scenario, window: int) -> Scenario:
         ideal=ideal,
         duration=sw.step,
         events=sorted(evs, key=lambda e: e.at),
-        sweep=None,
+        sweeps=[],
         assertions=[],
         curve_assertions=[],
     )
@@ -303,8 +360,9 @@ def run_fresh(sc: Scenario, out_dir: Path, say: Say, probes: Any = None) -> dict
     for w in windows(sw):
         sub = step_scenario(sc, w.index)
         say(
-            f"sweep step {w.step + 1}/{len(sw.steps)} (repeat {w.repeat + 1}): {sw.axis} = "
-            f"{sw.texts()[w.step]} on a fresh mesh"
+            f"sweep {sw.axis} {w.step + 1}/{len(sw.steps)}: {sw.texts()[w.step]} for "
+            f"{sw.step:g} s on a fresh mesh"
+            + (f" (repeat {w.repeat + 1}/{sw.repeat})" if sw.repeat > 1 else "")
         )
         keep: dict[str, Any] = {}
         r = runner.run(sub, out_dir / "steps" / f"{w.index:02d}", say=say, probes=probes, keep=keep)

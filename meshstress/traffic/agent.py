@@ -28,6 +28,7 @@ network byte order, padded with zeros to --size.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import heapq
 import json
@@ -227,6 +228,11 @@ def tcp_recv(a: argparse.Namespace, rec: dict[str, Any]) -> None:
                     data = s.recv(1 << 20)
                 except BlockingIOError:
                     continue
+                except ConnectionResetError as exc:
+                    # the sender aborts its socket when its flow ends (tcp_send)
+                    if time.monotonic() < a.end - 1.0:
+                        rec["errors"].append(f"recv: {exc}")
+                    data = b""
                 except OSError as exc:
                     rec["errors"].append(f"recv: {exc}")
                     data = b""
@@ -241,6 +247,9 @@ def tcp_recv(a: argparse.Namespace, rec: dict[str, Any]) -> None:
         for c in conns:
             c.close()
         rec["bins"] = sorted(bins.items())
+
+
+CAP_BURST_S = 0.25  # a capped tcp flow's unused credit is kept this long at most
 
 
 def tcp_send(a: argparse.Namespace, rec: dict[str, Any]) -> None:
@@ -279,6 +288,13 @@ def tcp_send(a: argparse.Namespace, rec: dict[str, Any]) -> None:
                 break
             if a.bps:
                 allowed = int((now - began) * a.bps / 8) - rec["bytes_written"]
+                # a cap, not an average over the flow: credit left unused (a stall on a
+                # lossy or slow stretch) is kept for CAP_BURST_S at most, so the flow
+                # does not send its backlog at full speed when the path gets better
+                most = max(quantum, int(a.bps / 8 * CAP_BURST_S))
+                if allowed > most:
+                    began += (allowed - most) * 8 / a.bps
+                    allowed = most
                 if allowed < quantum:
                     wait = (quantum - allowed) * 8 / a.bps
                     time.sleep(max(0.0, min(wait, a.end - now)))
@@ -302,6 +318,11 @@ def tcp_send(a: argparse.Namespace, rec: dict[str, Any]) -> None:
             rec["tcp_info"] = parse_tcp_info(raw)
         except OSError as exc:
             rec["errors"].append(f"TCP_INFO: {exc}")
+        # abort (RST), not a graceful close: the flow is over, and an orphaned socket
+        # still retransmitting its unsent bytes over a lossy path (backing off for
+        # minutes) would hold the namespace, and the teardown would wait for it
+        with contextlib.suppress(OSError):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()
 
 
