@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from meshstress.events import MESH_GROUP, Event, EventRunner, link_interfaces, partition_cuts
-from meshstress.state import RunState
-from meshstress.topology import Topology
 
-from meshstress import build, generators, plan, topofile
-from meshstress.build import Mesh
+from meshstress import build
+from meshstress.build import Mesh, plan
+from meshstress.build.state import RunState
+from meshstress.model import generators, topofile
+from meshstress.model.topology import Topology
 from meshstress.routing import Backend, get_backend
 from meshstress.routing.testing import Routed, missing_handler, routed_meshes
+from meshstress.stress.events import MESH_GROUP, Event, EventRunner, link_interfaces, partition_cuts
 
 pytestmark = pytest.mark.network
 
