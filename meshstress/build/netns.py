@@ -15,9 +15,10 @@ import os
 import resource
 import threading
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from pyroute2 import IPRoute
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 T = TypeVar("T")
 
@@ -114,6 +115,8 @@ class NetnsFactory:
 
     def netlink(self, fd: int) -> IPRoute:
         """An rtnetlink socket bound to the namespace `fd`, without a helper process."""
+        from pyroute2 import IPRoute
+
         with self.inside(fd):
             return IPRoute(groups=0)
 

@@ -118,6 +118,28 @@ class Plan:
         ends = [end for v in self.veths for end in (v.a, v.b)]
         return [e for e in ends if e.ns in self.node_ns.values() and not e.egress.is_ideal()]
 
+    def ifindexes(self) -> dict[tuple[str, str], int]:
+        """{(namespace, ifname): ifindex} for every bridge and veth end the plan makes.
+
+        The builder gives each interface this index when it creates it, so it can
+        address, route and enslave without asking the kernel first: in a new namespace
+        lo is 1, then the plan's interfaces count up in creation order (bridges, then
+        each veth pair's a and b end), which is also what the kernel would pick."""
+        out: dict[tuple[str, str], int] = {}
+        nxt: dict[str, int] = {}
+
+        def take(ns: str, ifname: str) -> None:
+            k = nxt.get(ns, 2)
+            nxt[ns] = k + 1
+            out[(ns, ifname)] = k
+
+        for br in self.bridges:
+            take(br.ns, br.ifname)
+        for v in self.veths:
+            take(v.a.ns, v.a.ifname)
+            take(v.b.ns, v.b.ifname)
+        return out
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
