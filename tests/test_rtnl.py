@@ -127,6 +127,16 @@ class FakeSocket:
         return out
 
 
+class ReadyPoller:
+    """select.poll for a FakeSocket: its replies are always there."""
+
+    def register(self, fd: object, events: int) -> None:
+        pass
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        return [(0, 1)]
+
+
 def batch_of(n: int) -> rtnl.Batch:
     batch = rtnl.Batch()
     for k in range(n):
@@ -135,7 +145,7 @@ def batch_of(n: int) -> rtnl.Batch:
 
 
 def test_a_batch_goes_in_chunks_each_acked_once_at_its_end(monkeypatch) -> None:
-    monkeypatch.setattr("select.select", lambda r, w, x, t: (r, [], []))
+    monkeypatch.setattr("select.poll", ReadyPoller)
     sock = FakeSocket()
     batch = batch_of(3000)
     batch.send(sock)  # type: ignore[arg-type]
@@ -147,7 +157,7 @@ def test_a_batch_goes_in_chunks_each_acked_once_at_its_end(monkeypatch) -> None:
 
 
 def test_a_refused_request_is_named(monkeypatch) -> None:
-    monkeypatch.setattr("select.select", lambda r, w, x, t: (r, [], []))
+    monkeypatch.setattr("select.poll", ReadyPoller)
     sock = FakeSocket(refuse={rtnl.SEQ_BASE + 17})
     with pytest.raises(rtnl.NetlinkRefused, match=r"addr 17: Invalid argument \(bad\)"):
         batch_of(40).send(sock)  # type: ignore[arg-type]

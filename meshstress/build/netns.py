@@ -122,9 +122,13 @@ class NetnsFactory:
 
 
 def write_sysctl(key: str, value: str) -> None:
-    """Write net.* sysctls of the namespace the calling thread is in."""
-    with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
-        f.write(value)
+    """Write net.* sysctls of the namespace the calling thread is in (os.open and
+    os.write: a Python file object costs several more system calls per write)."""
+    fd = os.open("/proc/sys/" + key.replace(".", "/"), os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def delete(name: str) -> bool:

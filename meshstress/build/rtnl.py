@@ -305,9 +305,10 @@ class Batch:
 
     def _collect(self, sock: socket.socket, last: int) -> None:
         refused: tuple[int, int, str] | None = None
+        poller = select.poll()  # not select(): a big mesh has descriptors over 1024
+        poller.register(sock, select.POLLIN)
         while True:
-            ready, _, _ = select.select([sock], [], [], ACK_TIMEOUT)
-            if not ready:
+            if not poller.poll(ACK_TIMEOUT * 1000):
                 raise MeshstressError(f"no netlink ack within {ACK_TIMEOUT:.0f} s")
             try:
                 data = sock.recv(1 << 16)
