@@ -3,6 +3,7 @@ request decodes, with pyroute2's own parsers, to what pyroute2 would have sent."
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -10,7 +11,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from meshstress.build import plan, rtnl
+from meshstress.build import netns, plan, rtnl
 from meshstress.model.topology import Link, Node, Segment, Topology
 
 
@@ -180,3 +181,50 @@ def test_ifindexes_count_up_per_namespace_in_creation_order() -> None:
     for ns in {ns for ns, _ in index}:
         mine = sorted(k for (n, _), k in index.items() if n == ns)
         assert mine == list(range(2, 2 + len(mine)))
+
+
+class CountingFactory(netns.NetnsFactory):
+    """A factory whose `create` makes no namespace: a descriptor of /dev/null, or an
+    error for the name in `fail`."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.home = -1
+        self.fail = fail
+        self.made: list[int] = []
+
+    def create(self, name: str, sysctls: dict[str, str] | None = None) -> int:
+        if name == self.fail:
+            raise OSError(28, f"no room for {name}")
+        fd = os.open(os.devnull, os.O_RDONLY)
+        self.made.append(fd)
+        return fd
+
+
+def is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_create_many_makes_each_namespace_once(threads: int) -> None:
+    factory = CountingFactory()
+    names = [f"n{k}" for k in range(50)]
+    fds = factory.create_many([(n, None) for n in names], threads=threads)
+    try:
+        assert sorted(fds) == sorted(names) and len(factory.made) == 50
+        assert sorted(fds.values()) == sorted(factory.made)
+    finally:
+        for fd in factory.made:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_create_many_stops_on_an_error_and_closes_what_it_made(threads: int) -> None:
+    factory = CountingFactory(fail="n20")
+    with pytest.raises(OSError, match="no room for n20"):
+        factory.create_many([(f"n{k}", None) for k in range(200)], threads=threads)
+    assert 20 <= len(factory.made) <= 20 + threads  # no thread starts another one
+    assert not any(is_open(fd) for fd in factory.made)

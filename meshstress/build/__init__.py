@@ -78,11 +78,8 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
     state.node_ns = dict(plan.node_ns)
     state.node_addresses = dict(plan.node_addresses)
     state.interfaces = {
-        node: [
-            {"ifname": i.ifname, "peer": i.peer_node, "segment": i.segment}
-            for i in plan.interfaces(node)
-        ]
-        for node in plan.node_ns
+        node: [{"ifname": i.ifname, "peer": i.peer_node, "segment": i.segment} for i in ends]
+        for node, ends in plan.interfaces_by_node().items()
     }
     state.save()
     netns.raise_fd_limit()
@@ -92,9 +89,11 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
     with netns.NetnsFactory() as factory:
         try:
             say(f"namespaces: {len(plan.namespaces)}")
-            for spec in plan.namespaces:
-                sysctls = plan.sysctls if spec.node is not None else HUB_SYSCTLS
-                fds[spec.name] = factory.create(spec.name, sysctls)
+            specs = [
+                (spec.name, plan.sysctls if spec.node is not None else HUB_SYSCTLS)
+                for spec in plan.namespaces
+            ]
+            fds.update(factory.create_many(specs, threads=NETNS_THREADS))
 
             for br in plan.bridges:
                 batch = rtnl.Batch()
@@ -187,6 +186,9 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
 
 
 LO_INDEX = 1  # the loopback of a new namespace
+# Threads that create namespaces at once. Two on this 2-core host were no faster (the
+# kernel's share of the work grew; docs/performance.md), so one, until a host shows gain.
+NETNS_THREADS = 1
 
 
 def _send_inside(factory: netns.NetnsFactory, fd: int, batch: rtnl.Batch) -> None:

@@ -108,10 +108,20 @@ class Plan:
 
     def interfaces(self, node: str) -> list[IfSpec]:
         """The mesh interfaces of a node, in creation order."""
-        ns = self.node_ns[node]
-        out = [v.a for v in self.veths if v.a.ns == ns]
-        out += [v.b for v in self.veths if v.b.ns == ns]
-        return sorted(out, key=lambda i: int(i.ifname.rsplit("i", 1)[-1]))
+        return self.interfaces_by_node()[node]
+
+    def interfaces_by_node(self) -> dict[str, list[IfSpec]]:
+        """{node: its mesh interfaces in creation order}, every node, in one pass over
+        the veths (asking `interfaces` node by node would scan them once per node)."""
+        node_of = {ns: node for node, ns in self.node_ns.items()}
+        out: dict[str, list[IfSpec]] = {node: [] for node in self.node_ns}
+        for v in self.veths:
+            for end in (v.a, v.b):
+                if end.ns in node_of:
+                    out[node_of[end.ns]].append(end)
+        for ends in out.values():
+            ends.sort(key=lambda i: int(i.ifname.rsplit("i", 1)[-1]))
+        return out
 
     def impaired(self) -> list[IfSpec]:
         """Node-side interfaces whose egress is not ideal: each gets a netem qdisc."""

@@ -66,7 +66,9 @@ class RunState:
         tmp = f"{self.path}.tmp{os.getpid()}"
         with _SAVE_LOCK:
             with open(tmp, "w") as f:
-                json.dump(asdict(self), f, indent=1)
+                # one line: json's C encoder (indent would take its pure-Python path,
+                # 3x slower on a thousand nodes, and a build saves three times)
+                f.write(json.dumps(asdict(self)))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
