@@ -228,3 +228,18 @@ def test_create_many_stops_on_an_error_and_closes_what_it_made(threads: int) -> 
         factory.create_many([(f"n{k}", None) for k in range(200)], threads=threads)
     assert 20 <= len(factory.made) <= 20 + threads  # no thread starts another one
     assert not any(is_open(fd) for fd in factory.made)
+
+
+def test_link_dump_replies_give_index_flags_and_name() -> None:
+    def newlink(index: int, flags: int, name: str) -> bytes:
+        body = struct.pack("=BxHiII", 0, 1, index, flags, 0)
+        body += rtnl.attr(13, struct.pack("=I", 1000))  # IFLA_TXQLEN before the name
+        body += rtnl.attr(rtnl.IFLA_IFNAME, name.encode() + b"\0")
+        return rtnl.nlmsg(rtnl.RTM_NEWLINK, 2, 1, body)
+
+    data = newlink(1, 0x49, "lo") + newlink(7, 0x1002, "ms-ab-i3")
+    assert rtnl.parse_links(data) == [(1, 0x49, "lo"), (7, 0x1002, "ms-ab-i3")]
+    assert not rtnl._has_done(data)
+    assert rtnl._has_done(data + rtnl.nlmsg(rtnl.NLMSG_DONE, 2, 1, struct.pack("=i", 0)))
+    dump = decode(ifinfmsg, rtnl.link_dump_msg(5))
+    assert dump["header"]["flags"] & rtnl.NLM_F_DUMP == rtnl.NLM_F_DUMP

@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import weakref
@@ -401,6 +402,7 @@ class Mesh:
         self._factory: netns.NetnsFactory | None = None
         self._socks: dict[str, IPRoute] = {}
         self._ethtools: dict[str, IoctlEthtool] = {}
+        self._rtnls: dict[str, socket.socket] = {}
         _LIVE_MESHES.add(self)
 
     @property
@@ -431,6 +433,14 @@ class Mesh:
             finally:
                 os.close(fd)
         return self._socks[node]
+
+    def rtnl(self, node: str) -> socket.socket:
+        """A cached plain rtnetlink socket inside the node's namespace, for requests
+        built as bytes (meshstress.build.rtnl)."""
+        if node not in self._rtnls:
+            with netns.entered(self.ns(node)):
+                self._rtnls[node] = rtnl.open_socket()
+        return self._rtnls[node]
 
     def ethtool(self, node: str) -> IoctlEthtool:
         """A cached ethtool ioctl socket inside the node's namespace."""
@@ -495,6 +505,9 @@ class Mesh:
         for e in self._ethtools.values():
             e.close()
         self._ethtools.clear()
+        for r in self._rtnls.values():
+            r.close()
+        self._rtnls.clear()
         if self._factory is not None:
             self._factory.close()
             self._factory = None

@@ -27,10 +27,12 @@ from meshstress.errors import MeshstressError
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 RTM_NEWLINK = 16
+RTM_GETLINK = 18
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300
 NLM_F_REPLACE = 0x100
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
@@ -203,6 +205,67 @@ def route_msg(
         body += _u32(RTA_PRIORITY, priority)
     flags = NLM_F_REQUEST | NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
     return nlmsg(RTM_NEWROUTE, flags, seq, body)
+
+
+def link_dump_msg(seq: int) -> bytes:
+    """RTM_GETLINK dump of every interface in the socket's namespace. Pure."""
+    return nlmsg(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, _ifinfo())
+
+
+def parse_links(data: bytes) -> list[tuple[int, int, str]]:
+    """[(ifindex, flags, name)] of the RTM_NEWLINK messages in a netlink buffer. Pure."""
+    out: list[tuple[int, int, str]] = []
+    off = 0
+    while off + 32 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, off)
+        if length < 16:
+            break
+        if kind == RTM_NEWLINK:
+            _, _, index, flags, _ = struct.unpack_from("=BxHiII", data, off + 16)
+            name = ""
+            a = off + 32
+            while a + 4 <= off + length:
+                alen, akind = struct.unpack_from("=HH", data, a)
+                if alen < 4:
+                    break
+                if akind == IFLA_IFNAME:
+                    name = data[a + 4 : a + alen].split(b"\0", 1)[0].decode()
+                    break
+                a += (alen + 3) & ~3
+            out.append((index, flags, name))
+        off += (length + 3) & ~3
+    return out
+
+
+def dump_links(sock: socket.socket) -> dict[str, tuple[int, int]]:
+    """{name: (ifindex, flags)} of every interface in the namespace of `sock`."""
+    sock.sendto(link_dump_msg(SEQ_BASE), (0, 0))
+    out: dict[str, tuple[int, int]] = {}
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    while True:
+        if not poller.poll(ACK_TIMEOUT * 1000):
+            raise MeshstressError(f"no netlink link dump within {ACK_TIMEOUT:.0f} s")
+        data = sock.recv(1 << 20)
+        for index, flags, name in parse_links(data):
+            out[name] = (index, flags)
+        for _seq, err, reason in parse_errors(data):
+            if err:
+                raise NetlinkRefused("the link dump", err, reason)
+        if _has_done(data):
+            return out
+
+
+def _has_done(data: bytes) -> bool:
+    off = 0
+    while off + 16 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, off)
+        if kind == NLMSG_DONE:
+            return True
+        if length < 16:
+            break
+        off += (length + 3) & ~3
+    return False
 
 
 def with_ack(msg: bytes) -> bytes:
