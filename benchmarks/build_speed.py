@@ -49,7 +49,18 @@ from meshstress.model import generators, topofile
 from meshstress.model.topology import Topology
 
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared" / "data" / "freifunk"
+
+
+def _shared() -> Path:
+    """../shared/data/freifunk next to the checkout (or next to a worktree's parents)."""
+    for up in HERE.parents:
+        if (up / "shared" / "data" / "freifunk").is_dir():
+            return up / "shared" / "data" / "freifunk"
+    return HERE.parent.parent / "shared" / "data" / "freifunk"
+
+
+SHARED = _shared()
+TIME = "/usr/bin/time"  # GNU time: the command's own peak RSS (see timed_rusage)
 FREIFUNK = SHARED / "freifunk-altdorf.json"
 ULM = SHARED / "freifunk-ulm.json"
 RATIO_TARGETS = {"grid4-10x10": 12.0, "freifunk-ulm": 15.0}
@@ -125,19 +136,26 @@ def meshstress_argv() -> list[str]:
 
 
 def timed_rusage(argv: list[str], cwd: str | None = None) -> tuple[float, int, str]:
-    """Run argv to its end: (seconds from start to exit, its peak RSS in kB from wait4,
-    its stdout)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    """Run argv to its end: (seconds from start to exit, its peak RSS in kB, its stdout).
+
+    The RSS comes from GNU time (when installed, else 0): a child forked from this
+    process would count this process's pages, which it held until its exec, as its own
+    peak (Linux records the old image's high-water mark at exec). The extra exec costs
+    about a millisecond, the same for every command timed."""
+    with tempfile.NamedTemporaryFile() as rss, tempfile.TemporaryFile() as out, \
+            tempfile.TemporaryFile() as err:  # fmt: skip
+        wrap = [TIME, "-f", "%M", "-o", rss.name] if os.access(TIME, os.X_OK) else []
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run([*wrap, *argv], cwd=cwd, stdout=out, stderr=err, check=False)
         seconds = time.perf_counter() - t0
-        proc.returncode = code = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        if code != 0:
-            raise SystemExit(f"{argv[:3]} failed ({code}): {err.read().decode()[-2000:]}")
-        return seconds, int(usage.ru_maxrss), out.read().decode()
+        if proc.returncode != 0:
+            raise SystemExit(
+                f"{argv[:3]} failed ({proc.returncode}): {err.read().decode()[-2000:]}"
+            )
+        text = Path(rss.name).read_text().split()
+        return seconds, int(text[-1]) if wrap and text else 0, out.read().decode()
 
 
 def up_meshstress(path: str) -> dict[str, Any]:
@@ -294,16 +312,20 @@ def memory(cases: list[tuple[str, str, int]], repeat: int) -> list[dict[str, Any
         deltas: list[dict[str, int]] = []
         rss: list[float] = []
         loads = []
+        ups: list[float] = []
+        setups: list[float] = []
         for _ in range(repeat if nodes <= 1024 else 1):
             run_id = plan.new_run_id()
             time.sleep(2.0)
             loads.append(load1())
             before = meminfo()
             try:
-                _, rss_kb, _ = timed_rusage(
+                seconds, rss_kb, out = timed_rusage(
                     [*meshstress_argv(), "up", path, "--ideal", "--run", run_id, "--json"]
                 )
                 after = meminfo()
+                ups.append(round(seconds, 3))
+                setups.append(json.loads(out)["setup_s"])
             finally:
                 subprocess.run(
                     [*meshstress_argv(), "down", "--run", run_id],
@@ -324,6 +346,8 @@ def memory(cases: list[tuple[str, str, int]], repeat: int) -> list[dict[str, Any
             "used_per_node_kb": -per_node["MemAvailable_kb"],
             "total_used_mb": round(-statistics.median(d["MemAvailable"] for d in deltas) / 1024),
             "repeat": len(deltas),
+            "up_all_s": ups,
+            "setup_all_s": setups,
             "load1_before": loads,
         }
         rows.append(row)
