@@ -149,3 +149,14 @@ def test_interfaces_by_node_are_each_nodes_ends_in_creation_order() -> None:
         ends.sort(key=lambda i: int(i.ifname.rsplit("i", 1)[-1]))
         assert by_node[node] == ends == p.interfaces(node)
         assert [int(e.ifname.rsplit("i", 1)[-1]) for e in ends] == list(range(len(ends)))
+
+
+def test_state_file_dict_is_asdict() -> None:
+    from dataclasses import asdict
+
+    st = RunState(run_id="ab", topology="t", namespaces=["ms-ab-n0"], node_ns={"n0": "ms-ab-n0"})
+    st.interfaces = {"n0": [{"ifname": "ms-ab-i0", "peer": "n1", "segment": None}]}
+    st.processes.append(ProcessRecord(pid=1, create_time=2.0, node="n0", role="x", argv=["a"]))
+    st.extra["static_routes"] = 3
+    assert st.to_dict() == asdict(st)
+    assert RunState.from_dict(st.to_dict()) == st
