@@ -20,8 +20,14 @@ interfaces with one request for their device group; "per_interface_requests_link
 the same crash with one request per interface (in one buffer all the same), and
 "one_call_each_s" the old way, one round trip per interface.
 
+Each case runs `--repeat` times at the runner's default (the action's thread SCHED_FIFO)
+and as many times, interleaved, at the thread's own priority ("normal_priority_took_s"),
+so both meet the same host load; medians and maxima. "ulm_side_by_side" puts the Ulm
+crash next to the largest partition and its heal. "loadavg_before"/"_after" are the
+host's load averages; --load N adds N busy-loop processes of our own meanwhile.
+
 Targets: a crash of 78 links <= 0.05 s; a partition or heal of any size <= 0.1 s.
-Run as root: sudo .venv/bin/python benchmarks/event_speed.py [--contend]
+Run as root: sudo .venv/bin/python benchmarks/event_speed.py [--contend] [--load N]
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -101,8 +109,17 @@ class Contender(threading.Thread):
                 self.rounds += 1
 
 
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
 def measure(
-    topo: Topology, cases: list[list[Event]], repeat: int, contend: bool, routing: str = "none"
+    topo: Topology,
+    cases: list[list[Event]],
+    repeat: int,
+    contend: bool,
+    routing: str = "none",
+    compare_priority: bool = True,
 ) -> list[Any]:
     rows: list[dict[str, Any]] = []
     contender = None
@@ -127,10 +144,18 @@ def measure(
         for case in cases:
             took: dict[str, list[float]] = {}
             links: dict[str, list[float]] = {}
+            normal: dict[str, list[float]] = {}
             changed: dict[str, int] = {}
-            for _ in range(repeat):
+            # SCHED_FIFO (the runner's default) and, interleaved, the thread's own
+            # priority: both under the same host load
+            for k in range(repeat * (2 if compare_priority else 1)):
+                runner.realtime = k % 2 == 0 or not compare_priority
                 for ev in case:
                     rec = runner.apply(ev)
+                    if not runner.realtime:
+                        normal.setdefault(ev.action, []).append(rec["took_s"])
+                        time.sleep(0.2)
+                        continue
                     took.setdefault(ev.action, []).append(rec["took_s"])
                     d = rec["detail"]
                     links.setdefault(ev.action, []).append(d["links_s"])
@@ -142,20 +167,27 @@ def measure(
                     if ev.action == "node-crash":  # read back: all down
                         assert not any(is_up(mesh, ev.node or "").values())
                     time.sleep(0.2)
+            runner.realtime = True
             for action, values in took.items():
                 values.sort()
                 done = sorted(links[action])
-                rows.append({
+                row = {
                     "topology": topo.name,
                     "routing": routing,
                     "action": action,
                     "target": case[0].node or f"{len((case[0].groups or [()])[0])} nodes apart",
                     "interfaces": changed[action],
-                    "took_s": round(values[len(values) // 2], 4),
+                    "took_s": round(median(values), 4),
+                    "took_max_s": round(values[-1], 4),
                     "took_all_s": [round(v, 4) for v in values],
-                    "links_s": round(done[len(done) // 2], 4),
+                    "links_s": round(median(done), 4),
                     "target_s": TARGETS.get(action),
-                })  # fmt: skip
+                }
+                if action in normal:
+                    plain = sorted(normal[action])
+                    row["normal_priority_took_s"] = round(median(plain), 4)
+                    row["normal_priority_took_max_s"] = round(plain[-1], 4)
+                rows.append(row)
             node = case[0].node
             if node is not None:  # the same crash, the old way
                 old = []
@@ -163,8 +195,7 @@ def measure(
                     old.append(one_call_each(mesh, node, up=False))
                     one_call_each(mesh, node, up=True)
                     time.sleep(0.2)
-                old.sort()
-                rows[-2]["one_call_each_s"] = round(old[len(old) // 2], 4)
+                rows[-2]["one_call_each_s"] = round(median(old), 4)
                 # one buffer, but one request per interface instead of the group's one
                 runner.use_groups = False
                 each = []
@@ -173,8 +204,7 @@ def measure(
                     runner.apply(case[1])
                     time.sleep(0.2)
                 runner.use_groups = True
-                each.sort()
-                rows[-2]["per_interface_requests_links_s"] = round(each[len(each) // 2], 4)
+                rows[-2]["per_interface_requests_links_s"] = round(median(each), 4)
         if contender is not None:
             contender.halt.set()
             contender.join()
@@ -186,10 +216,41 @@ def measure(
     return rows
 
 
+def busy_loops(n: int, seconds: float) -> list[subprocess.Popen[bytes]]:
+    """n processes that keep a CPU busy for at most `seconds` (a loaded host, on
+    purpose); stopped by PID in main's finally."""
+    code = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
+
+
+def side_by_side(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Freifunk Ulm: the crash of 104 and the largest partition and its heal, median and
+    max of took_s, at SCHED_FIFO and at normal priority, from the same run."""
+    ulm = [r for r in rows if r["topology"] == "freifunk-ulm"]
+    largest = max((r["interfaces"] for r in ulm if r["action"] == "partition"), default=0)
+    out: dict[str, Any] = {}
+    for r in ulm:
+        if r["action"] in ("node-crash", "partition", "heal") and (
+            r["action"] == "node-crash" or r["interfaces"] == largest
+        ):
+            out[r["action"]] = {
+                "interfaces": r["interfaces"],
+                "took_s": r["took_s"],
+                "took_max_s": r["took_max_s"],
+                "normal_priority_took_s": r.get("normal_priority_took_s"),
+                "normal_priority_took_max_s": r.get("normal_priority_took_max_s"),
+                "target_s": r["target_s"],
+            }
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--repeat", type=int, default=5, help="runs per case (median reported)")
+    ap.add_argument("--repeat", type=int, default=7, help="runs per case (median reported)")
     ap.add_argument("--contend", action="store_true", help="a GIL-holding thread runs meanwhile")
+    ap.add_argument(
+        "--load", type=int, default=0, help="this many busy-loop processes run meanwhile"
+    )
     ap.add_argument("--ulm", default=str(ULM), help="meshnet-lab JSON of Freifunk Ulm")
     ap.add_argument("--quick", action="store_true", help="only the star")
     ap.add_argument(
@@ -198,23 +259,49 @@ def main() -> int:
         help="routing of the meshes (babeld: its daemons are "
         "killed and restarted too; the mesh must converge first)",
     )
+    ap.add_argument(
+        "--no-compare-priority",
+        dest="compare_priority",
+        action="store_false",
+        help="skip the runs at the thread's own priority (normal_priority_took_s)",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 2
-    star = generators.star(79)
-    crash = [Event(0, "node-crash", node="n0"), Event(0, "node-restart", node="n0")]
-    rows = measure(star, [crash], args.repeat, args.contend, args.routing)
-    if not args.quick and Path(args.ulm).exists():
-        ulm = topofile.load(args.ulm)
-        cases = [[Event(0, "node-crash", node="104"), Event(0, "node-restart", node="104")]]
-        for share in (0.05, 0.2, 0.5):
-            cases.append([Event(0, "partition", groups=bfs_split(ulm, share)), Event(0, "heal")])
-        rows += measure(ulm, cases, args.repeat, args.contend, args.routing)
+    load_before = os.getloadavg()
+    hogs = busy_loops(args.load, 600.0)
+    try:
+        star = generators.star(79)
+        crash = [Event(0, "node-crash", node="n0"), Event(0, "node-restart", node="n0")]
+        rows = measure(star, [crash], args.repeat, args.contend, args.routing,
+                       args.compare_priority)  # fmt: skip
+        if not args.quick and Path(args.ulm).exists():
+            ulm = topofile.load(args.ulm)
+            cases = [[Event(0, "node-crash", node="104"), Event(0, "node-restart", node="104")]]
+            for share in (0.05, 0.2, 0.5):
+                groups = bfs_split(ulm, share)
+                cases.append([Event(0, "partition", groups=groups), Event(0, "heal")])
+            rows += measure(ulm, cases, args.repeat, args.contend, args.routing,
+                            args.compare_priority)  # fmt: skip
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
     for r in rows:
         if r["target_s"] is not None:
             r["met"] = r["took_s"] <= r["target_s"]
-    print(json.dumps({"contend": args.contend, "routing": args.routing, "results": rows}, indent=1))
+    out = {
+        "contend": args.contend,
+        "load_processes": args.load,
+        "routing": args.routing,
+        "repeat": args.repeat,
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "ulm_side_by_side": side_by_side(rows),
+        "results": rows,
+    }
+    print(json.dumps(out, indent=1))
     return 0 if all(r.get("met", True) for r in rows) else 1
 
 

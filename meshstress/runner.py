@@ -216,6 +216,8 @@ def event_recoveries(events: list[dict[str, Any]], records: dict[str, Any], hori
     for ev in events:
         rec: dict[str, float | None] = {}
         for name, record in records.items():
+            if record.spec.kind == "crafted":  # nobody receives it: no outage to measure
+                continue
             value = outage_after(record, ev["t"], horizon=horizon)
             rec[name] = None if value is None else round(value, 3)
         ev["recovery_s"] = rec
@@ -292,12 +294,21 @@ def run(
             converged_at = time.monotonic()
             mesh = build.Mesh(up.state)
             procs = _processes(sc, mesh, out_dir, say)
+            captures = None
             try:
+                if sc.capture is not None and sc.capture.targets:
+                    from meshstress.observe.capture import Captures
+
+                    captures = Captures(mesh, sc.capture)
+                    captures.start()
+                    say(f"capture: {len(captures.threads)} interface(s) into capture/")
                 if probes is not None:
                     probes.watch(mesh)
                     before = probes.snapshot()
                 recorder = _RouteRecorder(up.state, up.backend, sc.route_interval)
                 runner = EventRunner(mesh, up.backend, topo)
+                runner.out_dir = str(out_dir)
+                kmark = _kernel_mark(sc, results)
                 # sockets and indexes: not inside a timed event
                 runner.prepare(sweeps.prepare_events(sc))
                 procs.start_all(converged_at)  # each ready before the next, before traffic
@@ -314,6 +325,13 @@ def run(
                 else:
                     t0 = time.monotonic() + lead
                 results["run"]["agents_up_s"] = round(t0 - lead - t, 3)
+                window = sc.capture.window if sc.capture is not None else None
+                if captures is not None and window and sc.events:
+                    from meshstress.observe.capture import event_windows, wall_of
+
+                    captures.set_windows(
+                        event_windows([wall_of(t0 + ev.at) for ev in sc.events], window)
+                    )
                 softnet_before = read_softnet_dropped()
                 recorder.start()
                 say(
@@ -331,6 +349,7 @@ def run(
                 for f in flows:
                     f.wait(timeout=15.0)
                 procs.stop()
+                injected = _wait_injects(runner, t0 + sc.duration)
                 if sc.processes:
                     results["process"] = procs.results(t0 + time.time() - time.monotonic())
                 recorder.halt.set()
@@ -356,6 +375,15 @@ def run(
                 if sc.sweep is not None:
                     results["sweep"] = sweeps.results(sc, records, t0, steps)
                 results["routing"] = routing_summary(recorder.snaps, t0)
+                if captures is not None:
+                    from meshstress.observe.capture import section
+
+                    folder = out_dir / "capture"
+                    results["capture"] = section(captures.write(folder, out_dir), folder)
+                if injected:
+                    results["inject"] = inject_results(
+                        injected, recorder.snaps, t0, mesh, up.backend, runner.crashed, kmark,
+                        str(out_dir))  # fmt: skip
                 if recorder.errors:
                     results["routing"]["sample_errors"] = recorder.errors[:5]
                 results["run"]["host"] = host_load(
@@ -367,6 +395,8 @@ def run(
                     results["probes"] = delta(before, probes.snapshot())
                     results["probes"]["totals"] = probe_totals(results["probes"])
             finally:
+                if captures is not None:
+                    captures.stop()
                 for f in flows:
                     f.stop()
                 procs.stop()
@@ -394,6 +424,7 @@ def run(
             }
         )
     checks += _process_checks(results)
+    checks += inject_checks(results.get("inject"))
     checks += verdict.judge(sc.assertions, results)
     checks += sweeps.checks(sc, results.get("sweep"))
     results["checks"] = checks
@@ -405,6 +436,113 @@ def run(
     results["run"]["wall_s"] = round(time.time() - started, 2)
     report.write_all(results, out_dir)
     return results
+
+
+def _kernel_mark(sc: Scenario, results: dict[str, Any]) -> int | None:
+    """Where the kernel log stands before an inject run (lab only: the kernel is ours)."""
+    if results["run"]["where"] != "lab" or not any(e.action == "inject" for e in sc.events):
+        return None
+    from meshstress.observe import kmsg
+
+    return kmsg.mark()
+
+
+def _wait_injects(runner: Any, deadline: float) -> list[dict[str, Any]]:
+    """Let the inject senders finish (they end after their `for`; past the scenario's
+    end + 5 s they are stopped), then read their records."""
+    import json
+    import subprocess
+
+    for it in runner.injects:
+        p = it["proc"]
+        try:
+            p.wait(timeout=max(0.0, deadline + 5.0 - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.terminate()
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+        try:
+            with open(it["paths"]["json"]) as f:
+                it["record"] = json.load(f)
+        except (OSError, ValueError) as exc:
+            it["record"] = {"sent": [], "errors": [f"no record: {exc}"]}
+    return list(runner.injects)
+
+
+def inject_results(
+    injected: list[dict[str, Any]], snaps: list[Any], t0: float, mesh: Any, backend: Any,
+    crashed: set[str], kmark: int | None, out_dir: str,
+) -> dict[str, Any]:  # fmt: skip
+    """What the hostile nodes sent, whether the daemons lived, whether the honest nodes'
+    routes held (or when they came back), and (lab) the kernel log's complaints."""
+    from meshstress.routing.base import live_records
+    from meshstress.stress.inject import honest_routes, kernel_problems
+
+    hostile = {it["node"] for it in injected}
+    honest = [n for n in mesh.nodes if n not in hostile and n not in crashed]
+    events = []
+    for it in injected:
+        spec, rec = it["spec"], it["record"]
+        sent = rec.get("sent") or []
+        # the attack's window is when frames went out (an agent can start seconds late
+        # under emulation), else when it was started
+        t_begin = sent[0][1] if sent else it["t"]
+        t_end = sent[-1][1] if sent else it["t"] + spec.duration
+        events.append({
+            "node": it["node"], "protocol": spec.protocol, "attack": spec.attack,
+            "seed": spec.seed, "rate": spec.rate, "for_s": spec.duration,
+            "planned": it["planned"], "sent": len(sent), "send_errors": rec.get("send_errors", 0),
+            "started_s": round(it["t"] - t0, 3),
+            "first_s": round(sent[0][1] - t0, 3) if sent else None,
+            "last_s": round(sent[-1][1] - t0, 3) if sent else None,
+            "pcap": os.path.relpath(it["paths"]["pcap"], out_dir),
+            "recover_within_s": spec.recover_within,
+            "routes": honest_routes(snaps, honest, t_begin, t_end),
+            "errors": rec.get("errors", []),
+        })  # fmt: skip
+    out: dict[str, Any] = {"events": events, "honest": honest}
+    role = backend.role
+    if role:
+        dead = [n for n in mesh.nodes if n not in crashed and not live_records(mesh, n, role)]
+        out["daemons"] = {"role": role, "expected": len(mesh.nodes) - len(crashed),
+                          "dead": dead, "alive": not dead}  # fmt: skip
+    else:
+        out["daemons"] = {"role": None, "alive": True, "note": "the kernel routes: no daemon"}
+    if kmark is not None:
+        from meshstress.observe import kmsg
+
+        bad = kernel_problems(kmsg.since(kmark))
+        out["kernel"] = {"problems": len(bad), "lines": bad[:20]}
+    return out
+
+
+def inject_checks(inj: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The built-in checks of a run with inject events."""
+    if not inj:
+        return []
+    d = inj["daemons"]
+    checks = [{"assert": "every routing daemon is still alive (by recorded PID)",
+               "metric": "inject.daemons.alive", "actual": d.get("dead") or True,
+               "passed": bool(d["alive"])}]  # fmt: skip
+    for i, ev in enumerate(inj["events"]):
+        r = ev["routes"]
+        got = r.get("recovered_s")
+        checks.append({
+            "assert": f"routes between the honest nodes hold or come back within "
+                      f"{ev['recover_within_s']:g} s of the end of inject[{i}] ({ev['node']}, "
+                      f"{ev['attack']}, seed {ev['seed']})",
+            "metric": f"inject.events[{i}].routes.recovered_s",
+            "actual": got,
+            "passed": got is not None and got <= ev["recover_within_s"],
+        })  # fmt: skip
+    if "kernel" in inj:
+        checks.append({"assert": "the kernel log shows no WARNING, BUG or Oops",
+                       "metric": "inject.kernel.problems", "actual": inj["kernel"]["problems"],
+                       "passed": inj["kernel"]["problems"] == 0})  # fmt: skip
+    return checks
 
 
 def _processes(sc: Scenario, mesh: Any, out_dir: Path, say: Say) -> Any:

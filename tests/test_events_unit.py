@@ -73,7 +73,8 @@ def test_every_action_parses() -> None:
         loss = "1%"
         """
     )
-    assert [e.action for e in evs] == list(ACTIONS)
+    # inject needs a mesh of its protocol's routing: tests/test_inject_unit.py parses it
+    assert [e.action for e in evs] == [a for a in ACTIONS if a != "inject"]
     assert evs[0] == Event(at=1.0, action="link-down", link=("n0", "n1"))
     assert evs[1].link == ("n1", "n0")  # the order as written
     assert evs[2] == Event(at=3.0, action="node-crash", node="n4")

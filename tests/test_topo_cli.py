@@ -261,14 +261,14 @@ def test_help_lists_each_command_with_its_own_short_help() -> None:
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["topo", "gen", "line", "3"]])
 def test_light_commands_do_not_import_netlink_or_the_runner(argv: list[str]) -> None:
-    """--help, --version and topo start fast because they leave pyroute2, psutil and the
+    """--help, --version and topo start fast because they leave pyroute2, psutil, scapy and the
     runner unimported (benchmarks/startup.py has the times)."""
     code = (
         "import sys\n"
         "from meshstress.cli import cli\n"
         f"try:\n    cli.main({argv!r}, prog_name='meshstress')\n"
         "except SystemExit:\n    pass\n"
-        "heavy = [m for m in ('pyroute2', 'psutil', 'meshstress.runner', 'meshstress.build')"
+        "heavy = [m for m in ('pyroute2', 'psutil', 'scapy', 'meshstress.runner', 'meshstress.build')"
         " if m in sys.modules]\n"
         "print('HEAVY', heavy, file=sys.stderr)\n"
     )

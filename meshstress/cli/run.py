@@ -44,6 +44,9 @@ def _say(msg: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print results.json instead of the summary")
 @click.option("--check", "check_only", is_flag=True,
               help="only validate the scenario and say where it would run")  # fmt: skip
+@click.option("--capture", "capture", multiple=True, metavar="NODE[:IFACE]",
+              help="write capture/NODE-IFACE.pcap (repeatable; NODE alone: every mesh "
+              "interface of the node; docs/packets.md)")  # fmt: skip
 def run(
     scenario_file: str | None,
     where: str | None,
@@ -52,6 +55,7 @@ def run(
     timeout: float,
     as_json: bool,
     check_only: bool,
+    capture: tuple[str, ...] = (),
 ) -> None:
     """Run a scenario: build the mesh, send traffic, apply events, measure, judge.
 
@@ -81,6 +85,8 @@ def run(
             sc.raw["scenario"] = {}
         sc.raw["scenario"]["duration"] = duration
         scenario.check_times(sc)
+    if capture:
+        add_capture(sc, list(capture))
     chosen, why = runner.choose_where(sc, where)
     if check_only:
         click.echo(f"{path}: valid; {len(sc.topology.nodes)} nodes, {len(sc.flows)} flows, "
@@ -121,6 +127,18 @@ def run(
     if invalid:
         _say(invalid)
     sys.exit(exit_code(results))
+
+
+def add_capture(sc: Any, targets: list[str]) -> None:
+    """--capture NODE[:IFACE] on top of the scenario's `capture` (kept in sc.raw, so
+    the resolved scenario a lab run reads has them too)."""
+    from meshstress.observe.capture import CaptureOptions, parse_targets
+
+    opts = sc.capture or CaptureOptions()
+    extra = parse_targets(targets, "--capture", "value", sc.topology)
+    opts.targets = list(dict.fromkeys([*opts.targets, *extra]))
+    sc.capture = opts
+    sc.raw.setdefault("scenario", {})["capture"] = [str(t) for t in opts.targets]
 
 
 def exit_code(results: dict[str, Any]) -> int:

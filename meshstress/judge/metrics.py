@@ -316,6 +316,10 @@ def flow_metrics(
     seconds), only what was sent inside it counts (`windowed`; rr: the requests
     scheduled inside [start, end)); a tcp flow then has no tcp_info numbers
     (retransmissions: None)."""
+    if record.spec.kind == "crafted":
+        out = crafted_metrics(record, t0)
+        out["errors"] = list(record.errors)
+        return out
     if record.spec.kind == "rr":
         out = _rr_metrics(rr_window(record, window) if window else record, t0)
         out["errors"] = list(record.errors)
@@ -333,6 +337,22 @@ def flow_metrics(
         out = _packet_metrics(record, t0)
     out["errors"] = list(record.errors)
     return out
+
+
+def crafted_metrics(record: FlowRecord, t0: float) -> dict[str, Any]:
+    """A crafted flow's numbers: what its raw socket sent (nobody receives these)."""
+    sent = record.sent
+    span_s = sent[-1][1] - sent[0][1] if len(sent) > 1 else 0.0
+    return {
+        "sent": len(sent),
+        "frames_per_packet": record.frames_per_packet,
+        "frames_sent": record.frames_sent,
+        "send_errors": record.send_errors,
+        "asked_pps": record.spec.pps(),
+        "achieved_pps": round((len(sent) - 1) / span_s, 1) if span_s > 0 else None,
+        "first_s": round(sent[0][1] - t0, 3) if sent else None,
+        "last_s": round(sent[-1][1] - t0, 3) if sent else None,
+    }
 
 
 # --- request/response (kind "rr") ------------------------------------------------------

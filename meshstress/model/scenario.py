@@ -44,12 +44,25 @@ from meshstress.model.topology import Topology
 if TYPE_CHECKING:
     from meshstress.judge.curves import CurveAssertion
     from meshstress.model.sweep import Sweep
+    from meshstress.observe.capture import CaptureOptions
     from meshstress.procs.spec import ProcessSpec
     from meshstress.stress.events import Event
     from meshstress.traffic.flows import FlowSpec
 
 WHERE = ("auto", "host", "lab")
-SCENARIO_KEYS = ("name", "description", "duration", "where", "probes", "warmup", "route_interval")
+SCENARIO_KEYS = (
+    "name",
+    "description",
+    "duration",
+    "where",
+    "probes",
+    "warmup",
+    "route_interval",
+    "capture",
+    "capture_snaplen",
+    "capture_limit",
+    "capture_window",
+)
 MESH_KEYS = (
     "topology",
     "generate",
@@ -87,6 +100,7 @@ class Scenario:
     processes: list[ProcessSpec] = field(default_factory=list)  # [[process]], in order
     sweep: Sweep | None = None  # [sweep]: one stress axis stepped over the run
     curve_assertions: list[CurveAssertion] = field(default_factory=list)  # "curve. ..."
+    capture: CaptureOptions | None = None  # capture = [...]: pcaps per node interface
 
     def needs(self) -> list[str]:
         """Doctor check names this scenario needs from the kernel, beyond netns and veth."""
@@ -274,6 +288,10 @@ def from_data(data: dict[str, Any], source: str, base: Path) -> Scenario:
             raise _fail(source, "scenario.where", f"must be one of {', '.join(WHERE)}")
     if "probes" in head:
         sc.probes = _probes(source, head["probes"])
+    if any(k.startswith("capture") for k in head):
+        from meshstress.observe.capture import parse_options
+
+        sc.capture = parse_options(head, source, topo)
     if "ideal" in mesh:
         sc.ideal = _bool(source, mesh["ideal"], "mesh.ideal")
     if "converge_timeout" in mesh:
@@ -426,7 +444,8 @@ def _host_limits(source: str, ver: dict[str, Any]) -> verdict.HostLimits:
 
 
 # The top-level keys of results.json that assertions may start from.
-RESULT_KEYS = ("mesh", "flows", "events", "routing", "probes", "run", "process")
+RESULT_KEYS = ("mesh", "flows", "events", "routing", "probes", "run", "process", "capture",
+               "inject")
 
 
 def _processes(sc: Scenario, data: dict[str, Any], base: Path) -> None:

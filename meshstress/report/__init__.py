@@ -158,6 +158,7 @@ def summary(results: Mapping[str, Any]) -> str:
             f"{totals['batman_control_tx_bytes']} bytes"
             + (f" ({share:.1%} of bytes sent)" if share is not None else "")
         )
+    lines += capture_lines(results.get("capture") or {})
     host = run.get("host") or {}
     if host:
         lines.append(
@@ -209,6 +210,40 @@ def _process_lines(processes: Mapping[str, Any]) -> list[str]:
 
 
 INVALID_CASE = "run valid (host not saturated)"
+
+
+def capture_lines(capture: Mapping[str, Any]) -> list[str]:
+    """Per node: what the captures saw, and the routing protocol's share of it."""
+    nodes = capture.get("nodes") or {}
+    if not nodes:
+        return []
+    files = capture.get("files") or {}
+    lines = ["capture (routing signalling per node, from capture/*.pcap):"]
+    rows = [["node", "files", "packets", "bytes", "signalling pkts", "signalling bytes",
+             "share", "by kind", "ring dropped"]]  # fmt: skip
+    for node, n in nodes.items():
+        mine = [f for f in files.values() if f.get("node") == node]
+        sig = n.get("signalling") or {}
+        share = sig.get("share_bytes")
+        kinds = ", ".join(
+            f"{k.removeprefix('batman:')} {v['packets']}"
+            + (f" ({v['ogms']} ogms)" if v.get("ogms", v["packets"]) != v["packets"] else "")
+            for k, v in (n.get("kinds") or {}).items()
+        )
+        rows.append(
+            [
+                node,
+                ",".join(str(f.get("iface")) for f in mine),
+                _fmt(n.get("packets")),
+                _fmt(n.get("bytes")),
+                _fmt(sig.get("packets")),
+                _fmt(sig.get("bytes")),
+                f"{share:.1%}" if share is not None else "-",
+                kinds or "-",
+                _fmt(sum(f.get("dropped_old", 0) for f in mine)),
+            ]
+        )
+    return lines + _table(rows)
 
 
 def junit(results: Mapping[str, Any]) -> str:

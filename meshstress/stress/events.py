@@ -10,10 +10,13 @@ See docs/events.md.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import select
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -30,12 +33,14 @@ from meshstress.model import units
 from meshstress.model.topofile import _IMPAIR_KEYS, _Ctx
 from meshstress.model.topology import Impairment, Topology
 from meshstress.routing.base import freeze_processes, live_records, neighbour_route_ifaces
+from meshstress.stress.inject import InjectSpec, parse_inject
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
     from meshstress.routing.base import Backend
 
-ACTIONS = ("link-down", "link-up", "node-crash", "node-restart", "partition", "heal", "impair")
+ACTIONS = ("link-down", "link-up", "node-crash", "node-restart", "partition", "heal", "impair",
+           "inject")  # fmt: skip
 
 # keys each action takes besides `at` and `action`
 _KEYS: dict[str, tuple[str, ...]] = {
@@ -46,9 +51,11 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "partition": ("groups", "for"),
     "heal": (),
     "impair": ("link", *_IMPAIR_KEYS, "a_to_b", "b_to_a"),
+    "inject": ("node", "protocol", "attack", "rate", "for", "seed", "recover_within"),
 }
 _REQUIRED = {"link-down": "link", "link-up": "link", "node-crash": "node",
-             "node-restart": "node", "partition": "groups", "impair": "link"}  # fmt: skip
+             "node-restart": "node", "partition": "groups", "impair": "link",
+             "inject": "node"}  # fmt: skip
 _UNDO = {"link-down": "link-up", "node-crash": "node-restart", "partition": "heal"}
 
 Link = tuple[str, str]
@@ -65,6 +72,7 @@ class Event:
     groups: tuple[tuple[str, ...], ...] | None = None
     ab: Impairment | None = None  # impair: new link[0]->link[1] impairment (None: as is)
     ba: Impairment | None = None  # impair: new link[1]->link[0] impairment
+    inject: InjectSpec | None = None  # inject: what the hostile node sends, for how long
 
 
 # --- parsing (pure) --------------------------------------------------------------------
@@ -102,6 +110,10 @@ def parse_events(raw: object, source: str, topo: Topology, field: str = "events"
         if action == "impair":
             ab, ba = _impairments(ctx, table, where)
             ev = replace(ev, ab=ab, ba=ba)
+        if action == "inject":  # its `for` is how long it sends: no undoing event
+            ev = replace(ev, inject=parse_inject(ctx, table, where, topo.routing))
+            out.append(ev)
+            continue
         out.append(ev)
         if "for" in table:
             span = ctx.unit(table["for"], f"{where}.for", units.parse_duration)
@@ -243,6 +255,38 @@ _SEQ_BASE = 0x6D730000  # sequence numbers of our batches ("ms"), apart from pyr
 _ACK_TIMEOUT = 10.0  # the kernel acks a batch before sendto returns; this only guards
 
 
+# libc through PyDLL: these calls keep the GIL. An action's send and ack read per
+# namespace (about 430 system calls for a partition of Ulm) then never hand the GIL to
+# another thread (the route recorder) and wait to get it back; the kernel handles a
+# netlink request inside send, so each call is short (see _send_buffer, _read_ready).
+_LIBC = ctypes.PyDLL(None, use_errno=True)
+_LIBC.send.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
+_LIBC.send.restype = ctypes.c_ssize_t
+_LIBC.recv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_LIBC.recv.restype = ctypes.c_ssize_t
+_RECV_BUF = 65536
+
+
+def _send_buffer(node: str, sock: Any, data: bytes) -> None:
+    """Send `data` to the kernel on node's netlink socket, keeping the GIL."""
+    sent = _LIBC.send(sock.fileno(), data, len(data), 0)
+    if sent != len(data):
+        err = ctypes.get_errno() if sent < 0 else errno.EMSGSIZE
+        raise MeshstressError(f"node {node}: netlink send failed: {os.strerror(err)}")
+
+
+def _read_ready(sock: Any, buf: Any) -> bytes | None:
+    """What the socket has queued already (MSG_DONTWAIT, keeping the GIL); None if
+    nothing yet."""
+    got = _LIBC.recv(sock.fileno(), buf, _RECV_BUF, socket.MSG_DONTWAIT)
+    if got < 0:
+        err = ctypes.get_errno()
+        if err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+            return None
+        raise OSError(err, os.strerror(err))
+    return bytes(buf[:got])
+
+
 def _nlmsg(kind: int, flags: int, seq: int, body: bytes) -> bytes:
     return struct.pack("=IHHII", 16 + len(body), kind, flags, seq, 0) + body
 
@@ -338,6 +382,10 @@ class EventRunner:
         self._links_done: float | None = None  # when the last apply's link changes were made
         self._grouped: set[str] = set()  # nodes whose mesh interfaces are in MESH_GROUP
         self.use_groups = True  # False: one request per interface (benchmarks compare)
+        self.realtime = True  # False: actions run at the thread's own priority (same)
+        self.out_dir: str | None = None  # the run folder: inject/ goes there
+        self.injects: list[dict[str, Any]] = []  # started inject agents (see _inject)
+        self._inject_plans: dict[int, dict[str, Any]] = {}  # id(event) -> prepared plan
 
     def prepare(self, events: Sequence[Event]) -> None:
         """Open the netlink sockets and learn the interface indexes of every node the
@@ -359,6 +407,9 @@ class EventRunner:
         crashing = {ev.node for ev in events if ev.action == "node-crash" and ev.node}
         for node in sorted(crashing - self._grouped):
             self._group(node)
+        for ev in events:  # the forged frames are generated now, not inside the event
+            if ev.action == "inject":
+                self._inject_plans[id(ev)] = self._plan_inject(ev)
 
     def _group(self, node: str) -> None:
         """Put node's mesh interfaces (all of them, nothing else) in MESH_GROUP."""
@@ -432,6 +483,9 @@ class EventRunner:
             now = after[(node, ifname)]
             if now != was:
                 per_node.setdefault(node, []).append((ifname, now))
+        ends_of: dict[str, set[bool]] = {}  # node -> the states its interfaces end in
+        for (node, _), now in after.items():
+            ends_of.setdefault(node, set()).add(now)
         batches = []
         for node, changes in per_node.items():
             index = self._indexes(node)
@@ -439,7 +493,7 @@ class EventRunner:
             if missing:
                 raise MeshstressError(f"interface {missing[0]} of node {node} is gone")
             links = [("link", ifname, up) for ifname, up in changes]
-            ends = {after[(n, i)] for (n, i) in after if n == node}
+            ends = ends_of[node]
             if node in self._grouped and self.use_groups and len(ends) == 1:
                 (up,) = ends
                 reqs: list[tuple[Callable[[int, bool], bytes], list[tuple[str, str, bool]]]]
@@ -456,7 +510,7 @@ class EventRunner:
                 make(_SEQ_BASE + k, k == len(reqs) - 1) for k, (make, _) in enumerate(reqs)
             )
             sock = self.mesh.netlink(node)
-            sock.sendto(data, (0, 0))
+            _send_buffer(node, sock, data)
             batches.append(_Batch(node, sock, [covered for _, covered in reqs]))
         return batches
 
@@ -469,14 +523,18 @@ class EventRunner:
         down: dict[str, list[str]] = {}
         up: dict[str, list[str]] = {}
         failed: list[str] = []
+        buf = ctypes.create_string_buffer(_RECV_BUF)
         for batch in batches:
             last = _SEQ_BASE + len(batch.what) - 1
             acks: dict[int, int] = {}
             while last not in acks:
-                ready, _, _ = select.select([batch.sock], [], [], _ACK_TIMEOUT)
-                if not ready:
-                    raise MeshstressError(f"node {batch.node}: no netlink ack for link changes")
-                acks.update(parse_acks(batch.sock.recv(65536)))
+                data = _read_ready(batch.sock, buf)  # queued by the time send returned
+                if data is None:
+                    ready, _, _ = select.select([batch.sock], [], [], _ACK_TIMEOUT)
+                    if not ready:
+                        raise MeshstressError(f"node {batch.node}: no netlink ack for link changes")
+                    continue
+                acks.update(parse_acks(data))
             for k, covered in enumerate(batch.what):
                 err = acks.get(_SEQ_BASE + k, 0)
                 for kind, name, on in covered:
@@ -504,13 +562,14 @@ class EventRunner:
         """Apply `event` now; return a JSON-ready record of what was done. "t" is the
         time.monotonic() when the action began, "took_s" how long it ran; detail
         "links_s" how long after "t" the kernel had made every interface change."""
-        start = time.monotonic()
         handler = getattr(self, "_" + event.action.replace("-", "_"), None)
         if handler is None:
             raise MeshstressError(f"unknown event action {event.action!r}")
         self._links_done = None
-        with _urgent():
+        with _urgent(self.realtime):  # raised first: the action begins at full priority
+            start = time.monotonic()
             detail: dict[str, Any] = handler(event)
+            end = time.monotonic()
         if self._links_done is not None:  # every interface changed (and daemons signalled)
             detail["links_s"] = round(self._links_done - start, 6)
         return {
@@ -518,7 +577,7 @@ class EventRunner:
             "action": event.action,
             "target": target(event),
             "t": start,
-            "took_s": time.monotonic() - start,
+            "took_s": end - start,
             "detail": detail,
         }
 
@@ -623,6 +682,53 @@ class EventRunner:
         _, up = self._change(before)
         return {"restored": restored, "up": up}
 
+    def _plan_inject(self, event: Event) -> dict[str, Any]:
+        """Generate the frames of an inject event and write its plan file
+        (OUT/inject/NODE[-k].plan.json); return where everything goes."""
+        import json
+        import tempfile
+
+        from meshstress.stress import inject as inj
+
+        node, spec = self._need_node(event), event.inject
+        if spec is None:
+            raise MeshstressError("inject event without its settings")
+        ctx = inject_context(self.mesh, self.backend, self.topo, node)
+        frames = inj.generate(spec, ctx)
+        folder = os.path.join(self.out_dir or tempfile.mkdtemp(prefix="meshstress-inject-"),
+                              "inject")  # fmt: skip
+        os.makedirs(folder, exist_ok=True)
+        base, k = node, 1
+        while os.path.exists(os.path.join(folder, f"{base}.plan.json")):
+            k += 1
+            base = f"{node}-{k}"
+        paths = {w: os.path.join(folder, f"{base}.{w}") for w in ("plan.json", "pcap", "json")}
+        with open(paths["plan.json"], "w") as f:
+            json.dump({"node": node, "seed": spec.seed, "protocol": spec.protocol,
+                       "attack": spec.attack, "ifnames": [p.ifname for p in ctx.ports],
+                       "frames": [[p, b.hex()] for p, b in frames]}, f)  # fmt: skip
+        return {"node": node, "spec": spec, "paths": paths, "planned": len(frames),
+                "honest": sorted(ctx.honest)}  # fmt: skip
+
+    def _inject(self, event: Event) -> dict[str, Any]:
+        """Start the hostile node's sender (meshstress.stress.inject_agent, PID recorded,
+        role "inject"); it sends for the event's `for` and ends by itself."""
+        plan = self._inject_plans.get(id(event)) or self._plan_inject(event)
+        spec: InjectSpec = plan["spec"]
+        paths = plan["paths"]
+        argv = [sys.executable, "-m", "meshstress.stress.inject_agent", "--plan",
+                paths["plan.json"], "--pps", repr(spec.rate), "--seconds", repr(spec.duration),
+                "--pcap", paths["pcap"], "--out", paths["json"]]  # fmt: skip
+        with open(paths["json"] + ".log", "w") as log:
+            proc = self.mesh.popen(plan["node"], argv, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
+        with contextlib.suppress(psutil.NoSuchProcess):
+            self.mesh.record_process(proc, plan["node"], "inject", argv)
+        self.injects.append({**plan, "proc": proc, "t": time.monotonic()})
+        return {"pid": proc.pid, "protocol": spec.protocol, "attack": spec.attack,
+                "seed": spec.seed, "rate": spec.rate, "for_s": spec.duration,
+                "planned": plan["planned"], "pcap": paths["pcap"]}  # fmt: skip
+
     def _impair(self, event: Event) -> dict[str, Any]:
         a, b = self._need_link(event)
         ends = link_interfaces(self.mesh.state.interfaces, a, b)
@@ -642,20 +748,40 @@ class EventRunner:
         return detail
 
 
-URGENT_SWITCH_S = 0.0001
+URGENT_SWITCH_S = 0.00001  # 10 us: a partition releases the GIL ~430 times (syscalls)
+URGENT_PRIORITY = 10  # SCHED_FIFO priority of the event thread while an action runs
 
 
 @contextlib.contextmanager
-def _urgent() -> Iterator[None]:
+def _urgent(realtime: bool = True) -> Iterator[bool]:
     """While an event runs, other threads of this process (the route recorder of
-    `meshstress run` parses dumps without pause) hand the GIL back after 0.1 ms instead
+    `meshstress run` parses dumps without pause) hand the GIL back after 10 us instead
     of Python's 5 ms: each system call releases the GIL, and getting it back may take
-    up to a switch interval while another thread holds it."""
+    up to a switch interval while another thread holds it.
+
+    With `realtime`, the calling thread also runs SCHED_FIFO (URGENT_PRIORITY) until the
+    action ends: on a loaded host the kernel work of a partition (hundreds of interface
+    changes, done inside our sendto calls) is otherwise preempted by every other
+    runnable task. SCHED_RESET_ON_FORK: a daemon started meanwhile (a restart) runs at
+    normal priority. Best effort: where the kernel refuses (no CAP_SYS_NICE, no RT
+    bandwidth in this cgroup) the thread keeps its policy. Yields whether it was raised."""
     before = sys.getswitchinterval()
     sys.setswitchinterval(min(before, URGENT_SWITCH_S))
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    raised = False
+    if realtime and policy & ~os.SCHED_RESET_ON_FORK not in (os.SCHED_FIFO, os.SCHED_RR):
+        try:
+            os.sched_setscheduler(
+                0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(URGENT_PRIORITY)
+            )
+            raised = True
+        except OSError:
+            pass
     try:
-        yield
+        yield raised
     finally:
+        if raised:
+            os.sched_setscheduler(0, policy, param)
         sys.setswitchinterval(before)
 
 
@@ -702,3 +828,36 @@ def run_timeline(
         record["late_s"] = record.get("t", began) - due  # "t": when the action began
         records.append(record)
     return records
+
+
+def inject_context(mesh: Mesh, backend: Backend, topo: Topology, node: str) -> Any:
+    """What the forger needs from the live mesh: the hostile node's mesh interfaces (MAC,
+    IPv6 link-local), and every other node's originator MAC (batman-adv: its first mesh
+    interface's) and IPv4 address."""
+    from meshstress.stress import inject as inj
+
+    def macs(n: str) -> list[tuple[str, str, int]]:
+        ipr = mesh.netlink(n)
+        names = [i["ifname"] for i in mesh.state.interfaces.get(n, [])]
+        links = {lk.get_attr("IFLA_IFNAME"): lk for lk in ipr.get_links()}
+        return [(ifn, links[ifn].get_attr("IFLA_ADDRESS"), links[ifn]["index"])
+                for ifn in names if ifn in links]  # fmt: skip
+
+    ports = []
+    ipr = mesh.netlink(node)
+    for ifname, mac, index in macs(node):
+        ll = None
+        for a in ipr.get_addr(family=socket.AF_INET6, index=index):
+            addr = a.get_attr("IFA_ADDRESS")
+            if addr and addr.startswith("fe80:"):
+                ll = addr
+        ports.append(inj.Port(ifname, mac, ll))
+    batman = backend.name == "batman-adv"
+    honest = {}
+    for other in mesh.nodes:
+        if other != node:
+            found = macs(other) if batman else []
+            honest[other] = (found[0][1] if found else "", mesh.address(other))
+    algo = backend.node_config(topo, node).get("algorithm", "BATMAN_IV") if batman else ""
+    return inj.Context(node=node, address=mesh.address(node), ports=tuple(ports),
+                       honest=honest, algorithm=algo or "BATMAN_IV")  # fmt: skip

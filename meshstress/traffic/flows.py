@@ -25,16 +25,17 @@ import psutil
 
 from meshstress.errors import InputError, MeshstressError
 from meshstress.model import names, units
+from meshstress.traffic import crafted as craft
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
     from meshstress.model.topology import Topology
 
-KINDS = ("udp", "tcp", "ping", "rr")
+KINDS = ("udp", "tcp", "ping", "rr", "crafted")
 KEYS = ("name", "kind", "from", "to", "start", "duration", "rate", "size", "port")
 RR_KEYS = ("proto", "request_size", "response_size", "timeout", "retries", "backoff",
            "max_timeout", "max_outstanding", "connection")  # fmt: skip
-DEFAULT_PPS = {"udp": 100.0, "ping": 10.0, "rr": 10.0}
+DEFAULT_PPS = {"udp": 100.0, "ping": 10.0, "rr": 10.0, "crafted": 100.0}
 MAX_PPS = 100_000.0
 UDP_MIN_SIZE = 16  # seq (8 bytes) and send time (8 bytes)
 MAX_PAYLOAD = 65507
@@ -82,7 +83,7 @@ class RRSpec:
 @dataclass(frozen=True)
 class FlowSpec:
     name: str
-    kind: str  # "udp" | "tcp" | "ping"
+    kind: str  # "udp" | "tcp" | "ping" | "rr" | "crafted"
     src: str  # node names of the topology
     dst: str
     start: float = 0.0  # seconds after the traffic start (t0)
@@ -92,6 +93,7 @@ class FlowSpec:
     size: int = 200  # udp payload / ping payload bytes
     port: int | None = None  # None: assigned
     rr: RRSpec | None = None  # kind "rr": its settings
+    crafted: craft.CraftedSpec | None = None  # kind "crafted": its frame and settings
 
     def pps(self) -> float:
         """Packets per second of a udp or ping flow (a udp bitrate counts payload bits)."""
@@ -138,6 +140,7 @@ class FlowRecord:
           answered ones), received [(seq, t_send, t_reply)], duplicates included.
     tcp:  bins [(t_bin_start, bytes)] every bin_s from the receiver, tcp_info from the
           sender at its end, bytes_written by the sender.
+    crafted: sent [(seq, t_send)] (a packet's frames went back to back), frames_per_packet.
     rr:   requests [RRRequest] from the client; served [(id, attempt, t_recv)] every
           request copy the server got; responses [(id, attempt, t_recv)] every response
           the client got (late ones and duplicates included).
@@ -159,6 +162,8 @@ class FlowRecord:
     requests: list[RRRequest] = field(default_factory=list)  # rr: the client's, by id
     served: list[tuple[int, int, float]] = field(default_factory=list)  # rr: server got
     responses: list[tuple[int, int, float]] = field(default_factory=list)  # rr: client got
+    frames_per_packet: int = 1  # crafted: frames of one packet (fragments)
+    frames_sent: int = 0  # crafted: frames the raw socket took
 
     @property
     def interval(self) -> float | None:
@@ -275,10 +280,9 @@ def parse_flows(raw: object, source: str, topo: Topology, field: str = "traffic"
         if not isinstance(item, dict):
             raise InputError(source, at, "expected a table")
         for key in item:
-            if key not in KEYS and key not in RR_KEYS:
-                raise InputError(
-                    source, f"{at}.{key}", f"unknown key (known: {', '.join(KEYS + RR_KEYS)})"
-                )
+            if key not in KEYS and key not in RR_KEYS and key not in craft.KEYS:
+                known = ", ".join(KEYS + RR_KEYS + craft.KEYS)
+                raise InputError(source, f"{at}.{key}", f"unknown key (known: {known})")
         kind = item.get("kind")
         if kind not in KINDS:
             raise InputError(
@@ -287,6 +291,10 @@ def parse_flows(raw: object, source: str, topo: Topology, field: str = "traffic"
         for key in RR_KEYS:
             if key in item and kind != "rr":
                 raise InputError(source, f"{at}.{key}", f'only a kind = "rr" flow has {key}')
+        for key in craft.KEYS:
+            if key in item and kind != "crafted":
+                raise InputError(source, f"{at}.{key}", f'only a kind = "crafted" flow has {key}')
+        cspec = craft.parse_crafted(item, source, at) if kind == "crafted" else None
         ends = {}
         for key in ("from", "to"):
             node = item.get(key)
@@ -321,9 +329,15 @@ def parse_flows(raw: object, source: str, topo: Topology, field: str = "traffic"
                 pps = DEFAULT_PPS["rr"]
         elif "rate" in item:
             pps, bps = _rate(item["rate"], kind, source, f"{at}.rate")
+            if kind == "crafted" and pps is None:
+                raise InputError(
+                    source, f"{at}.rate", f'a crafted flow takes packets per second like '
+                    f'"1000pps", got {item["rate"]!r}')  # fmt: skip
         elif kind in DEFAULT_PPS:
             pps = DEFAULT_PPS[kind]
         size = 200 if kind == "udp" else 56
+        if cspec is not None:
+            size = craft.default_size(cspec.frame)
         if "size" in item:
             if kind == "tcp":
                 raise InputError(source, f"{at}.size", "a tcp flow has no packet size")
@@ -335,8 +349,12 @@ def parse_flows(raw: object, source: str, topo: Topology, field: str = "traffic"
             except ValueError as exc:
                 raise InputError(source, f"{at}.size", str(exc)) from None
             low = UDP_MIN_SIZE if kind == "udp" else 0
-            if not low <= size <= MAX_PAYLOAD:
+            if cspec is not None:
+                pass  # checked below, for every crafted flow
+            elif not low <= size <= MAX_PAYLOAD:
                 raise InputError(source, f"{at}.size", f"must be {low} to {MAX_PAYLOAD} bytes")
+        if cspec is not None:
+            craft.check_size(cspec, size, source, f"{at}.size")
         if kind == "udp" and bps is not None and not 0 < bps / (8 * size) <= MAX_PPS:
             raise InputError(
                 source, f"{at}.rate", f"{bps} bit/s at {size} B is not within (0, {MAX_PPS:g}] pps"
@@ -353,7 +371,8 @@ def parse_flows(raw: object, source: str, topo: Topology, field: str = "traffic"
             names.check(name, source, f"{at}.name", names.flow_problem)  # raw/NAME.* files
         specs.append(
             dict(name=name, kind=kind, src=ends["from"], dst=ends["to"], start=start,
-                 duration=duration, rate_pps=pps, rate_bps=bps, size=size, port=port, rr=rr)
+                 duration=duration, rate_pps=pps, rate_bps=bps, size=size, port=port, rr=rr,
+                 crafted=cspec)
         )  # fmt: skip
     taken: set[str] = set()
     for i, s in enumerate(specs):
@@ -559,9 +578,45 @@ def start_flow(
             "--backoff", repr(rr.backoff), "--max-timeout", repr(rr.max_timeout or 0.0),
             "--max-outstanding", rr.max_outstanding, "--out", flow.files["client"],
             "--ready", ready))  # fmt: skip
+    elif spec.kind == "crafted":
+        cs = spec.crafted or craft.CraftedSpec(frame="ttl1")
+        flow.files = {"send": flow.path("send.json"), "frames": flow.path("frames.pcap")}
+        ifname, src_mac, dst_mac = next_hop(mesh, spec.src, dst)
+        frames = craft.build_frames(cs, spec.size, src_mac, dst_mac, src, dst, port)
+        craft.write_pcap(flow.files["frames"], [(time.time(), f) for f in frames])
+        argv = [sys.executable, "-m", "meshstress.traffic.craft_agent", "send",
+                "--ifname", ifname, "--frames", flow.files["frames"], "--start", str(t_start),
+                "--end", str(t_end), "--pps", repr(spec.pps()),
+                "--out", flow.files["send"]]  # fmt: skip
+        if craft.varies(cs):
+            argv.append("--vary-id")
+        launch("send", spec.src, argv)
     else:
         raise ValueError(f"unknown flow kind {spec.kind!r}")
     return flow
+
+
+def next_hop(mesh: Mesh, node: str, dst: str) -> tuple[str, str, str]:
+    """(ifname, its MAC, the next hop's MAC) of node's route to address dst: the kernel's
+    route lookup inside node's namespace, then its neighbour table (one ping of the next
+    hop fills an empty entry)."""
+    ipr = mesh.netlink(node)
+    try:
+        route = ipr.route("get", dst=dst)[0]
+    except Exception as exc:  # pyroute2's NetlinkError: no route
+        raise MeshstressError(f"node {node} has no route to {dst}: {exc}") from None
+    oif = route.get_attr("RTA_OIF")
+    hop = route.get_attr("RTA_GATEWAY") or dst
+    link = ipr.get_links(oif)[0]
+    ifname, mac = link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_ADDRESS")
+    for attempt in range(2):
+        for n in ipr.get_neighbours(ifindex=oif):
+            if n.get_attr("NDA_DST") == hop and n.get_attr("NDA_LLADDR") and n["state"] & 0x7E:
+                return ifname, mac, n.get_attr("NDA_LLADDR")
+        if attempt == 0:
+            mesh.run(node, ["ping", "-n", "-q", "-c", "1", "-W", "2", "-I", ifname, hop],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    raise MeshstressError(f"node {node}: no neighbour entry for {hop} on {ifname}")
 
 
 def release(flows: list[Flow], go: str, lead: float, timeout: float) -> float:
@@ -642,6 +697,14 @@ def load_record(spec: FlowSpec, files: dict[str, str], t_start: float, t_end: fl
         rec.connected = "connected_at" in send if send else None
         if send.get("connected_at") is not None:
             rec.connected_at = float(send["connected_at"])
+    elif spec.kind == "crafted":
+        send = _load_json(files["send"], rec.errors, "sender")
+        rec.sent = [(int(s), float(t)) for s, t in send.get("sent", [])]
+        rec.send_errors = int(send.get("send_errors", 0))
+        rec.frames_per_packet = int(send.get("frames_per_packet", 1))
+        rec.frames_sent = int(send.get("frames_sent", 0))
+        for kind, n in (send.get("error_kinds") or {}).items():
+            rec.errors.append(f"sender: {n} frame(s) not sent: {kind}")
     elif spec.kind == "rr":
         client = _load_json(files["client"], rec.errors, "client")
         server = _load_json(files["server"], rec.errors, "server")

@@ -1,0 +1,64 @@
+"""A hostile node against babeld on the host (root, babeld): the run sends every planned
+forged packet, records each one in inject/NODE.pcap (the generator's bytes for the
+seed: replayable), every babeld lives through it, and the routes come back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from meshstress.traffic.crafted import read_pcap
+
+pytestmark = pytest.mark.network
+pytest.importorskip("scapy", reason="scapy not installed (pip install scapy)")
+
+SCENARIO = """
+[scenario]
+name = "inject-babel"
+duration = "14s"
+route_interval = "0.5s"
+
+[mesh]
+generate = "grid4 3 3"
+routing = "babeld"
+settings = { hello_interval = "0.5s" }
+converge_timeout = "60s"
+
+[[traffic]]
+name = "cbr"
+kind = "udp"
+from = "n0"
+to = "n8"
+rate = "20pps"
+
+[[events]]
+at = "1s"
+action = "inject"
+node = "n4"
+protocol = "babel"
+attack = "ATTACK"
+rate = "40pps"
+for = "3s"
+seed = 99
+recover_within = "30s"
+"""
+
+
+@pytest.mark.parametrize("attack", ["malformed-tlv", "seqno-jump"])
+def test_babeld_survives_a_hostile_node(run_scenario, tmp_path, attack):
+    r = run_scenario(SCENARIO.replace("ATTACK", attack))
+    inj = r["inject"]
+    (ev,) = inj["events"]
+    assert (ev["planned"], ev["sent"], ev["send_errors"]) == (120, 120, 0), ev
+    assert inj["daemons"] == {"role": "babeld", "expected": 9, "dead": [], "alive": True}
+    assert ev["routes"]["snapshots"] > 0
+    # the pcap holds exactly the frames sent, which are the plan's (the seed's) frames
+    (run,) = [p for p in Path(tmp_path).iterdir() if p.name.startswith("run")]
+    sent = [f for _, f in read_pcap(str(run / ev["pcap"]))]
+    plan = json.loads((run / "inject" / "n4.plan.json").read_text())
+    assert plan["seed"] == 99
+    assert sent == [bytes.fromhex(h) for _, h in plan["frames"]]
+    daemons = [c for c in r["checks"] if c["metric"] == "inject.daemons.alive"]
+    assert daemons and daemons[0]["passed"]
