@@ -21,21 +21,24 @@ def shortest_path_routes(topo: Topology) -> dict[str, dict[str, str]]:
     moves strictly closer to dst, so following next hops always reaches dst."""
     adj = topo.adjacency()
     order = {name: i for i, name in enumerate(topo.node_names())}
+    # neighbours in node order, sorted once (not once per destination)
+    ordered = {u: sorted(adj[u], key=order.__getitem__) for u in order}
     out: dict[str, dict[str, str]] = {name: {} for name in order}
     for dst in order:
         dist = {dst: 0}
         queue = deque([dst])
         while queue:
             u = queue.popleft()
-            for v in sorted(adj[u], key=order.__getitem__):
+            du = dist[u] + 1
+            for v in ordered[u]:
                 if v not in dist:
-                    dist[v] = dist[u] + 1
+                    dist[v] = du
                     queue.append(v)
         for u, d in dist.items():
             if u == dst:
                 continue
-            closer = [v for v in adj[u] if dist.get(v) == d - 1]
-            out[u][dst] = min(closer, key=order.__getitem__)
+            # the first neighbour in node order one hop closer
+            out[u][dst] = next(v for v in ordered[u] if dist.get(v) == d - 1)
     return out
 
 
