@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import subprocess
 import sys
 
 import pytest
 
 from meshstress import build
-from meshstress.build import bringup, netns, plan, state
+from meshstress.build import bringup, netns, plan, rtnl, state
 from meshstress.cli import host as hostcli
 from meshstress.model.topology import Link, Node, Segment, Topology
 
@@ -90,36 +92,85 @@ def test_teardown_leaves_nothing_behind() -> None:
 
 
 def test_a_failed_build_is_undone(monkeypatch) -> None:
-    real = build.IPRoute
+    """The kernel refuses the third veth pair of the batch (a name over IFNAMSIZ): the
+    error names it, and everything built so far, veths of the same batch included, goes."""
+    real = rtnl.veth_msg
     calls = {"n": 0}
 
-    class Failing:
-        """The real socket, except that the third veth fails."""
+    def failing(a, b, seq, up=True):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            a = dataclasses.replace(a, ifname="x" * 20)
+        return real(a, b, seq, up)
 
-        def __init__(self, **kw):
-            self.inner = real(**kw)
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.inner.close()
-
-        def link(self, command, **kw):
-            if command == "add" and kw.get("kind") == "veth":
-                calls["n"] += 1
-                if calls["n"] == 3:
-                    raise RuntimeError("injected failure")
-            return self.inner.link(command, **kw)
-
-    monkeypatch.setattr(build, "IPRoute", Failing)
+    monkeypatch.setattr(rtnl, "veth_msg", failing)
     run_id = plan.new_run_id()
-    with pytest.raises(RuntimeError, match="injected"):
+    with pytest.raises(rtnl.NetlinkRefused, match=r"veth ms-\w+-i\d+ in ms-\w+-n2"):
         bringup.bring_up(line(6), run_id)
+    assert calls["n"] >= 3
     assert leftovers(run_id) == []
+
+
+def test_kernel_state_is_what_the_plan_says(mesh_factory) -> None:
+    """Every interface has the plan's ifindex, master, MTU, one packet per skb and state
+    up; every address and neighbour route is there as `ip` would add it, nothing more."""
+    from pyroute2 import IPRoute
+
+    topo = line(4)
+    topo.segments.append(Segment("air", ["n0", "n2", "n3"]))
+    mesh = mesh_factory(topo)
+    p = plan.make_plan(topo, mesh.state.run_id)
+    index = p.ifindexes()
+    factory = netns.NetnsFactory()
+    try:
+        for spec in p.namespaces:
+            fd = os.open(netns.path(spec.name), os.O_RDONLY)
+            try:
+                with factory.inside(fd):
+                    ipr = IPRoute(groups=0)
+            finally:
+                os.close(fd)
+            with ipr:
+                links = {link.get_attr("IFLA_IFNAME"): link for link in ipr.get_links()}
+                addrs = {
+                    (a["index"], a.get_attr("IFA_LOCAL"), a["prefixlen"], a["scope"])
+                    for a in ipr.get_addr(family=2)
+                }
+                routes = {
+                    (r.get_attr("RTA_DST"), r["dst_len"], r.get_attr("RTA_OIF"), r["scope"],
+                     r["proto"], r["type"], r.get_attr("RTA_GATEWAY"))
+                    for r in ipr.get_routes(family=2, table=254)
+                }  # fmt: skip
+            assert links["lo"]["index"] == 1 and links["lo"]["flags"] & 1
+            assert links["lo"].get_attr("IFLA_IFALIAS") == build.mark(mesh.state.run_id)
+            mine = {ifname for (ns, ifname) in index if ns == spec.name}
+            assert set(links) - {"lo"} == mine | (
+                {p.witness + "p"} if spec.name == p.witness_ns else set()
+            )
+            for ifname in mine:
+                link = links[ifname]
+                assert link["index"] == index[(spec.name, ifname)]
+                assert link["flags"] & 1, f"{ifname} in {spec.name} is down"
+                assert link.get_attr("IFLA_MTU") == 1500
+                if not ifname.endswith("br"):
+                    assert link.get_attr("IFLA_GSO_MAX_SEGS") == 1
+                if ifname[len(p.prefix)] == "p":
+                    assert link.get_attr("IFLA_MASTER") == index[(spec.name, p.prefix + "br")]
+            want_addrs = {
+                (index[(a.ns, a.ifname)], a.address.split("/")[0], 32, 0)
+                for a in p.addresses
+                if a.ns == spec.name
+            }
+            want_addrs.add((1, "127.0.0.1", 8, 254))  # lo is up in hubs too
+            assert addrs == want_addrs
+            want_routes = {
+                (r.dst.split("/")[0], 32, index[(r.ns, r.ifname)], 253, 4, 1, None)
+                for r in p.routes
+                if r.ns == spec.name
+            }
+            assert routes == want_routes
+    finally:
+        factory.close()
 
 
 def test_cli_up_exec_status_down(tmp_path) -> None:

@@ -134,3 +134,29 @@ def test_netem_args() -> None:
     # a long delay at a high rate needs a deeper queue than netem's 1000 packets
     assert netem_args(Impairment(delay=1.0))["limit"] > 1000
     assert describe(Impairment(loss=0.05, delay=0.02)) == "loss 5%, delay 20ms"
+
+
+def test_interfaces_by_node_are_each_nodes_ends_in_creation_order() -> None:
+    from meshstress.model import generators
+
+    topo = generators.grid4(5, 4)
+    topo.segments.append(Segment("air", ["n0", "n7", "n12"]))
+    p = make_plan(topo, "ab")
+    by_node = p.interfaces_by_node()
+    assert set(by_node) == set(p.node_ns)
+    for node, ns in p.node_ns.items():
+        ends = [end for v in p.veths for end in (v.a, v.b) if end.ns == ns]
+        ends.sort(key=lambda i: int(i.ifname.rsplit("i", 1)[-1]))
+        assert by_node[node] == ends == p.interfaces(node)
+        assert [int(e.ifname.rsplit("i", 1)[-1]) for e in ends] == list(range(len(ends)))
+
+
+def test_state_file_dict_is_asdict() -> None:
+    from dataclasses import asdict
+
+    st = RunState(run_id="ab", topology="t", namespaces=["ms-ab-n0"], node_ns={"n0": "ms-ab-n0"})
+    st.interfaces = {"n0": [{"ifname": "ms-ab-i0", "peer": "n1", "segment": None}]}
+    st.processes.append(ProcessRecord(pid=1, create_time=2.0, node="n0", role="x", argv=["a"]))
+    st.extra["static_routes"] = 3
+    assert st.to_dict() == asdict(st)
+    assert RunState.from_dict(st.to_dict()) == st

@@ -571,3 +571,21 @@ def test_record_routes_samples_over_time_and_flaps_are_counted() -> None:
     flaps = route_changes(snaps)
     assert flaps[("a", "c")] == len(snaps) - 1
     assert flaps[("b", "c")] == 0
+
+
+def test_static_hop_counts_are_the_lengths_of_the_followed_paths() -> None:
+    from meshstress.routing.static import hop_counts, path_hops, shortest_path_routes
+
+    topo = generators.grid4(6, 5)
+    topo.links.append(Link("n0", "n29"))
+    routes = shortest_path_routes(topo)
+    # a gap (n3 has no route to n9) and a loop (n5 and n6 point at each other for n20)
+    routes["n3"].pop("n9")
+    routes["n5"]["n20"], routes["n6"]["n20"] = "n6", "n5"
+    counts = hop_counts(routes)
+    for node, row in routes.items():
+        assert set(counts[node]) == set(row)
+        for dst in row:
+            path = path_hops(routes, node, dst)
+            assert counts[node][dst] == (len(path) - 1 if path else 0), (node, dst)
+    assert counts["n5"]["n20"] == 0 and counts["n0"]["n29"] == 1

@@ -274,3 +274,25 @@ def test_light_commands_do_not_import_netlink_or_the_runner(argv: list[str]) -> 
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in r.stderr, r.stderr
+
+
+def test_gen_json_is_meshnet_lab_json_that_loads_back_equal() -> None:
+    from meshstress.model.topofile import loads_meshnet_json
+
+    code, out, _ = run("topo", "gen", "grid4", "4", "3", "--format", "json", "--loss", "5%")
+    assert code == 0
+    data = json.loads(out)
+    assert len(data["nodes"]) == 12 and len(data["links"]) == 17
+    assert {"source", "target", "source_tq", "target_tq"} <= set(data["links"][0])
+    back = loads_meshnet_json(out, "g.json")
+    toml = loads_toml(run("topo", "gen", "grid4", "4", "3", "--loss", "5%")[1], "g.toml")
+    assert [n.name for n in back.nodes] == [n.name for n in toml.nodes]
+    assert [n.pos for n in back.nodes] == [n.pos for n in toml.nodes]
+    assert [(lk.a, lk.b) for lk in back.links] == [(lk.a, lk.b) for lk in toml.links]
+    assert all(abs(lk.ab.loss - 0.05) < 1e-9 and abs(lk.ba.loss - 0.05) < 1e-9 for lk in back.links)
+
+
+@pytest.mark.parametrize("args", [["--delay", "5ms"], ["--model", "segment"], ["--rate", "1mbit"]])
+def test_gen_json_refuses_what_meshnet_lab_json_cannot_hold(args: list[str]) -> None:
+    code, out, err = run("topo", "gen", "line", "3", "--format", "json", *args)
+    assert code == 2 and out == "" and "--format json" in err

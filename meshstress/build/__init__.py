@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import weakref
@@ -19,17 +20,17 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import psutil
-from pyroute2 import IPRoute
-from pyroute2.ethtool.ioctl import IoctlEthtool
-from pyroute2.netlink.exceptions import NetlinkError
 
-from meshstress.build import impair, netns
+from meshstress.build import impair, netns, rtnl
 from meshstress.build.plan import OBJECT_RE, Plan, run_prefix
 from meshstress.build.state import ProcessRecord, RunState, removable
 from meshstress.errors import Interrupted, MeshstressError
 from meshstress.model.topology import Impairment
 
 if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+    from pyroute2.ethtool.ioctl import IoctlEthtool
+
     from meshstress.traffic import PingResult
 
 HUB_SYSCTLS = {"net.ipv6.conf.default.disable_ipv6": "1", "net.ipv6.conf.all.disable_ipv6": "1"}
@@ -60,150 +61,168 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def _index(sock: IPRoute, ifname: str) -> int:
-    found = sock.link_lookup(ifname=ifname)
-    if not found:
-        raise MeshstressError(f"interface {ifname} vanished while building")
-    return int(found[0])
-
-
 def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = None) -> None:
     """Create every namespace, bridge, veth, address and route of the plan.
 
     On any error or interrupt the caller tears down using `state`, which already
-    lists every namespace before the first one is made."""
+    lists every namespace before the first one is made.
+
+    Netlink requests are built as bytes (meshstress.build.rtnl) and sent in batches:
+    every veth pair from one socket in the host namespace, created directly inside its
+    two namespaces with the ifindex the plan gives it (Plan.ifindexes); then one buffer
+    per namespace with its links up, addresses and routes, which needs no dump of what
+    is there. Impairments (qdiscs, offloads) still go through pyroute2, only where a
+    link is impaired."""
     say = progress or (lambda msg: None)
     state.namespaces = [ns.name for ns in plan.namespaces]
     state.host_links = [plan.witness] if plan.witness else []
     state.node_ns = dict(plan.node_ns)
     state.node_addresses = dict(plan.node_addresses)
     state.interfaces = {
-        node: [
-            {"ifname": i.ifname, "peer": i.peer_node, "segment": i.segment}
-            for i in plan.interfaces(node)
-        ]
-        for node in plan.node_ns
+        node: [{"ifname": i.ifname, "peer": i.peer_node, "segment": i.segment} for i in ends]
+        for node, ends in plan.interfaces_by_node().items()
     }
     state.save()
     netns.raise_fd_limit()
+    index = plan.ifindexes()
+    alias = mark(state.run_id)
     fds: dict[str, int] = {}
-    socks: dict[str, IPRoute] = {}
-    root = IPRoute(groups=0)
     with netns.NetnsFactory() as factory:
         try:
             say(f"namespaces: {len(plan.namespaces)}")
-            for spec in plan.namespaces:
-                sysctls = plan.sysctls if spec.node is not None else HUB_SYSCTLS
-                fds[spec.name] = factory.create(spec.name, sysctls)
+            specs = [
+                (spec.name, plan.sysctls if spec.node is not None else HUB_SYSCTLS)
+                for spec in plan.namespaces
+            ]
+            fds.update(factory.create_many(specs, threads=NETNS_THREADS))
 
-            def sock(ns: str) -> IPRoute:
-                if ns not in socks:
-                    socks[ns] = factory.netlink(fds[ns])
-                return socks[ns]
-
-            bridge_index: dict[str, int] = {}
             for br in plan.bridges:
-                s = sock(br.ns)
-                # ageing 0: the bridge learns nothing and floods every frame to every
-                # port, as a radio channel reaches every member.
-                s.link(
-                    "add",
-                    ifname=br.ifname,
-                    kind="bridge",
-                    br_ageing_time=0,
-                    br_forward_delay=0,
-                    br_stp_state=0,
-                    br_mcast_snooping=0,
-                    state="up",
-                )
-                bridge_index[br.ns] = _index(s, br.ifname)
-                s.link("set", index=1, state="up", ifalias=mark(state.run_id))
+                batch = rtnl.Batch()
+                batch.add(rtnl.bridge_msg(br.ifname, index[(br.ns, br.ifname)], batch.seq()),
+                          f"bridge {br.ifname} in {br.ns}")  # fmt: skip
+                batch.add(rtnl.link_set_msg(LO_INDEX, batch.seq(), up=True, alias=alias),
+                          f"lo up in {br.ns}")  # fmt: skip
+                _send_inside(factory, fds[br.ns], batch)
 
             say(f"veth pairs: {len(plan.veths)}")
+            batch = rtnl.Batch()
             for v in plan.veths:
                 # One packet per skb on every end (see ONE_PACKET_PER_SKB).
-                kwargs: dict[str, Any] = dict(ONE_PACKET_PER_SKB)
-                if v.master_a:
-                    kwargs["master"] = bridge_index[v.a.ns]
-                if v.mtu:
-                    kwargs["mtu"] = v.mtu
-                peer: dict[str, Any] = {
-                    "ifname": v.b.ifname,
-                    "net_ns_fd": fds[v.b.ns],
-                    **ONE_PACKET_PER_SKB,
-                }
-                if v.mtu:
-                    peer["mtu"] = v.mtu
-                root.link(
-                    "add",
-                    ifname=v.a.ifname,
-                    kind="veth",
-                    net_ns_fd=fds[v.a.ns],
-                    state="up",
-                    peer=peer,
-                    **kwargs,
+                a = rtnl.VethEnd(
+                    v.a.ifname,
+                    fds[v.a.ns],
+                    index[(v.a.ns, v.a.ifname)],
+                    ONE_PACKET_PER_SKB["gso_max_segs"],
+                    v.mtu,
+                    index[(v.a.ns, v.master_a)] if v.master_a else None,
                 )
+                b = rtnl.VethEnd(
+                    v.b.ifname,
+                    fds[v.b.ns],
+                    index[(v.b.ns, v.b.ifname)],
+                    ONE_PACKET_PER_SKB["gso_max_segs"],
+                    v.mtu,
+                )
+                batch.add(rtnl.veth_msg(a, b, batch.seq()), f"veth {v.a.ifname} in {v.a.ns}")
             if plan.witness:
-                root.link(
-                    "add",
-                    ifname=plan.witness,
-                    kind="veth",
-                    peer={"ifname": plan.witness + "p", "net_ns_fd": fds[plan.witness_ns]},
+                batch.add(
+                    rtnl.veth_msg(
+                        rtnl.VethEnd(plan.witness, factory.home),
+                        rtnl.VethEnd(plan.witness + "p", fds[plan.witness_ns]),
+                        batch.seq(),
+                        up=False,
+                    ),
+                    f"witness veth {plan.witness}",
                 )
-                root.link("set", ifname=plan.witness, ifalias=mark(state.run_id))
+                batch.add(
+                    rtnl.link_set_msg(0, batch.seq(), alias=alias, ifname=plan.witness),
+                    f"alias of {plan.witness}",
+                )
+            with contextlib.closing(rtnl.open_socket()) as root:
+                batch.send(root)
 
             say("addresses, routes and impairments")
-            peers_up: dict[str, list[str]] = {}
+            per_ns: dict[str, rtnl.Batch] = {}
+            for spec in plan.namespaces:
+                if spec.node is not None:
+                    batch = per_ns[spec.name] = rtnl.Batch()
+                    batch.add(
+                        rtnl.link_set_msg(LO_INDEX, batch.seq(), up=True, alias=alias),
+                        f"lo up in {spec.name}",
+                    )
             for v in plan.veths:
-                peers_up.setdefault(v.b.ns, []).append(v.b.ifname)
-            addrs: dict[str, list[tuple[str, str]]] = {}
-            for a in plan.addresses:
-                addrs.setdefault(a.ns, []).append((a.ifname, a.address))
+                if v.b.ns in per_ns:
+                    b_batch = per_ns[v.b.ns]
+                    b_batch.add(
+                        rtnl.link_set_msg(index[(v.b.ns, v.b.ifname)], b_batch.seq(), up=True),
+                        f"{v.b.ifname} up in {v.b.ns}",
+                    )
+            for ad in plan.addresses:
+                batch = per_ns[ad.ns]
+                ip, plen = ad.address.split("/")
+                batch.add(
+                    rtnl.addr_msg(index[(ad.ns, ad.ifname)], ip, int(plen), batch.seq()),
+                    f"address {ad.address} on {ad.ifname} in {ad.ns}",
+                )
+            for r in plan.routes:
+                batch = per_ns[r.ns]
+                batch.add(
+                    rtnl.route_msg(r.dst, index[(r.ns, r.ifname)], batch.seq(), r.gateway),
+                    f"route {r.dst} via {r.ifname} in {r.ns}",
+                )
             impaired: dict[str, list[tuple[str, Impairment]]] = {}
             for end in plan.impaired():
                 impaired.setdefault(end.ns, []).append((end.ifname, end.egress))
             mtus = {end.ifname: v.mtu or 1500 for v in plan.veths for end in (v.a, v.b)}
-            routes: dict[str, list[tuple[str, str, str | None]]] = {}
-            for r in plan.routes:
-                routes.setdefault(r.ns, []).append((r.ifname, r.dst, r.gateway))
-            for spec in plan.namespaces:
-                if spec.node is None:
-                    continue
-                s = sock(spec.name)
-                index = {link.get_attr("IFLA_IFNAME"): link["index"] for link in s.get_links()}
-                s.link("set", index=index["lo"], state="up", ifalias=mark(state.run_id))
-                for ifname in peers_up.get(spec.name, []):
-                    s.link("set", index=index[ifname], state="up")
-                for ifname, address in addrs.get(spec.name, []):
-                    ip, plen = address.split("/")
-                    s.addr("add", index=index[ifname], address=ip, prefixlen=int(plen))
-                for ifname, dst, gateway in routes.get(spec.name, []):
-                    kw: dict[str, Any] = {"dst": dst, "oif": index[ifname]}
-                    if gateway:
-                        kw["gateway"] = gateway
-                    else:
-                        kw["scope"] = 253  # link
-                    s.route("add", **kw)
-                if impaired.get(spec.name):
-                    with factory.inside(fds[spec.name]):
-                        ethtool = IoctlEthtool()
-                    try:
-                        for ifname, egress in impaired[spec.name]:
-                            impair.disable_offloads(ethtool, ifname)
-                            impair.apply(s, index[ifname], egress, mtus[ifname])
-                    finally:
-                        ethtool.close()
-                s.close()
-                del socks[spec.name]
+            for ns, batch in per_ns.items():
+                _send_inside(factory, fds[ns], batch)
+                if impaired.get(ns):
+                    _impair(factory, fds[ns], impaired[ns], index, ns, mtus)
         finally:
-            for s in socks.values():
-                s.close()
             for fd in fds.values():
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            root.close()
     state.status = "up"
     state.save()
+
+
+LO_INDEX = 1  # the loopback of a new namespace
+# Threads that create namespaces at once. Two on this 2-core host were no faster (the
+# kernel's share of the work grew; docs/performance.md), so one, until a host shows gain.
+NETNS_THREADS = 1
+
+
+def _send_inside(factory: netns.NetnsFactory, fd: int, batch: rtnl.Batch) -> None:
+    """Send a batch from a socket opened inside namespace `fd` (it stays bound there)."""
+    with factory.inside(fd):
+        sock = rtnl.open_socket()
+    with contextlib.closing(sock):
+        batch.send(sock)
+
+
+def _impair(
+    factory: netns.NetnsFactory,
+    fd: int,
+    ends: list[tuple[str, Impairment]],
+    index: dict[tuple[str, str], int],
+    ns: str,
+    mtus: dict[str, int],
+) -> None:
+    """Offloads off and the qdisc chain on each impaired interface of one namespace."""
+    from pyroute2.ethtool.ioctl import IoctlEthtool
+
+    s = factory.netlink(fd)
+    try:
+        with factory.inside(fd):
+            ethtool = IoctlEthtool()
+        try:
+            for ifname, egress in ends:
+                impair.disable_offloads(ethtool, ifname)
+                impair.apply(s, index[(ns, ifname)], egress, mtus[ifname])
+        finally:
+            ethtool.close()
+    finally:
+        s.close()
 
 
 # --- teardown ------------------------------------------------------------------
@@ -240,6 +259,8 @@ def stop_processes(
 
 def wait_host_links_gone(names: Sequence[str], timeout: float) -> list[str]:
     """Poll the host namespace until none of `names` exists; return those left."""
+    from pyroute2 import IPRoute
+
     deadline = time.monotonic() + timeout
     with IPRoute(groups=0) as ipr:
         while True:
@@ -251,6 +272,9 @@ def wait_host_links_gone(names: Sequence[str], timeout: float) -> list[str]:
 
 
 def delete_host_links(names: Sequence[str]) -> None:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     with IPRoute(groups=0) as ipr:
         for name in names:
             for index in ipr.link_lookup(ifname=name):
@@ -303,6 +327,8 @@ MARK_PREFIX = "meshstress:"
 
 def _namespace_mark(name: str) -> str | None:
     """The alias of the loopback inside namespace `name`, or None."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         fd = os.open(netns.path(name), os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -326,6 +352,9 @@ def sweep(run_ids: Sequence[str] | None, keep: Sequence[str] = ()) -> tuple[list
     whose names start with ms-RUN- (any run if `run_ids` is None) *and* that carry the
     run's mark (`mark`). A look-alike that someone else made keeps its life, and so do
     the runs in `keep` (live ones). Returns (removed, spared)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     removed: list[str] = []
     spared: list[str] = []
 
@@ -373,6 +402,7 @@ class Mesh:
         self._factory: netns.NetnsFactory | None = None
         self._socks: dict[str, IPRoute] = {}
         self._ethtools: dict[str, IoctlEthtool] = {}
+        self._rtnls: dict[str, socket.socket] = {}
         _LIVE_MESHES.add(self)
 
     @property
@@ -404,9 +434,19 @@ class Mesh:
                 os.close(fd)
         return self._socks[node]
 
+    def rtnl(self, node: str) -> socket.socket:
+        """A cached plain rtnetlink socket inside the node's namespace, for requests
+        built as bytes (meshstress.build.rtnl)."""
+        if node not in self._rtnls:
+            with netns.entered(self.ns(node)):
+                self._rtnls[node] = rtnl.open_socket()
+        return self._rtnls[node]
+
     def ethtool(self, node: str) -> IoctlEthtool:
         """A cached ethtool ioctl socket inside the node's namespace."""
         if node not in self._ethtools:
+            from pyroute2.ethtool.ioctl import IoctlEthtool
+
             if self._factory is None:
                 self._factory = netns.NetnsFactory()
             fd = os.open(netns.path(self.ns(node)), os.O_RDONLY)
@@ -465,6 +505,9 @@ class Mesh:
         for e in self._ethtools.values():
             e.close()
         self._ethtools.clear()
+        for r in self._rtnls.values():
+            r.close()
+        self._rtnls.clear()
         if self._factory is not None:
             self._factory.close()
             self._factory = None

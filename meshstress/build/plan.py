@@ -108,15 +108,47 @@ class Plan:
 
     def interfaces(self, node: str) -> list[IfSpec]:
         """The mesh interfaces of a node, in creation order."""
-        ns = self.node_ns[node]
-        out = [v.a for v in self.veths if v.a.ns == ns]
-        out += [v.b for v in self.veths if v.b.ns == ns]
-        return sorted(out, key=lambda i: int(i.ifname.rsplit("i", 1)[-1]))
+        return self.interfaces_by_node()[node]
+
+    def interfaces_by_node(self) -> dict[str, list[IfSpec]]:
+        """{node: its mesh interfaces in creation order}, every node, in one pass over
+        the veths (asking `interfaces` node by node would scan them once per node)."""
+        node_of = {ns: node for node, ns in self.node_ns.items()}
+        out: dict[str, list[IfSpec]] = {node: [] for node in self.node_ns}
+        for v in self.veths:
+            for end in (v.a, v.b):
+                if end.ns in node_of:
+                    out[node_of[end.ns]].append(end)
+        for ends in out.values():
+            ends.sort(key=lambda i: int(i.ifname.rsplit("i", 1)[-1]))
+        return out
 
     def impaired(self) -> list[IfSpec]:
         """Node-side interfaces whose egress is not ideal: each gets a netem qdisc."""
         ends = [end for v in self.veths for end in (v.a, v.b)]
         return [e for e in ends if e.ns in self.node_ns.values() and not e.egress.is_ideal()]
+
+    def ifindexes(self) -> dict[tuple[str, str], int]:
+        """{(namespace, ifname): ifindex} for every bridge and veth end the plan makes.
+
+        The builder gives each interface this index when it creates it, so it can
+        address, route and enslave without asking the kernel first: in a new namespace
+        lo is 1, then the plan's interfaces count up in creation order (bridges, then
+        each veth pair's a and b end), which is also what the kernel would pick."""
+        out: dict[tuple[str, str], int] = {}
+        nxt: dict[str, int] = {}
+
+        def take(ns: str, ifname: str) -> None:
+            k = nxt.get(ns, 2)
+            nxt[ns] = k + 1
+            out[(ns, ifname)] = k
+
+        for br in self.bridges:
+            take(br.ns, br.ifname)
+        for v in self.veths:
+            take(v.a.ns, v.a.ifname)
+            take(v.b.ns, v.b.ifname)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

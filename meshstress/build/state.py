@@ -17,7 +17,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from meshstress import safefs
@@ -66,10 +66,19 @@ class RunState:
         tmp = f"{self.path}.tmp{os.getpid()}"
         with _SAVE_LOCK:
             with open(tmp, "w") as f:
-                json.dump(asdict(self), f, indent=1)
+                # one line: json's C encoder (indent would take its pure-Python path,
+                # 3x slower on a thousand nodes, and a build saves three times)
+                f.write(json.dumps(self.to_dict()))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the state file holds: dataclasses.asdict's result, without its deep copy
+        of every interface list (a third of a save on a thousand nodes)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["processes"] = [asdict(p) for p in self.processes]
+        return out
 
     def remove(self) -> None:
         try:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from meshstress.model import generators, units
-from meshstress.model.topofile import dumps_toml, load, loads_toml
+from meshstress.model.topofile import dumps_meshnet_json, dumps_toml, load, loads_toml
 from meshstress.model.topology import DEFAULT_PREFIX, LINK_MODELS, ROUTINGS, Impairment, Topology
 
 # kind -> (argument names, builder)
@@ -61,6 +61,14 @@ def _parse_opt(value: str | None, parse: Any, name: str) -> Any:
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True)
 @click.option("--name", default=None, help="topology name (default: e.g. grid4-10x10)")
 @click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["toml", "json"]),
+    default="toml",
+    show_default=True,
+    help="toml (meshstress) or json (meshnet-lab: nodes and links, loss as tq)",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False),
@@ -81,9 +89,10 @@ def gen(
     routing: str,
     prefix: str,
     name: str | None,
+    fmt: str,
     output: str | None,
 ) -> None:
-    """Write a generated topology as TOML.
+    """Write a generated topology as TOML (or meshnet-lab JSON).
 
     \b
     KIND and ARGS:
@@ -122,9 +131,15 @@ def gen(
         raise click.UsageError(f"{kind}: {exc}") from None
     if name is not None:
         t.name = name
-    text = dumps_toml(t)
     # what we write must load: this also validates --prefix against the node count
-    loads_toml(text, output or "<generated>")
+    loads_toml(dumps_toml(t), output or "<generated>")
+    if fmt == "json":
+        try:
+            text = dumps_meshnet_json(t)
+        except ValueError as exc:
+            raise click.UsageError(f"--format json: {exc}") from None
+    else:
+        text = dumps_toml(t)
     if output:
         Path(output).write_text(text, encoding="utf-8")
     else:

@@ -685,6 +685,41 @@ def _tq_loss(ctx: _Ctx, value: object, field: str) -> float:
     return 1.0 - float(value)
 
 
+# --- meshnet-lab JSON writing ----------------------------------------------------------
+
+
+def dumps_meshnet_json(topology: Topology) -> str:
+    """Write `topology` as meshnet-lab JSON (`network.py apply FILE` builds it, and
+    loads_meshnet_json reads it back): nodes (id, label as `name`, x/y) and links, a
+    lossy direction as its tq (1 - loss). What that format cannot hold (shared segments,
+    delay, jitter, rate, bursts, routing, prefix) raises ValueError."""
+    t = topology
+    if t.segments or any(link.model == "segment" for link in t.links):
+        raise ValueError("meshnet-lab JSON has no shared segments")
+    nodes: list[dict[str, Any]] = []
+    for n in t.nodes:
+        node: dict[str, Any] = {"id": n.name}
+        if n.label is not None:
+            node["name"] = n.label
+        if n.pos is not None:
+            node["x"], node["y"] = n.pos
+        nodes.append(node)
+    links: list[dict[str, Any]] = []
+    for link in t.links:
+        row: dict[str, Any] = {"source": link.a, "target": link.b}
+        for key, imp in (("source_tq", link.ab), ("target_tq", link.ba)):
+            if imp != Impairment(loss=imp.loss):
+                raise ValueError(
+                    f"link {link.a}-{link.b}: meshnet-lab JSON holds only loss (as tq)"
+                )
+            if imp.loss:
+                row[key] = 1.0 - imp.loss
+        if link.kind is not None:
+            row["type"] = link.kind
+        links.append(row)
+    return json.dumps({"nodes": nodes, "links": links}, indent=1) + "\n"
+
+
 # --- TOML writing --------------------------------------------------------------------
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")

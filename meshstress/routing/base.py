@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psutil
-from pyroute2.netlink.exceptions import NetlinkError
 
 from meshstress.build import netns, stop_processes
 from meshstress.build import state as state_mod
@@ -405,6 +404,8 @@ def neighbour_route_ifaces(mesh: Mesh, node: str) -> dict[str, str]:
 def restore_neighbour_routes(mesh: Mesh, node: str) -> list[str]:
     """Put back node's neighbour host routes (scope link) on interfaces that are up; the
     kernel flushes them when an interface is set down. Returns the neighbours restored."""
+    from pyroute2.netlink.exceptions import NetlinkError  # here: `up` starts without it
+
     ipr = mesh.netlink(node)
     up = {
         link.get_attr("IFLA_IFNAME"): link["index"]

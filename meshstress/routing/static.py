@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from meshstress.build import rtnl
 from meshstress.routing.base import RT_PROTO_MESHSTRESS, Backend
 
 if TYPE_CHECKING:
@@ -20,21 +21,24 @@ def shortest_path_routes(topo: Topology) -> dict[str, dict[str, str]]:
     moves strictly closer to dst, so following next hops always reaches dst."""
     adj = topo.adjacency()
     order = {name: i for i, name in enumerate(topo.node_names())}
+    # neighbours in node order, sorted once (not once per destination)
+    ordered = {u: sorted(adj[u], key=order.__getitem__) for u in order}
     out: dict[str, dict[str, str]] = {name: {} for name in order}
     for dst in order:
         dist = {dst: 0}
         queue = deque([dst])
         while queue:
             u = queue.popleft()
-            for v in sorted(adj[u], key=order.__getitem__):
+            du = dist[u] + 1
+            for v in ordered[u]:
                 if v not in dist:
-                    dist[v] = dist[u] + 1
+                    dist[v] = du
                     queue.append(v)
         for u, d in dist.items():
             if u == dst:
                 continue
-            closer = [v for v in adj[u] if dist.get(v) == d - 1]
-            out[u][dst] = min(closer, key=order.__getitem__)
+            # the first neighbour in node order one hop closer
+            out[u][dst] = next(v for v in ordered[u] if dist.get(v) == d - 1)
     return out
 
 
@@ -47,6 +51,37 @@ def path_hops(routes: dict[str, dict[str, str]], src: str, dst: str) -> list[str
             return None
         path.append(nxt)
     return path
+
+
+def hop_counts(routes: dict[str, dict[str, str]]) -> dict[str, dict[str, int]]:
+    """{node: {dst: hops}} for every route of `routes`: the length of path_hops(routes,
+    node, dst), 0 where that finds a gap or a loop. Each path is walked once per
+    destination (calling path_hops for every pair walks it again for each node on it)."""
+    out: dict[str, dict[str, int]] = {node: {} for node in routes}
+    dsts = {dst for row in routes.values() for dst in row}
+    for dst in dsts:
+        known: dict[str, int | None] = {dst: 0}
+        for start, row in routes.items():
+            if dst not in row:
+                continue
+            path, on_path = [start], {start}
+            base: int | None
+            while True:
+                last = path[-1]
+                if last in known:
+                    base = known[last]
+                    break
+                nxt = routes.get(last, {}).get(dst)
+                if nxt is None or nxt in on_path:
+                    base = None
+                    break
+                path.append(nxt)
+                on_path.add(nxt)
+            for k, node in enumerate(reversed(path)):
+                if node not in known:
+                    known[node] = None if base is None else base + k
+            out[start][dst] = known[start] or 0
+    return out
 
 
 def neighbour_interfaces(mesh: Mesh) -> dict[tuple[str, str], str]:
@@ -77,11 +112,17 @@ class StaticBackend(Backend):
     def __init__(self, settings: dict[str, Any] | None = None, source: str = "topology") -> None:
         super().__init__(settings, source)
         self._table: tuple[Topology, dict[str, dict[str, str]]] | None = None
+        self._hops: tuple[Topology, dict[str, dict[str, int]]] | None = None
 
     def _routes(self, topo: Topology) -> dict[str, dict[str, str]]:
         if self._table is None or self._table[0] is not topo:
             self._table = (topo, shortest_path_routes(topo))
         return self._table[1]
+
+    def _hop_counts(self, topo: Topology) -> dict[str, dict[str, int]]:
+        if self._hops is None or self._hops[0] is not topo:
+            self._hops = (topo, hop_counts(self._routes(topo)))
+        return self._hops[1]
 
     def start(self, mesh: Mesh, topo: Topology) -> None:
         facing = neighbour_interfaces(mesh)
@@ -105,30 +146,33 @@ class StaticBackend(Backend):
     def _install(
         self, mesh: Mesh, topo: Topology, node: str, facing: dict[tuple[str, str], str]
     ) -> int:
+        """Replace the node's routes: one netlink buffer (meshstress.build.rtnl), the
+        same requests pyroute2's route("replace", ...) sent one at a time."""
         table = self._routes(topo)
-        ipr = mesh.netlink(node)
-        links = ipr.get_links()
-        index = {link.get_attr("IFLA_IFNAME"): link["index"] for link in links}
-        down = {link.get_attr("IFLA_IFNAME") for link in links if not link["flags"] & 1}
-        count = 0
+        hops = self._hop_counts(topo).get(node, {})
+        sock = mesh.rtnl(node)
+        links = rtnl.dump_links(sock)
+        address = {n: a.split("/")[0] for n, a in mesh.state.node_addresses.items()}
+        batch = rtnl.Batch()
         for dst, next_hop in sorted(table.get(node, {}).items()):
             if next_hop == dst:
                 continue  # a neighbour: the builder's host route already covers it
             ifname = facing[(node, next_hop)]
-            if ifname in down:
+            index, flags = links[ifname]
+            if not flags & 1:
                 continue  # the kernel refuses a next hop on a down interface
-            path = path_hops(table, node, dst)
-            hops = len(path) - 1 if path else 0
-            ipr.route(
-                "replace",
-                dst=f"{mesh.address(dst)}/32",
-                gateway=mesh.address(next_hop),
-                oif=index[ifname],
+            msg = rtnl.route_msg(
+                f"{address[dst]}/32",
+                index,
+                batch.seq(),
+                gateway=address[next_hop],
                 proto=RT_PROTO_MESHSTRESS,
-                priority=hops,
+                priority=hops.get(dst, 0),
+                replace=True,
             )
-            count += 1
-        return count
+            batch.add(msg, f"{node}: route to {dst} via {next_hop}")
+        batch.send(sock)
+        return len(batch)
 
     def stop_node(self, mesh: Mesh, node: str, kill: bool = True) -> None:
         """Remove the node's routes (proto 233); a crash downs its interfaces anyway."""
