@@ -142,7 +142,7 @@ def test_kernel_state_is_what_the_plan_says(mesh_factory) -> None:
                     for r in ipr.get_routes(family=2, table=254)
                 }  # fmt: skip
             assert links["lo"]["index"] == 1 and links["lo"]["flags"] & 1
-            assert links["lo"].get_attr("IFLA_IFALIAS") == build.mark(mesh.state.run_id)
+            assert links["lo"].get_attr("IFLA_IFALIAS") == build.mark(mesh.state.run_id, mesh.state.owner_pid, mesh.state.created)
             mine = {ifname for (ns, ifname) in index if ns == spec.name}
             assert set(links) - {"lo"} == mine | (
                 {p.witness + "p"} if spec.name == p.witness_ns else set()

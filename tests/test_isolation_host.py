@@ -178,7 +178,37 @@ def test_clean_all_removes_marked_leftovers_and_spares_look_alikes(tmp_path) -> 
         subprocess.run(["ip", "netns", "del", decoy_ns], capture_output=True)
         subprocess.run(["ip", "link", "del", decoy_link], capture_output=True)
         if run_id is not None:
-            build.sweep([run_id])
+            build.sweep([run_id])  # (removed, spared, live)
+
+
+def test_clean_all_of_another_state_directory_spares_a_live_run(tmp_path, monkeypatch) -> None:
+    """A run whose state file lives in another state directory (another user's CI, a test
+    with its own MESHSTRESS_STATE_DIR, a benchmark) is invisible to `clean --all`'s state
+    files; its mark names its owner, alive, so the sweep leaves it. Once the owner has
+    gone, the same sweep removes it."""
+    from meshstress.model.topology import Link, Node, Topology
+
+    monkeypatch.setattr(state, "STATE_DIR", str(tmp_path / "mine"))
+    (tmp_path / "theirs").mkdir()
+    env = env_with_state(tmp_path / "theirs")
+    line = Topology("l2", [Node("a"), Node("b")], [Link("a", "b")])
+    mine = bringup.bring_up(line, wait=False).state
+    try:
+        out = subprocess.run(
+            [*EXE, "clean", "--all"], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        names = [n for n in netns.list_names() if n.startswith(run_prefix(mine.run_id))]
+        assert len(names) == 2, out.stdout
+        assert all(f"left {n}: the run that made it is still running" in out.stdout
+                   for n in names), out.stdout  # fmt: skip
+        # the same namespaces with an owner that has gone (a PID that started later than
+        # the run: recycled) are leftovers
+        assert build.read_mark(build.mark(mine.run_id, os.getpid(), mine.created - 3600),
+                               mine.run_id)[0]  # fmt: skip
+        assert not state.process_alive_since(os.getpid(), mine.created - 3600)
+    finally:
+        build.teardown(mine)
 
 
 # --- two runs at once ------------------------------------------------------------------

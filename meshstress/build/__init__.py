@@ -85,7 +85,7 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
     state.save()
     netns.raise_fd_limit()
     index = plan.ifindexes()
-    alias = mark(state.run_id)
+    alias = mark(state.run_id, state.owner_pid, state.created)
     fds: dict[str, int] = {}
     with netns.NetnsFactory() as factory:
         try:
@@ -316,10 +316,30 @@ def teardown(state: RunState, wait: bool = True, timeout: float = 60.0) -> list[
     return problems
 
 
-def mark(run_id: str) -> str:
+def mark(run_id: str, owner_pid: int | None = None, created: float | None = None) -> str:
     """The interface alias that says meshstress made an object of run `run_id`: set on
-    the loopback of each namespace of the run and on its witness link in the host."""
-    return f"{MARK_PREFIX}{run_id}"
+    the loopback of each namespace of the run and on its witness link in the host. It
+    names the run's owner (PID and the run's creation time), so that `sweep` can tell a
+    live run from a leftover without its state file (another MESHSTRESS_STATE_DIR)."""
+    base = f"{MARK_PREFIX}{run_id}"
+    if owner_pid is None:
+        return base
+    return f"{base}:{owner_pid}:{created or 0.0:.3f}"
+
+
+def read_mark(alias: str | None, run_id: str) -> tuple[bool, int | None, float | None]:
+    """(whether `alias` is run_id's mark, its owner PID, the run's creation time); marks
+    without an owner (made before owners were marked) give (True, None, None)."""
+    base = f"{MARK_PREFIX}{run_id}"
+    if alias == base:
+        return True, None, None
+    if alias is None or not alias.startswith(base + ":"):
+        return False, None, None
+    pid, _, created = alias[len(base) + 1 :].partition(":")
+    try:
+        return True, int(pid), float(created)
+    except ValueError:
+        return False, None, None
 
 
 MARK_PREFIX = "meshstress:"
@@ -347,16 +367,23 @@ def _namespace_mark(name: str) -> str | None:
     return None
 
 
-def sweep(run_ids: Sequence[str] | None, keep: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+def sweep(
+    run_ids: Sequence[str] | None, keep: Sequence[str] = ()
+) -> tuple[list[str], list[str], list[str]]:
     """Remove what meshstress made and no state file lists: namespaces and host links
     whose names start with ms-RUN- (any run if `run_ids` is None) *and* that carry the
     run's mark (`mark`). A look-alike that someone else made keeps its life, and so do
-    the runs in `keep` (live ones). Returns (removed, spared)."""
+    the runs in `keep` and every run whose mark names an owner that is still running
+    (a run of another state directory, of a test or a benchmark in progress). Returns
+    (removed, spared look-alikes, left because their owner is alive)."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
+    from meshstress.build.state import process_alive_since
+
     removed: list[str] = []
     spared: list[str] = []
+    live: list[str] = []
 
     def run_of(name: str) -> str | None:
         m = OBJECT_RE.match(name)
@@ -364,28 +391,30 @@ def sweep(run_ids: Sequence[str] | None, keep: Sequence[str] = ()) -> tuple[list
             return None
         return m.group(1)
 
+    def judge(name: str, run: str, alias: str | None) -> bool:
+        ours, pid, created = read_mark(alias, run)
+        if not ours:
+            spared.append(name)
+            return False
+        if pid is not None and process_alive_since(pid, created or 0.0):
+            live.append(name)
+            return False
+        return True
+
     for name in netns.list_names():
         run = run_of(name)
-        if run is None:
-            continue
-        if _namespace_mark(name) == mark(run):
+        if run is not None and judge(name, run, _namespace_mark(name)):
             netns.delete(name)
             removed.append(name)
-        else:
-            spared.append(name)
     with IPRoute(groups=0) as ipr:
         for link in ipr.get_links():
             name = link.get_attr("IFLA_IFNAME")
             run = run_of(name)
-            if run is None:
-                continue
-            if link.get_attr("IFLA_IFALIAS") == mark(run):
+            if run is not None and judge(name, run, link.get_attr("IFLA_IFALIAS")):
                 with contextlib.suppress(NetlinkError):
                     ipr.link("del", index=link["index"])
                 removed.append(name)
-            else:
-                spared.append(name)
-    return removed, spared
+    return removed, spared, live
 
 
 # --- a live mesh ---------------------------------------------------------------

@@ -195,10 +195,16 @@ def removable(st: RunState) -> tuple[list[str], list[str], list[str], list[str]]
 def owner_alive(st: RunState) -> bool:
     """True if the process that made the run is still running: its PID exists and that
     process started before the run did (a recycled PID started later)."""
+    return process_alive_since(st.owner_pid, st.created)
+
+
+def process_alive_since(pid: int, created: float) -> bool:
+    """Process `pid` runs, and started before `created` (unix time; 0.5 s of slack): not
+    a recycled PID, not a zombie."""
     import psutil
 
     try:
-        proc = psutil.Process(st.owner_pid)
-        return proc.create_time() <= st.created + 0.5 and proc.status() != psutil.STATUS_ZOMBIE
+        proc = psutil.Process(pid)
+        return proc.create_time() <= created + 0.5 and proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False

@@ -350,13 +350,15 @@ def clean(sweep_all: bool) -> None:
         for p in problems:
             _echo_err(f"meshstress: {p}")
         click.echo(f"run {st.run_id}: removed")
-    removed, spared = build.sweep(
+    removed, spared, alive = build.sweep(
         None if sweep_all else [r.run_id for r in runs], keep=[r.run_id for r in live]
     )
     for name in removed:
         click.echo(f"swept {name}")
     for name in spared:
         click.echo(f"left {name}: named like meshstress's, but not marked as made by it")
+    for name in alive:
+        click.echo(f"left {name}: the run that made it is still running (its owner is alive)")
     if sweep_all:
         from meshstress.lab import runner
 
