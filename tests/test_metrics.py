@@ -213,3 +213,11 @@ def test_tcp_stalls_are_disjoint_and_inside_the_flow(per: list[int], gap: float)
     m = flow_metrics(rec, 100.0)
     assert m["bytes"] == sum(per) and m["goodput_bps"] >= 0
     assert not math.isnan(m["goodput_bps"])
+
+
+def test_loss_runs_count_consecutive_losses_in_send_order() -> None:
+    from meshstress.judge.metrics import loss_runs
+
+    fates = [True, False, False, True, False, True, True, False, False, False]
+    assert loss_runs(fates) == {"loss_runs": 3, "loss_run_mean": 2.0, "loss_run_max": 3}
+    assert loss_runs([True, True]) == {"loss_runs": 0, "loss_run_mean": None, "loss_run_max": 0}

@@ -185,6 +185,28 @@ def _outage_fields(record: FlowRecord, t0: float) -> dict[str, Any]:
     }
 
 
+def loss_runs(fates: Sequence[bool]) -> dict[str, Any]:
+    """Runs of consecutive lost packets in send order (`fates`: arrived or not, by
+    sequence number): how many, their mean and longest length. Independent loss p gives
+    a mean run of 1/(1-p); Gilbert-Elliott bursts give longer ones."""
+    runs: list[int] = []
+    n = 0
+    for arrived in fates:
+        if arrived:
+            if n:
+                runs.append(n)
+            n = 0
+        else:
+            n += 1
+    if n:
+        runs.append(n)
+    return {
+        "loss_runs": len(runs),
+        "loss_run_mean": round(sum(runs) / len(runs), 3) if runs else None,
+        "loss_run_max": max(runs) if runs else 0,
+    }
+
+
 def _packet_metrics(record: FlowRecord, t0: float) -> dict[str, Any]:
     sent = _sent(record)
     seqs = {s for s, _ in sent}
@@ -198,6 +220,7 @@ def _packet_metrics(record: FlowRecord, t0: float) -> dict[str, Any]:
             reordered += 1
         highest = max(highest, seq)
     delays = [(tr - ts) * 1000.0 for _, ts, tr in first]
+    arrived = {seq for seq, _, _ in first}
     lo, hi = span(record)
     out: dict[str, Any] = {
         "sent": n_sent,
@@ -208,6 +231,7 @@ def _packet_metrics(record: FlowRecord, t0: float) -> dict[str, Any]:
         "delivery_ratio": round(n_recv / n_sent, 6) if n_sent else 0.0,
         "span_s": round(hi - lo, 3),
         "start_delay_s": round(lo - record.t_start, 3) if sent else None,
+        **loss_runs([seq in arrived for seq, _ in sorted(sent)]),
     }
     sd = _stddev(delays)
     if record.spec.kind == "ping":
