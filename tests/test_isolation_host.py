@@ -120,6 +120,10 @@ def started(argv: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[s
     )
     try:
         yield proc
+    except BaseException as exc:  # say what the command said, if it has ended
+        if proc.poll() is not None and proc.stderr is not None:
+            exc.add_note(f"{argv[:2]} exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        raise
     finally:
         if proc.poll() is None:
             proc.kill()
