@@ -39,6 +39,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 HEADER = struct.Struct("!Qd")
@@ -92,6 +93,31 @@ def _write(path: str, data: dict[str, Any]) -> None:
     with open(tmp, "w") as f:
         json.dump(data, f, separators=(",", ":"))
     os.replace(tmp, path)
+
+
+def run_recorded(
+    work: Callable[[], None], rec: dict[str, Any], out: str, label: str,
+    finish: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """Run an agent's `work` with SIGTERM and SIGINT turned into an orderly stop, then
+    write `rec` to `out` whatever happened: `stopped` when a signal ended it early, an
+    OSError noted under `label`, `ended` stamped (monotonic), `finish` applied last.
+    Every agent (flows, crafted frames, injected frames, fidelity streams) ends so."""
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        work()
+    except _Stop:
+        rec["stopped"] = True
+    except OSError as exc:
+        rec["errors"].append(f"{label}: {exc}")
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        rec["ended"] = time.monotonic()
+        if finish is not None:
+            finish(rec)
+        _write(out, rec)
 
 
 def _ready(path: str | None) -> None:
@@ -757,24 +783,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.mode == "udp-send" and not (a.pps > 0):
         p.error("--pps must be positive")
     rec: dict[str, Any] = {"mode": a.mode, "pid": os.getpid(), "started": now, "errors": []}
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
     run = {"udp-recv": udp_recv, "udp-send": udp_send, "tcp-recv": tcp_recv,
            "tcp-send": tcp_send, "rr-server": rr_server,
            "rr-client": rr_client}[a.mode]  # fmt: skip
-    try:
-        run(a, rec)
-    except _Stop:
-        rec["stopped"] = True
-    except OSError as exc:
-        rec["errors"].append(f"{a.mode}: {exc}")
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        rec["ended"] = time.monotonic()
+
+    def sorted_bins(rec: dict[str, Any]) -> None:
         if isinstance(rec.get("bins"), dict):
             rec["bins"] = sorted(rec["bins"].items())
-        _write(a.out, rec)
+
+    run_recorded(lambda: run(a, rec), rec, a.out, a.mode, sorted_bins)
     return 0
 
 

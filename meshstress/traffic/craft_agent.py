@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import sys
 import time
 from typing import Any
 
-from meshstress.traffic.agent import MAX_LIFETIME, _on_signal, _sleep_until, _Stop, _write, await_go
+from meshstress.traffic.agent import MAX_LIFETIME, _sleep_until, await_go, run_recorded
 from meshstress.traffic.crafted import patch_ip_id, read_pcap
 
 
@@ -103,19 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.pps > 0 or a.count < 0:
         p.error("--pps must be positive, --count at least 0")
     rec: dict[str, Any] = {"mode": "crafted", "pid": os.getpid(), "started": now, "errors": []}
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    try:
-        send(a, rec)
-    except _Stop:
-        rec["stopped"] = True
-    except OSError as exc:
-        rec["errors"].append(f"crafted: {exc}")
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        rec["ended"] = time.monotonic()
-        _write(a.out, rec)
+    run_recorded(lambda: send(a, rec), rec, a.out, "crafted")
     return 0
 
 
