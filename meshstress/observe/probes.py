@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshstress.errors import CapabilityError, MeshstressError
+from meshstress.packets import classify
 
 if TYPE_CHECKING:
     from meshstress.build import Mesh
@@ -52,20 +53,9 @@ IF_COUNTERS = (
 )
 BATMAN_TYPE_COUNTERS = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes")
 
-# batman-adv packet_type (include/uapi/linux/batadv_packet.h)
-BATMAN_TYPES = {
-    0x00: "iv_ogm",
-    0x01: "bcast",
-    0x02: "coded",
-    0x03: "elp",
-    0x04: "ogm2",
-    0x05: "mcast",
-    0x40: "unicast",
-    0x41: "unicast_frag",
-    0x42: "unicast_4addr",
-    0x43: "icmp",
-    0x44: "unicast_tvlv",
-}
+# batman-adv packet_type -> name (include/uapi/linux/batadv_packet.h): the same table
+# the capture classifier uses (meshstress.packets.classify)
+BATMAN_TYPES = classify.BATMAN_TYPES
 
 # enum skb_drop_reason of Debian 12's 6.1 kernel (6.1.0-56, from its skb:kfree_skb
 # format file); used only when neither the format file nor BTF can be read.
