@@ -421,3 +421,20 @@ def test_rr_agent_refuses_bad_arguments(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=10)  # fmt: skip
     assert p.returncode == 2 and "--request-size" in p.stderr
     assert not (tmp_path / "c.json").exists()
+
+
+def test_rr_per_step_raw_material_for_sweep_curves() -> None:
+    """A sweep's window of an rr flow: answered of decided and the answered latencies,
+    by schedule time, as the whole-flow metrics count them."""
+    from meshstress.judge.degradation import CURVE_METRICS, Ratio, flow_raw
+
+    assert CURVE_METRICS["rr"][0] == "success_ratio"
+    rec = steady(50, down=(101.0, 102.0))  # requests 10..19 time out
+    good = flow_raw(rec, (100.0, 101.0))
+    assert good["success_ratio"] == Ratio(10, 10)
+    assert good["latency_ms"].values == pytest.approx((1.0,) * 10)  # type: ignore[union-attr]
+    cut = flow_raw(rec, (100.95, 101.55))  # requests 10..15
+    assert cut["success_ratio"] == Ratio(0, 6) and cut["latency_ms"].values == ()  # type: ignore[union-attr]
+    whole = flow_metrics(rec, 100.0)
+    everything = flow_raw(rec, (100.0, 105.0))["success_ratio"]
+    assert (everything.k, everything.n) == (whole["ok"], whole["decided"])  # type: ignore[union-attr]

@@ -45,6 +45,7 @@ CURVE_METRICS: dict[str, tuple[str, ...]] = {
     ),
     "ping": ("delivery_ratio", "rtt_ms.p50", "rtt_ms.p95", "rtt_ms.p99"),
     "tcp": ("goodput_bps",),
+    "rr": ("success_ratio", "latency_ms.p50", "latency_ms.p95", "latency_ms.p99"),
 }
 
 
@@ -88,6 +89,8 @@ def flow_raw(record: FlowRecord, window: tuple[float, float]) -> dict[str, Raw]:
     and their fate; tcp: the receiver's bins starting inside it."""
     from meshstress.judge.metrics import _first_arrivals, windowed
 
+    if record.spec.kind == "rr":
+        return rr_raw(record, window)
     w = windowed(record, window)
     if record.spec.kind == "tcp":
         per = [n * 8 / w.bin_s for _, n in w.bins]
@@ -108,6 +111,26 @@ def flow_raw(record: FlowRecord, window: tuple[float, float]) -> dict[str, Raw]:
         seconds = window[1] - window[0]
         out["throughput_bps"] = Rate(len(first) * record.spec.size * 8.0, seconds)
     return out
+
+
+def rr_raw(record: FlowRecord, window: tuple[float, float]) -> dict[str, Raw]:
+    """An rr flow's requests scheduled in [start, end): answered of decided (the counts
+    behind `success_ratio`), and the latency of each answered one from its first send
+    (as meshstress.judge.metrics reports them for the whole flow)."""
+    from meshstress.judge.metrics import rr_window
+
+    reqs = rr_window(record, window).requests
+    decided = [q for q in reqs if q.decided]
+    ok = [q for q in reqs if q.outcome == "ok" and q.ok_attempt is not None]
+    latency = tuple(
+        (q.t_done - q.sends[0]) * 1000.0
+        for q in ok
+        if q.t_done is not None and (q.ok_attempt or 0) < len(q.sends)
+    )
+    return {
+        "success_ratio": Ratio(len(ok), len(decided)),
+        "latency_ms": Samples(latency, "latency_ms"),
+    }
 
 
 def measure_windows(
