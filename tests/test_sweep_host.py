@@ -3,12 +3,13 @@ each step applied on the running mesh and measured in its own window."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
-from meshstress.build import impair
+from meshstress.build import impair, state
 from meshstress.model import scenario
 from meshstress.model.sweep import link_order
 from meshstress.model.topology import Impairment
@@ -142,6 +143,50 @@ def test_a_failed_links_sweep_cuts_the_chosen_links_in_one_step(run_scenario) ->
         for check in ("monotone", "knee")
     }
     assert all(c["passed"] for c in defaults), defaults
+
+
+FRESH = """
+[scenario]
+name = "fresh-failed-links"
+
+[mesh]
+generate = "line 3"
+routing = "static"
+
+[[traffic]]
+name = "far"
+kind = "udp"
+from = "n0"
+to = "n2"
+rate = "100pps"
+
+[sweep]
+failed_links = [0, 1]
+step = "2s"
+settle = "0.5s"
+fresh = true
+
+[verdict]
+assert = ["curve.flows.far.delivery_ratio floor 99% up_to failed_links=0"]
+"""
+
+
+def test_a_fresh_sweep_builds_a_new_mesh_per_step(run_scenario, tmp_path) -> None:
+    """fresh = true: each step on a mesh of its own (its own run id, built and torn
+    down), its links cut before traffic; the curve spans the steps."""
+    r = run_scenario(FRESH)
+    sw = r["sweep"]
+    assert [w["step"] for w in sw["windows"]] == [0, 1]
+    whole, cut = (w["flows"]["far"] for w in sw["windows"])
+    assert whole["sent"] > 0 and whole["received"] == whole["sent"], whole
+    # one of the line's two links down from the start: nothing crosses it
+    assert cut["sent"] > 0 and cut["received"] == 0, cut
+    steps = sorted((tmp_path / "run1" / "steps").iterdir())
+    assert [p.name for p in steps] == ["00", "01"]
+    ids = {json.loads((p / "results.json").read_text())["run"]["id"] for p in steps}
+    assert len(ids) == 2  # two meshes
+    assert all(state.load(i) is None for i in ids)  # each torn down
+    assert r["passed"], r["checks"]
 
 
 APP = str(Path(__file__).with_name("echo_app.py"))
