@@ -117,21 +117,9 @@ def ipv4_rules(netns_path: str) -> list[KRule]:
 
 def _dump(netns_path: str, request: int, reply: int) -> list[bytes]:
     """The payloads of one rtnetlink dump in the namespace at `netns_path`."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    target = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        netns.setns(target)
-        try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-        finally:
-            netns.setns(home)
-    finally:
-        os.close(target)
-        os.close(home)
+    sock = open_route_socket(netns_path)
     out: list[bytes] = []
     try:
-        sock.settimeout(10)
-        sock.bind((0, 0))
         sock.send(dump_request(1, request))
         while True:
             data = sock.recv(1 << 18)
