@@ -62,3 +62,21 @@ def test_babeld_survives_a_hostile_node(run_scenario, tmp_path, attack):
     assert sent == [bytes.fromhex(h) for _, h in plan["frames"]]
     daemons = [c for c in r["checks"] if c["metric"] == "inject.daemons.alive"]
     assert daemons and daemons[0]["passed"]
+
+
+def test_the_sender_is_armed_before_t0_and_fired_at_its_event(run_scenario):
+    """The sender is started with the flows (before t0) and fired at the event: its first
+    frame goes out no earlier than the event began (t_rel), and soon after it; the
+    event's own record says when its frames went out and how many."""
+    r = run_scenario(SCENARIO.replace("ATTACK", "bogus-metric").replace('"14s"', '"8s"'))
+    (ev,) = [e for e in r["events"] if e["action"] == "inject"]
+    d = ev["detail"]
+    assert d["armed"] is True
+    assert (d["planned"], d["sent"]) == (120, 120), d
+    assert d["first_s"] >= ev["t_rel"], (d, ev["t_rel"])
+    # seconds late before the fix (a sender starting at the event); now it waits, up
+    assert d["first_s"] - ev["t_rel"] < 0.5, (d, ev["t_rel"])
+    # frame k is due k / rate after the first: the last no earlier than 119 / 40 s on
+    assert d["last_s"] - d["first_s"] >= 119 / 40 - 0.001, d
+    (inj,) = r["inject"]["events"]
+    assert (inj["first_s"], inj["last_s"], inj["sent"]) == (d["first_s"], d["last_s"], 120)

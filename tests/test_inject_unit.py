@@ -169,3 +169,95 @@ def test_kernel_problems():
     lines = ["batman_adv: bat0: Adding interface: i0", "WARNING: CPU: 0 PID: 1 at net/x.c:1",
              "BUG: kernel NULL pointer dereference", "Oops: 0000 [#1] SMP", "all fine"]  # fmt: skip
     assert inject.kernel_problems(lines) == lines[1:4]
+
+
+# --- the trigger: an inject sender started early, fired at its event -----------------
+
+_WAITER = (
+    "import signal, sys, time\n"
+    "from meshstress.stress import inject_agent as A\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, [A.WAKE])\n"
+    "t, seen = A.await_trigger(sys.argv[1], 60)\n"
+    "print(repr(t), repr(seen), flush=True)\n"
+)
+
+
+def _waiter(trigger):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-c", _WAITER, trigger], stdout=subprocess.PIPE, text=True
+    )
+
+
+def test_trigger_fired_after_the_agent_is_up(tmp_path):
+    import os
+    import time
+
+    from meshstress.stress import inject_agent as A
+
+    trigger = str(tmp_path / "n1.trigger")
+    proc = _waiter(trigger)
+    try:
+        while not A.is_up(trigger, proc.pid):
+            assert proc.poll() is None, "the waiter ended before it was up"
+            time.sleep(0.01)
+        time.sleep(0.2)  # it waits; nothing has been written
+        assert proc.poll() is None and not os.path.exists(trigger)
+        t = time.monotonic()
+        A.fire(trigger, proc.pid, t)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    got, seen = map(float, out.split())
+    assert got == t  # the event's time, exactly as written
+    assert seen >= t  # seen after it was fired, never before
+    assert proc.returncode == 0
+
+
+def test_trigger_fired_before_the_agent_is_up(tmp_path):
+    """A sender started late (not armed): the file is there before it looks; fire sends
+    no signal to a process that has not blocked it yet (it would die of it)."""
+    import time
+
+    from meshstress.stress import inject_agent as A
+
+    trigger = str(tmp_path / "n1.trigger")
+    t = time.monotonic()
+    A.fire(trigger, 2**22 + 12345, t)  # no such agent up: no signal sent
+    proc = _waiter(trigger)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    got, seen = map(float, out.split())
+    assert got == t and seen >= t and proc.returncode == 0
+
+
+def test_trigger_gives_up_after_its_limit(tmp_path):
+    import pytest as _pytest
+
+    from meshstress.stress import inject_agent as A
+
+    with _pytest.raises(SystemExit, match="no trigger"):
+        A.await_trigger(str(tmp_path / "never"), 0.2)
+
+
+def test_recovery_check_undecided_only_when_the_run_ended_before_the_time_allowed():
+    from meshstress.runner import inject_checks
+
+    def checks(recovered, watched, limit):
+        ev = {"node": "n5", "attack": "bogus-metric", "seed": 7, "recover_within_s": limit,
+              "routes": {"recovered_s": recovered, "watched_s": watched}}  # fmt: skip
+        inj = {"daemons": {"alive": True}, "events": [ev]}
+        (c,) = [c for c in inject_checks(inj) if c["metric"].endswith("recovered_s")]
+        return c
+
+    assert checks(12.0, 25.0, 20.0)["passed"]
+    assert not checks(28.5, 35.0, 20.0)["passed"]  # back, but too late
+    assert not checks(None, 25.0, 20.0)["passed"]  # watched past the limit: not back
+    c = checks(None, 25.0, 2300.0)  # the run ended first: undecided, said so
+    assert c["passed"] and "undecided" in c["assert"]
+    snaps = [snap(1), snap(2, [("a", "b")]), snap(9, [("a", "b")])]
+    assert inject.honest_routes(snaps, ["a", "b", "c"], 1.0, 2.5)["watched_s"] == 6.5

@@ -406,3 +406,74 @@ def test_a_run_reports_probe_counters_per_node(probes: Probes, tmp_path) -> None
     assert totals["tx_bytes"] >= 2 * sent * 300
     assert totals["tcp_retransmits"] == 0 and totals["batman_control_tx_bytes"] == 0
     assert (tmp_path / "results.json").exists()
+
+
+# --- deterministic drop reasons from crafted frames (docs/forge.md) ---------------------
+
+# What the 6.1 kernel (Debian 12's, the lab's) reports; see test docstrings.
+TTL_REASON = "IP_INHDR"
+CSUM_REASON = "IP_CSUM"
+
+
+def crafted_send(mesh: Mesh, tmp_path: Any, frame: str, dst: str, **kw: Any) -> int:
+    """One crafted flow n0 -> dst for 1 s at 100 pps; return the packets its record says
+    were sent (every one of them: no send error)."""
+    from meshstress.traffic import crafted
+    from meshstress.traffic.flows import FlowSpec, release, start_flow
+
+    cs = crafted.CraftedSpec(frame=frame, **kw)
+    spec = FlowSpec(name=f"c-{frame}", kind="crafted", src="n0", dst=dst, rate_pps=100.0,
+                    size=crafted.default_size(frame), crafted=cs)  # fmt: skip
+    go = str(tmp_path / f"go-{frame}")
+    flow = start_flow(mesh, spec, str(tmp_path), 0.0, 1.0, go=go)
+    try:
+        release([flow], go, lead=1.0, timeout=120)
+        flow.wait(timeout=60)
+    finally:
+        flow.stop()
+    rec = flow.record()
+    assert not rec.errors and rec.send_errors == 0 and rec.frames_per_packet == 1, rec.errors
+    assert rec.sent
+    return len(rec.sent)
+
+
+def _crafted_line(mesh_factory: Any) -> Mesh:
+    pytest.importorskip("scapy", reason="scapy not installed (pip install scapy)")
+    mesh = mesh_factory(generators.line(3), routing="static")
+    assert mesh.ping("n0", "n2", count=1, wait=2).ok
+    quiet(mesh)
+    return mesh
+
+
+def test_ttl1_frames_counted_as_drops_on_the_router(probes: Probes, mesh_factory, tmp_path) -> None:
+    """n0 -> n2 (two hops) with TTL 1: each packet dies in n1's ip_forward. The 6.1
+    kernel has no TTL drop reason of its own: ip_forward's too_many_hops sets
+    SKB_DROP_REASON_IP_INHDR (as it counts Ip InHdrErrors), so that is what the probe
+    reports, once per packet sent."""
+    mesh = _crafted_line(mesh_factory)
+    sent = 0
+
+    def go() -> None:
+        nonlocal sent
+        sent = crafted_send(mesh, tmp_path, "ttl1", "n2")
+
+    d = measure(probes, mesh, go)
+    drops = {n: d["nodes"].get(n, {}).get("drops", {}) for n in mesh.nodes}
+    assert drops["n1"].get(TTL_REASON) == sent, (sent, drops)
+    assert drops["n2"].get(TTL_REASON, 0) == 0  # none got through
+
+
+def test_bad_ip_checksum_counted_as_ip_csum_drops(probes: Probes, mesh_factory, tmp_path) -> None:
+    """n0 -> n1 with a wrong IPv4 header checksum: each packet dies in n1's ip_rcv_core
+    with SKB_DROP_REASON_IP_CSUM, once per packet sent."""
+    mesh = _crafted_line(mesh_factory)
+    sent = 0
+
+    def go() -> None:
+        nonlocal sent
+        sent = crafted_send(mesh, tmp_path, "bad-checksum", "n1", checksum="ip")
+
+    d = measure(probes, mesh, go)
+    drops = {n: d["nodes"].get(n, {}).get("drops", {}) for n in mesh.nodes}
+    assert drops["n1"].get(CSUM_REASON) == sent, (sent, drops)
+    assert drops["n0"].get(CSUM_REASON, 0) == 0

@@ -386,6 +386,7 @@ class EventRunner:
         self.out_dir: str | None = None  # the run folder: inject/ goes there
         self.injects: list[dict[str, Any]] = []  # started inject agents (see _inject)
         self._inject_plans: dict[int, dict[str, Any]] = {}  # id(event) -> prepared plan
+        self._armed: dict[int, subprocess.Popen[Any]] = {}  # id(event) -> its waiting sender
         self._no_offloads: set[tuple[str, str]] = set()  # (node, ifname) done already
         # (node, ifname) -> the impairment this runner put there last (its qdisc shape is
         # known: a step of the same shape changes it in place without a dump)
@@ -721,7 +722,8 @@ class EventRunner:
         while os.path.exists(os.path.join(folder, f"{base}.plan.json")):
             k += 1
             base = f"{node}-{k}"
-        paths = {w: os.path.join(folder, f"{base}.{w}") for w in ("plan.json", "pcap", "json")}
+        paths = {w: os.path.join(folder, f"{base}.{w}")
+                 for w in ("plan.json", "pcap", "json", "trigger")}  # fmt: skip
         with open(paths["plan.json"], "w") as f:
             json.dump({"node": node, "seed": spec.seed, "protocol": spec.protocol,
                        "attack": spec.attack, "ifnames": [p.ifname for p in ctx.ports],
@@ -729,24 +731,78 @@ class EventRunner:
         return {"node": node, "spec": spec, "paths": paths, "planned": len(frames),
                 "honest": sorted(ctx.honest)}  # fmt: skip
 
-    def _inject(self, event: Event) -> dict[str, Any]:
-        """Start the hostile node's sender (meshstress.stress.inject_agent, PID recorded,
-        role "inject"); it sends for the event's `for` and ends by itself."""
-        plan = self._inject_plans.get(id(event)) or self._plan_inject(event)
+    def _start_inject(self, plan: dict[str, Any], wait: float) -> subprocess.Popen[Any]:
         spec: InjectSpec = plan["spec"]
         paths = plan["paths"]
         argv = [sys.executable, "-m", "meshstress.stress.inject_agent", "--plan",
                 paths["plan.json"], "--pps", repr(spec.rate), "--seconds", repr(spec.duration),
-                "--pcap", paths["pcap"], "--out", paths["json"]]  # fmt: skip
+                "--pcap", paths["pcap"], "--out", paths["json"], "--trigger", paths["trigger"],
+                "--wait", repr(wait)]  # fmt: skip
         with open(paths["json"] + ".log", "w") as log:
             proc = self.mesh.popen(plan["node"], argv, stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
         with contextlib.suppress(psutil.NoSuchProcess):
             self.mesh.record_process(proc, plan["node"], "inject", argv)
-        self.injects.append({**plan, "proc": proc, "t": time.monotonic()})
-        return {"pid": proc.pid, "protocol": spec.protocol, "attack": spec.attack,
-                "seed": spec.seed, "rate": spec.rate, "for_s": spec.duration,
-                "planned": plan["planned"], "pcap": paths["pcap"]}  # fmt: skip
+        return proc
+
+    def arm_injects(self, wait: float) -> None:
+        """Start the sender of every prepared inject event now (before t0: a Python
+        start under the lab's emulation takes seconds); each waits for its trigger,
+        which _inject fires at the event's moment (meshstress.stress.inject_agent).
+        `wait`: how long an agent waits for its trigger before it gives up."""
+        for key, plan in self._inject_plans.items():
+            if key not in self._armed:
+                self._armed[key] = self._start_inject(plan, wait)
+
+    def injects_up(self, timeout: float) -> None:
+        """Wait until every armed sender is up (MeshstressError if one ended first or
+        is not up within `timeout` s)."""
+        from meshstress.stress.inject_agent import is_up
+
+        deadline = time.monotonic() + timeout
+        for key, proc in self._armed.items():
+            plan = self._inject_plans[key]
+            while not is_up(plan["paths"]["trigger"], proc.pid):
+                if proc.poll() is not None or time.monotonic() >= deadline:
+                    raise MeshstressError(
+                        f"the inject sender of node {plan['node']} "
+                        + ("ended before it was up" if proc.poll() is not None
+                           else f"was not up {timeout:g} s after it was started")  # fmt: skip
+                    )
+                time.sleep(0.005)
+
+    def disarm(self) -> None:
+        """Stop the armed senders whose event never came (the run ended first)."""
+        fired = {id(it["proc"]) for it in self.injects}
+        for proc in self._armed.values():
+            if id(proc) not in fired and proc.poll() is None:
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+
+    def _inject(self, event: Event) -> dict[str, Any]:
+        """Fire the hostile node's sender (armed by arm_injects; else started now, late:
+        it sends from when it is up). Its frames are due from this moment on; it sends
+        for the event's `for` and ends by itself."""
+        from meshstress.stress.inject_agent import fire
+
+        t = time.monotonic()
+        key = id(event)
+        if key not in self._inject_plans:
+            self._inject_plans[key] = self._plan_inject(event)
+        plan = self._inject_plans[key]
+        spec: InjectSpec = plan["spec"]
+        proc = self._armed.get(key)
+        armed = proc is not None
+        if proc is None:
+            proc = self._armed[key] = self._start_inject(plan, 3600.0)
+        fire(plan["paths"]["trigger"], proc.pid, t)
+        detail = {"pid": proc.pid, "protocol": spec.protocol, "attack": spec.attack,
+                  "seed": spec.seed, "rate": spec.rate, "for_s": spec.duration,
+                  "planned": plan["planned"], "pcap": plan["paths"]["pcap"],
+                  "armed": armed}  # fmt: skip
+        self.injects.append({**plan, "proc": proc, "t": t, "detail": detail})
+        return detail
 
     def _impair(self, event: Event) -> dict[str, Any]:
         a, b = self._need_link(event)

@@ -385,6 +385,9 @@ def honest_routes(
         "held": held,
         "reachable_min": round(min(r for _, _, r in series), 4),
         "recovered_s": None if back is None else round(back, 3),
+        # how long after the attack's end the snapshots go on: "not back" means "not
+        # back within this long" (a run shorter than what the protocol allows says no more)
+        "watched_s": round(max(0.0, series[-1][0] - t_end), 3),
     }
 
 

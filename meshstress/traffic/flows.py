@@ -596,6 +596,11 @@ def start_flow(
     return flow
 
 
+# the kernel's NUD_VALID: REACHABLE, STALE, DELAY, PROBE, NOARP, PERMANENT (a pinned
+# entry is PERMANENT; a FAILED one's address is not to be used)
+NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80
+
+
 def next_hop(mesh: Mesh, node: str, dst: str) -> tuple[str, str, str]:
     """(ifname, its MAC, the next hop's MAC) of node's route to address dst: the kernel's
     route lookup inside node's namespace, then its neighbour table (one ping of the next
@@ -611,7 +616,7 @@ def next_hop(mesh: Mesh, node: str, dst: str) -> tuple[str, str, str]:
     ifname, mac = link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_ADDRESS")
     for attempt in range(2):
         for n in ipr.get_neighbours(ifindex=oif):
-            if n.get_attr("NDA_DST") == hop and n.get_attr("NDA_LLADDR") and n["state"] & 0x7E:
+            if n.get_attr("NDA_DST") == hop and n.get_attr("NDA_LLADDR") and n["state"] & NUD_VALID:
                 return ifname, mac, n.get_attr("NDA_LLADDR")
         if attempt == 0:
             mesh.run(node, ["ping", "-n", "-q", "-c", "1", "-W", "2", "-I", ifname, hop],
