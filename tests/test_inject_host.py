@@ -74,8 +74,9 @@ def test_the_sender_is_armed_before_t0_and_fired_at_its_event(run_scenario):
     assert d["armed"] is True
     assert (d["planned"], d["sent"]) == (120, 120), d
     assert d["first_s"] >= ev["t_rel"], (d, ev["t_rel"])
-    # seconds late before the fix (a sender starting at the event); now it waits, up
-    assert d["first_s"] - ev["t_rel"] < 0.5, (d, ev["t_rel"])
+    # a sender started only at the event was seconds late (7.5-22 s in the lab): armed, it
+    # fires inside the attack's own span (what the scenario sets, not the host's speed)
+    assert d["first_s"] - ev["t_rel"] < 119 / 40, (d, ev["t_rel"])
     # frame k is due k / rate after the first: the last no earlier than 119 / 40 s on
     assert d["last_s"] - d["first_s"] >= 119 / 40 - 0.001, d
     (inj,) = r["inject"]["events"]
