@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sweep_scenarios import cbr_sweep
 
 from meshstress.build import impair, state
 from meshstress.model import scenario
@@ -19,32 +20,15 @@ pytestmark = pytest.mark.network
 SIZE = 1000
 FRAME_BITS = (SIZE + 8 + 20 + 14) * 8  # UDP payload + UDP, IPv4 and Ethernet headers
 
-RATE = f"""
-[scenario]
-name = "rate-sweep"
-
-[mesh]
-generate = "line 3"
-routing = "static"
-
-[[traffic]]
-name = "cbr"
-kind = "udp"
-from = "n0"
-to = "n2"
-rate = "200pps"
-size = {SIZE}
-
-[sweep]
-rate = ["20mbit", "1mbit", "500kbit"]
-links = [["n1", "n2"]]
-step = "3s"
-settle = "1s"
-
-[verdict]
-assert = ["curve.flows.cbr.delivery_ratio monotone",
-          "curve.flows.cbr.delivery_ratio floor 99% up_to rate=20mbit"]
-"""
+RATE = cbr_sweep(
+    "rate-sweep",
+    "rate",
+    ["20mbit", "1mbit", "500kbit"],
+    step="3s",
+    floor="99% up_to rate=20mbit",
+    rate="200pps",
+    size=SIZE,
+)
 
 
 def test_a_rate_sweep_delivers_what_each_step_lets_through(run_scenario) -> None:

@@ -4,36 +4,19 @@ lies in the binomial interval of 1 - loss for the packets that step actually sen
 from __future__ import annotations
 
 import pytest
+from sweep_scenarios import cbr_sweep
 
 from meshstress.judge import stats
 
 pytestmark = pytest.mark.kernel("netem")
 
-SCENARIO = """
-[scenario]
-name = "loss-sweep-lab"
-
-[mesh]
-generate = "line 3"
-routing = "static"
-
-[[traffic]]
-name = "cbr"
-kind = "udp"
-from = "n0"
-to = "n2"
-rate = "100pps"
-
-[sweep]
-loss = ["0%", "10%", "30%"]
-links = [["n1", "n2"]]
-step = "4s"
-settle = "1s"
-
-[verdict]
-assert = ["curve.flows.cbr.delivery_ratio monotone",
-          "curve.flows.cbr.delivery_ratio floor 60% up_to loss=30%"]
-"""
+SCENARIO = cbr_sweep(
+    "loss-sweep-lab",
+    "loss",
+    ["0%", "10%", "30%"],
+    step="4s",
+    floor="60% up_to loss=30%",
+)
 
 
 def test_a_loss_sweep_delivers_one_minus_loss_per_step(run_scenario) -> None:
