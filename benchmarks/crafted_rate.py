@@ -14,15 +14,13 @@ Run as root: sudo .venv/bin/python benchmarks/crafted_rate.py [--seconds 2]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
 
+from static_line import print_result, static_line
+
 from meshstress import build
-from meshstress.build import bringup
 from meshstress.judge.metrics import flow_metrics
-from meshstress.model import generators
 from meshstress.traffic import crafted
 from meshstress.traffic.flows import FlowSpec, next_hop, release, start_flow
 
@@ -79,21 +77,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=2.0)
     args = ap.parse_args()
-    topo = generators.line(2)
-    topo.routing = "static"
-    up = bringup.bring_up(topo, wait=True, timeout=30)
     rows = []
-    try:
-        with build.Mesh(up.state) as mesh, tempfile.TemporaryDirectory() as tmp:
-            for pps in RATES:
-                rows.append(raw_row(mesh, pps, args.seconds, tmp))
-                rows.append(sendp_row(mesh, pps, args.seconds))
-                time.sleep(0.2)
-    finally:
-        build.teardown(up.state)
-    json.dump({"benchmark": "crafted_rate", "seconds": args.seconds, "rows": rows}, sys.stdout,
-              indent=1)  # fmt: skip
-    print()
+    with static_line(2) as (mesh, tmp):
+        for pps in RATES:
+            rows.append(raw_row(mesh, pps, args.seconds, tmp))
+            rows.append(sendp_row(mesh, pps, args.seconds))
+            time.sleep(0.2)
+    print_result("crafted_rate", args.seconds, rows)
     return 0
 
 

@@ -13,15 +13,13 @@ Run as root: sudo .venv/bin/python benchmarks/flow_rate.py [--seconds 3]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
 
+from static_line import print_result, static_line
+
 from meshstress import build
-from meshstress.build import bringup
 from meshstress.judge.metrics import flow_metrics
-from meshstress.model import generators
 from meshstress.traffic.flows import FlowSpec, start_flow
 
 RATES = (100, 1000, 5000, 20000, 50000, 100000)
@@ -41,31 +39,23 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=3.0)
     args = ap.parse_args()
-    topo = generators.line(3)
-    topo.routing = "static"
-    up = bringup.bring_up(topo, wait=True, timeout=30)
     rows = []
-    try:
-        with build.Mesh(up.state) as mesh, tempfile.TemporaryDirectory() as tmp:
-            for pps in RATES:
-                spec = FlowSpec(name=f"udp{pps}", kind="udp", src="n0", dst="n2",
-                                rate_pps=float(pps), size=200)  # fmt: skip
-                m = one(mesh, spec, args.seconds, f"{tmp}/{pps}")
-                rows.append({
-                    "kind": "udp", "pps": pps, "sent": m["sent"],
-                    "sent_share_of_schedule": round(m["sent"] / (pps * args.seconds), 4),
-                    "delivery_ratio": m["delivery_ratio"],
-                    "latency_ms": m["latency_ms"],
-                })  # fmt: skip
-            spec = FlowSpec(name="tcp", kind="tcp", src="n0", dst="n2")
-            m = one(mesh, spec, args.seconds, f"{tmp}/tcp")
-            rows.append({"kind": "tcp", "goodput_bps": m["goodput_bps"],
-                         "retransmission_rate": m["retransmission_rate"]})  # fmt: skip
-    finally:
-        build.teardown(up.state)
-    json.dump({"benchmark": "flow_rate", "seconds": args.seconds, "rows": rows}, sys.stdout,
-              indent=1)  # fmt: skip
-    print()
+    with static_line(3) as (mesh, tmp):
+        for pps in RATES:
+            spec = FlowSpec(name=f"udp{pps}", kind="udp", src="n0", dst="n2",
+                            rate_pps=float(pps), size=200)  # fmt: skip
+            m = one(mesh, spec, args.seconds, f"{tmp}/{pps}")
+            rows.append({
+                "kind": "udp", "pps": pps, "sent": m["sent"],
+                "sent_share_of_schedule": round(m["sent"] / (pps * args.seconds), 4),
+                "delivery_ratio": m["delivery_ratio"],
+                "latency_ms": m["latency_ms"],
+            })  # fmt: skip
+        spec = FlowSpec(name="tcp", kind="tcp", src="n0", dst="n2")
+        m = one(mesh, spec, args.seconds, f"{tmp}/tcp")
+        rows.append({"kind": "tcp", "goodput_bps": m["goodput_bps"],
+                     "retransmission_rate": m["retransmission_rate"]})  # fmt: skip
+    print_result("flow_rate", args.seconds, rows)
     return 0
 
 
