@@ -484,8 +484,14 @@ def run(
 
 
 def _kernel_mark(sc: Scenario, results: dict[str, Any]) -> int | None:
-    """Where the kernel log stands before an inject run (lab only: the kernel is ours)."""
-    if results["run"]["where"] != "lab" or not any(e.action == "inject" for e in sc.events):
+    """Where the kernel log stands before an inject run (lab only: the kernel is ours;
+    `meshstress run` sent there, or anything else running inside the guest, e.g. the
+    kernel tests)."""
+    if not any(e.action == "inject" for e in sc.events):
+        return None
+    from meshstress.lab import guest
+
+    if results["run"]["where"] != "lab" and not guest.inside():
         return None
     from meshstress.observe import kmsg
 
@@ -560,6 +566,12 @@ def inject_results(
                           "dead": dead, "alive": not dead}  # fmt: skip
     else:
         out["daemons"] = {"role": None, "alive": True, "note": "the kernel routes: no daemon"}
+    meshif = getattr(backend, "meshif_problem", None)
+    if meshif is not None:  # batman-adv: each node's bat0, up, with its hard interfaces
+        live = [n for n in mesh.nodes if n not in crashed]
+        broken = {n: why for n in live if (why := meshif(mesh, n))}
+        out["meshif"] = {"name": backend.meshif, "expected": len(live), "broken": broken,
+                         "alive": not broken}  # fmt: skip
     if kmark is not None:
         from meshstress.observe import kmsg
 
@@ -592,6 +604,11 @@ def inject_checks(inj: dict[str, Any] | None) -> list[dict[str, Any]]:
             "actual": got,
             "passed": got is not None and got <= limit,
         })  # fmt: skip
+    if "meshif" in inj:
+        m = inj["meshif"]
+        checks.append({"assert": f"every node's {m['name']} is still up with its hard interfaces",
+                       "metric": "inject.meshif.alive", "actual": m["broken"] or True,
+                       "passed": bool(m["alive"])})  # fmt: skip
     if "kernel" in inj:
         checks.append({"assert": "the kernel log shows no WARNING, BUG or Oops",
                        "metric": "inject.kernel.problems", "actual": inj["kernel"]["problems"],

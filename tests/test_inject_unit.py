@@ -3,6 +3,8 @@ that the frames dissect as the attack says, and the verdict's pure parts."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from meshstress.errors import InputError
@@ -261,3 +263,27 @@ def test_recovery_check_undecided_when_the_run_ended_before_the_time_allowed():
     assert not c["passed"] and "undecided" in c["assert"]
     snaps = [snap(1), snap(2, [("a", "b")]), snap(9, [("a", "b")])]
     assert inject.honest_routes(snaps, ["a", "b", "c"], 1.0, 2.5)["watched_s"] == 6.5
+
+
+def test_the_plan_keeps_the_context_so_the_seed_makes_the_frames_again():
+    back = inject.context_of(json.loads(json.dumps(inject.context_json(CTX))))
+    assert back == CTX
+    spec = inject.InjectSpec("batman-adv", "bad-tvlv", 20.0, 1.5, 77)
+    frames = inject.generate(spec, CTX)
+    plan = {"protocol": "batman-adv", "attack": "bad-tvlv", "rate": 20.0, "for_s": 1.5,
+            "seed": 77, "context": inject.context_json(CTX)}  # fmt: skip
+    assert inject.regenerate(plan) == frames and len(frames) == 30
+    assert inject.regenerate({**plan, "seed": 78}) != frames
+
+
+def test_meshif_check_of_a_batman_adv_run():
+    from meshstress.runner import inject_checks
+
+    inj = {"daemons": {"alive": True}, "events": [],
+           "meshif": {"name": "bat0", "expected": 4, "broken": {}, "alive": True}}  # fmt: skip
+    (c,) = [c for c in inject_checks(inj) if c["metric"] == "inject.meshif.alive"]
+    assert c["passed"] and c["actual"] is True
+    inj["meshif"] = {"name": "bat0", "expected": 4, "broken": {"n2": "bat0 is gone"},
+                     "alive": False}  # fmt: skip
+    (c,) = [c for c in inject_checks(inj) if c["metric"] == "inject.meshif.alive"]
+    assert not c["passed"] and c["actual"] == {"n2": "bat0 is gone"}

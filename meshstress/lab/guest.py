@@ -36,6 +36,12 @@ GUEST_MODULES = (
     "kheaders",
 )
 
+
+def inside() -> bool:
+    """Whether this process runs inside a VM-lab guest (whose kernel is the run's own)."""
+    return os.path.exists(f"{GUEST_XCHG}/stage2.sh")
+
+
 OUT_PORT = "ms.out"
 ERR_PORT = "ms.err"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -9,11 +9,16 @@ inner Ethernet frame), ``BatadvUnicast4Addr``, ``BatadvFrag``, ``BatadvBcast``,
 OGMs in one frame: each following OGM is the payload of the one before
 (``ogms(frame)`` lists them). Every length field is computed when left unset and kept
 as given when set, so a forger can write truncated or inconsistent packets.
+
+``reassemble(fragments)`` joins the fragments of one unicast packet (the kernel cuts
+from the tail: fragment 0 carries the last bytes, the highest-numbered one the head),
+and ``tt_data(tvlv)`` reads a translation-table TVLV (flags, version, VLANs, changes).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import struct
+from typing import Any, NamedTuple
 
 from scapy.fields import (
     BitField,
@@ -28,6 +33,7 @@ from scapy.fields import (
     StrLenField,
     XByteField,
 )
+from scapy.layers import inet, inet6  # noqa: F401  (IP/IPv6 in the inner frames)
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Padding, Raw, bind_bottom_up, bind_layers, bind_top_down
 
@@ -214,7 +220,9 @@ class BatadvUnicast4Addr(Packet):
 
 class BatadvFrag(Packet):
     """A fragment of a unicast packet (struct batadv_frag_packet, 20 bytes); the
-    fragment's bytes follow as Raw (fragment 0 starts with the unicast header)."""
+    fragment's bytes follow as Raw. The kernel cuts the packet from its tail: fragment 0
+    holds the last bytes, the highest-numbered fragment the first ones (the unicast
+    header); total_size is the whole packet's length (``reassemble``)."""
 
     name = "batman-adv fragment"
     fields_desc = [
@@ -347,6 +355,63 @@ def ogms(frame: Packet) -> list[Packet]:
         found.append(layer)
         layer = layer.payload
     return found
+
+
+def reassemble(fragments: list[Packet]) -> bytes | None:
+    """The unicast packet (batman-adv header first) that the fragments of one packet
+    (BatadvFrag layers, or frames holding one, of the same orig and seqno) make up, as
+    the kernel merges them: highest number first. None when one is missing or the
+    lengths do not add up to total_size."""
+    frags: list[Packet] = []
+    for f in fragments:
+        layer = f if isinstance(f, BatadvFrag) else f.getlayer(BatadvFrag)
+        if layer is None:
+            return None
+        frags.append(layer)
+    if not frags:
+        return None
+    keys = {(f.orig, f.seqno, f.total_size) for f in frags}
+    numbers = sorted(f.no for f in frags)
+    if len(keys) != 1 or numbers != list(range(len(frags))):
+        return None
+    data = b"".join(bytes(f.payload) for f in sorted(frags, key=lambda f: -f.no))
+    return data if len(data) == frags[0].total_size else None
+
+
+# enum batadv_tt_data_flags (the low 4 bits are the type) and batadv_tt_client_flags
+TT_OGM_DIFF, TT_REQUEST, TT_RESPONSE, TT_FULL_TABLE = 0x01, 0x02, 0x04, 0x10
+TT_CLIENT_DEL, TT_CLIENT_ROAM, TT_CLIENT_WIFI, TT_CLIENT_ISOLA = 0x01, 0x02, 0x10, 0x20
+VLAN_HAS_TAG = 0x8000
+
+
+class TTData(NamedTuple):
+    """A translation-table TVLV's value (struct batadv_tvlv_tt_data, then one
+    batadv_tvlv_tt_vlan_data per VLAN, then batadv_tvlv_tt_change entries)."""
+
+    flags: int
+    ttvn: int
+    vlans: list[tuple[int, int]]  # (crc32, vid; VLAN_HAS_TAG set for tagged ones)
+    changes: list[tuple[int, str, int]]  # (client flags, MAC, vid)
+    trailing: bytes  # bytes after the last whole change entry (none in a sane TVLV)
+
+
+def tt_data(tvlv: Packet | bytes) -> TTData | None:
+    """Read a TT TVLV (a BatadvTVLV of type 4, or its value); None if too short for
+    its own VLAN count."""
+    raw = bytes(tvlv.value) if isinstance(tvlv, Packet) else bytes(tvlv)
+    if len(raw) < 4:
+        return None
+    flags, ttvn, num_vlan = struct.unpack_from("!BBH", raw)
+    off = 4 + 8 * num_vlan
+    if len(raw) < off:
+        return None
+    vlans = [struct.unpack_from("!IH", raw, 4 + 8 * i) for i in range(num_vlan)]
+    changes = []
+    while off + 12 <= len(raw):
+        mac = ":".join(f"{b:02x}" for b in raw[off + 4 : off + 10])
+        changes.append((raw[off], mac, struct.unpack_from("!H", raw, off + 10)[0]))
+        off += 12
+    return TTData(flags, ttvn, [(c, v) for c, v in vlans], changes, raw[off:])
 
 
 def packet_type(frame: Packet) -> str | None:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 MESHIF = "bat0"
 ALGO_PARAM = "/sys/module/batman_adv/parameters/routing_algo"
 MISSING_MODULE = "batman-adv kernel module missing (use `meshstress lab run`)"
+IFF_UP = 0x1
 
 
 class Originator(NamedTuple):
@@ -261,6 +262,23 @@ class BatmanAdvBackend(Backend):
                 ipr.link("del", index=idx)
         mesh.state.extra.pop("batman_adv", None)
         mesh.state.save()
+
+    meshif = MESHIF
+
+    def meshif_problem(self, mesh: Mesh, node: str) -> str | None:
+        """None when the node's bat0 exists, is up, and enslaves every mesh interface
+        of the node; else what is wrong (a hostile node's packets must not take it)."""
+        links = {lk.get_attr("IFLA_IFNAME"): lk for lk in mesh.netlink(node).get_links()}
+        soft = links.get(MESHIF)
+        if soft is None:
+            return f"{MESHIF} is gone"
+        if not soft["flags"] & IFF_UP:
+            return f"{MESHIF} is down"
+        loose = [
+            n for n in mesh_ifnames(mesh, node)
+            if n not in links or links[n].get_attr("IFLA_MASTER") != soft["index"]
+        ]  # fmt: skip
+        return f"not in {MESHIF}: {', '.join(loose)}" if loose else None
 
     # --- tables --------------------------------------------------------------
 

@@ -726,7 +726,9 @@ class EventRunner:
                  for w in ("plan.json", "pcap", "json", "trigger")}  # fmt: skip
         with open(paths["plan.json"], "w") as f:
             json.dump({"node": node, "seed": spec.seed, "protocol": spec.protocol,
-                       "attack": spec.attack, "ifnames": [p.ifname for p in ctx.ports],
+                       "attack": spec.attack, "rate": spec.rate, "for_s": spec.duration,
+                       "ifnames": [p.ifname for p in ctx.ports],
+                       "context": inj.context_json(ctx),
                        "frames": [[p, b.hex()] for p, b in frames]}, f)  # fmt: skip
         return {"node": node, "spec": spec, "paths": paths, "planned": len(frames),
                 "honest": sorted(ctx.honest)}  # fmt: skip

@@ -119,6 +119,36 @@ class Context:
     algorithm: str = "BATMAN_IV"  # batman-adv
 
 
+def context_json(ctx: Context) -> dict[str, Any]:
+    """The context as plain JSON (the plan file keeps it, so the frames can be made
+    again from the seed: `regenerate`)."""
+    return {
+        "node": ctx.node,
+        "address": ctx.address,
+        "ports": [[p.ifname, p.mac, p.ll] for p in ctx.ports],
+        "honest": {n: list(v) for n, v in ctx.honest.items()},
+        "algorithm": ctx.algorithm,
+    }
+
+
+def context_of(d: dict[str, Any]) -> Context:
+    """context_json's inverse."""
+    return Context(
+        node=d["node"],
+        address=d["address"],
+        ports=tuple(Port(i, m, ll) for i, m, ll in d["ports"]),
+        honest={n: (v[0], v[1]) for n, v in d["honest"].items()},
+        algorithm=d["algorithm"],
+    )
+
+
+def regenerate(plan: dict[str, Any]) -> list[tuple[int, bytes]]:
+    """The frames of a plan file (inject/NODE.plan.json), made again from its seed and
+    the context it records: equal to its `frames` (and to what was sent)."""
+    spec = InjectSpec(plan["protocol"], plan["attack"], plan["rate"], plan["for_s"], plan["seed"])
+    return generate(spec, context_of(plan["context"]))
+
+
 # --- generating (seeded; scapy) ---------------------------------------------------------
 
 
