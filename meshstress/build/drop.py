@@ -210,7 +210,7 @@ class DropMap:
         except OSError as exc:
             raise MeshstressError(
                 f"cannot create the BPF map of radio-like cuts: {os.strerror(exc.errno or 0)}"
-                " (needs root and CONFIG_BPF_SYSCALL; or carrier = \"lose\")"
+                ' (needs root and CONFIG_BPF_SYSCALL; or carrier = "lose")'
             ) from None
         self.size = max(size, 1)
         self._key = ctypes.create_string_buffer(4)
@@ -272,7 +272,7 @@ def load_program(map_fd: int, slots: Sequence[int]) -> int:
             why = f"; verifier: {text[-1]}" if text else ""
             raise MeshstressError(
                 f"cannot load the BPF drop filter: {os.strerror(err)}{why}"
-                " (needs root and CONFIG_BPF_SYSCALL; or carrier = \"lose\")"
+                ' (needs root and CONFIG_BPF_SYSCALL; or carrier = "lose")'
             ) from None
     raise AssertionError("unreachable")
 
@@ -294,7 +294,7 @@ def attach(sock: socket.socket, node: str, targets: Sequence[tuple[str, int, int
         except rtnl.NetlinkRefused as exc:
             raise MeshstressError(
                 f"{exc} (radio-like cuts need clsact and cls_bpf: CONFIG_NET_SCH_INGRESS, "
-                "CONFIG_NET_CLS_BPF; or carrier = \"lose\")"
+                'CONFIG_NET_CLS_BPF; or carrier = "lose")'
             ) from None
 
 
