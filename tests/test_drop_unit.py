@@ -8,12 +8,15 @@ from __future__ import annotations
 import socket
 import struct
 import tomllib
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from meshstress.build import drop, rtnl
+from meshstress.cli import cli
 from meshstress.errors import InputError
 from meshstress.model import generators, scenario
 from meshstress.model import sweep as model_sweep
@@ -304,3 +307,17 @@ def test_a_bad_sweep_carrier_names_the_field(sweep: str, words: str) -> None:
     with pytest.raises(InputError) as info:
         scenario.loads(SWEEP_HEAD + "[sweep]\n" + sweep + "\n", "s.toml")
     assert info.value.field == "sweep.carrier" and words in info.value.message
+
+
+def test_the_cli_refuses_a_bad_carrier_in_one_line_with_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SWEEP_HEAD + '[[events]]\nat = "1s"\naction = "node-crash"\nnode = "n1"\n'
+                   'carrier = "drop"\n')  # fmt: skip
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["run", "--out", str(out), str(bad)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line]
+    assert lines == [
+        f'meshstress: {bad}: events[0].carrier: must be one of keep, lose, got "drop"'
+    ], result.output
+    assert not out.exists()  # nothing created

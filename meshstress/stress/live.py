@@ -188,7 +188,10 @@ class LiveMesh(build.Mesh):
         if not self._prepared:
             # learn every node's interfaces and neighbour routes while all is up (a link
             # coming back gets its neighbour routes back from what was learnt here)
-            every = [Event(0.0, "link-down", link=(lk.a, lk.b)) for lk in self.topo.links]
+            # (as "lose" cuts: learning attaches no drop filter; each event's own
+            # prepare below attaches the filters it needs)
+            every = [Event(0.0, "link-down", link=(lk.a, lk.b), carrier="lose")
+                     for lk in self.topo.links]  # fmt: skip
             self.events.prepare(every)
             self._prepared = True
         ev = Event(round(time.monotonic() - self._t0, 6), action, **kw)
