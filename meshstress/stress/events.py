@@ -81,7 +81,8 @@ class Event:
     ba: Impairment | None = None  # impair: new link[1]->link[0] impairment
     inject: InjectSpec | None = None  # inject: what the hostile node sends, for how long
     # link-down/node-crash/partition: CARRIER_KEEP (frames dropped, carrier kept) or
-    # CARRIER_LOSE (interfaces set down); an undo made by `for` carries its event's
+    # CARRIER_LOSE (interfaces set down). An undo made by `for` carries its event's
+    # mode, but an undo ends a cut in the mode the cut was made with, whatever it says.
     carrier: str = CARRIER_KEEP
 
 
