@@ -26,8 +26,15 @@ so both meet the same host load; medians and maxima. "ulm_side_by_side" puts the
 crash next to the largest partition and its heal. "loadavg_before"/"_after" are the
 host's load averages; --load N adds N busy-loop processes of our own meanwhile.
 
+--carrier keep (the default, radio-like: a cut is a drop slot set in a BPF map, the
+interfaces keep carrier; their filters are attached by prepare, before the timing) or
+lose (the interfaces set down, as before 30 Nov 2026): every case with that mode. The
+old-way comparisons (one_call_each_s, per_interface_requests_links_s) are interface
+changes, so only with lose.
+
 Targets: a crash of 78 links <= 0.05 s; a partition or heal of any size <= 0.1 s.
-Run as root: sudo .venv/bin/python benchmarks/event_speed.py [--contend] [--load N]
+Run as root: sudo .venv/bin/python benchmarks/event_speed.py [--carrier lose] [--contend]
+[--load N]
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +128,7 @@ def measure(
     contend: bool,
     routing: str = "none",
     compare_priority: bool = True,
+    carrier: str = "keep",
 ) -> list[Any]:
     rows: list[dict[str, Any]] = []
     contender = None
@@ -137,7 +146,10 @@ def measure(
             st, backend = up.state, up.backend
         mesh = Mesh(st)
         runner = EventRunner(mesh, backend, topo)
+        cases = [[replace(ev, carrier=carrier) for ev in case] for case in cases]
+        t = time.monotonic()
         runner.prepare([ev for case in cases for ev in case])
+        prepare_s = time.monotonic() - t
         if contend:
             contender = Contender(st)
             contender.start()
@@ -164,8 +176,12 @@ def measure(
                         if isinstance(d.get("down", d.get("up")), dict)
                         else len(d.get("down") or d.get("up") or [])
                     )
-                    if ev.action == "node-crash":  # read back: all down
+                    if ev.action == "node-crash" and carrier == "lose":  # read back: all down
                         assert not any(is_up(mesh, ev.node or "").values())
+                    if ev.action == "node-crash" and carrier == "keep":  # up, all dropping
+                        node = ev.node or ""
+                        assert all(is_up(mesh, node).values())
+                        assert all(runner.dropping(node, n) for n in is_up(mesh, node))
                     time.sleep(0.2)
             runner.realtime = True
             for action, values in took.items():
@@ -174,6 +190,8 @@ def measure(
                 row = {
                     "topology": topo.name,
                     "routing": routing,
+                    "carrier": carrier,
+                    "prepare_s": round(prepare_s, 3),
                     "action": action,
                     "target": case[0].node or f"{len((case[0].groups or [()])[0])} nodes apart",
                     "interfaces": changed[action],
@@ -189,7 +207,7 @@ def measure(
                     row["normal_priority_took_max_s"] = round(plain[-1], 4)
                 rows.append(row)
             node = case[0].node
-            if node is not None:  # the same crash, the old way
+            if node is not None and carrier == "lose":  # the same crash, the old way
                 old = []
                 for _ in range(repeat):
                     old.append(one_call_each(mesh, node, up=False))
@@ -208,6 +226,7 @@ def measure(
         if contender is not None:
             contender.halt.set()
             contender.join()
+        runner.close()
         mesh.close()
     finally:
         problems = build.teardown(st) if st is not None else []  # bring_up undoes itself
@@ -260,6 +279,12 @@ def main() -> int:
         "killed and restarted too; the mesh must converge first)",
     )
     ap.add_argument(
+        "--carrier",
+        choices=("keep", "lose"),
+        default="keep",
+        help="how every cut is made (keep: radio-like, a drop slot; lose: interfaces down)",
+    )
+    ap.add_argument(
         "--no-compare-priority",
         dest="compare_priority",
         action="store_false",
@@ -275,7 +300,7 @@ def main() -> int:
         star = generators.star(79)
         crash = [Event(0, "node-crash", node="n0"), Event(0, "node-restart", node="n0")]
         rows = measure(star, [crash], args.repeat, args.contend, args.routing,
-                       args.compare_priority)  # fmt: skip
+                       args.compare_priority, args.carrier)  # fmt: skip
         if not args.quick and Path(args.ulm).exists():
             ulm = topofile.load(args.ulm)
             cases = [[Event(0, "node-crash", node="104"), Event(0, "node-restart", node="104")]]
@@ -283,7 +308,7 @@ def main() -> int:
                 groups = bfs_split(ulm, share)
                 cases.append([Event(0, "partition", groups=groups), Event(0, "heal")])
             rows += measure(ulm, cases, args.repeat, args.contend, args.routing,
-                            args.compare_priority)  # fmt: skip
+                            args.compare_priority, args.carrier)  # fmt: skip
     finally:
         for hog in hogs:
             hog.kill()
@@ -295,6 +320,7 @@ def main() -> int:
         "contend": args.contend,
         "load_processes": args.load,
         "routing": args.routing,
+        "carrier": args.carrier,
         "repeat": args.repeat,
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],

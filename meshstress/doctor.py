@@ -60,6 +60,25 @@ def _qdisc(kind: str, **kw: object) -> Callable[[object], str]:
     return body
 
 
+def _drop_filter(ipr: object) -> str:
+    """The drop filter of radio-like cuts (meshstress.build.drop) on `lo`: a BPF map, a
+    SCHED_CLS program, a clsact qdisc and the program on ingress and egress."""
+    from meshstress.build import drop, rtnl
+
+    ipr.link("set", index=1, state="up")  # type: ignore[attr-defined]
+    m = drop.DropMap(2)
+    try:
+        fd = drop.load_program(m.fd, [1])
+        try:
+            with contextlib.closing(rtnl.open_socket()) as sock:
+                drop.attach(sock, "doctor", [("lo", 1, fd)])
+        finally:
+            os.close(fd)
+    finally:
+        m.close()
+    return "clsact + cls_bpf direct action"
+
+
 _QDISC_PROBES = {
     "netem": _qdisc("netem", delay=1000),
     "tbf": _qdisc("tbf", rate="1mbit", burst=10240, latency="50ms"),
@@ -115,6 +134,12 @@ def run_checks() -> list[Check]:
         ("netem", _QDISC_PROBES["netem"], f"modprobe sch_netem (CONFIG_NET_SCH_NETEM), {lab}"),
         ("tbf", _QDISC_PROBES["tbf"], f"modprobe sch_tbf (CONFIG_NET_SCH_TBF), {lab}"),
         ("htb", _QDISC_PROBES["htb"], f"modprobe sch_htb (CONFIG_NET_SCH_HTB), {lab}"),
+        (
+            "tc-bpf",
+            _drop_filter,
+            "modprobe sch_ingress cls_bpf (CONFIG_BPF_SYSCALL, CONFIG_NET_SCH_INGRESS, "
+            f'CONFIG_NET_CLS_BPF: radio-like cuts), or carrier = "lose", {lab}',
+        ),
     ):
         ok, detail = _try_netns(body)
         checks.append(Check(name, ok, detail, "" if ok else remedy))

@@ -323,6 +323,7 @@ def run(
             mesh = build.Mesh(up.state)
             procs = _processes(sc, mesh, out_dir, say)
             captures = None
+            runner: EventRunner | None = None
             try:
                 if sc.capture is not None and sc.capture.targets:
                     from meshstress.observe.capture import Captures
@@ -446,6 +447,8 @@ def run(
                 if recorder is not None and recorder.is_alive():
                     recorder.halt.set()
                     recorder.join(timeout=10)
+                if runner is not None:
+                    runner.close()  # the drop map's fd (no pins: nothing else to remove)
                 mesh.close()
     finally:
         if probes is not None and own_probes:

@@ -61,6 +61,12 @@ def if_up(mesh: Mesh, node: str, ifname: str) -> bool:
     return bool(link["flags"] & 1)
 
 
+def is_cut(runner: EventRunner, node: str, ifname: str, carrier: str) -> bool:
+    """Read back from the kernel: "keep" - up and its drop slot set; "lose" - down."""
+    up = if_up(runner.mesh, node, ifname)
+    return up and runner.dropping(node, ifname) if carrier == "keep" else not up
+
+
 def alive(pid: int, created: float) -> bool:
     try:
         p = psutil.Process(pid)
@@ -69,29 +75,37 @@ def alive(pid: int, created: float) -> bool:
         return False
 
 
-@pytest.mark.parametrize("routing", ["static", "babeld"])
-def test_link_down_cuts_and_link_up_restores(routed, routing: str) -> None:
+@pytest.mark.parametrize(
+    ("routing", "carrier"), [("static", "keep"), ("static", "lose"), ("babeld", "keep"),
+                             ("babeld", "lose")]
+)  # fmt: skip
+def test_link_down_cuts_and_link_up_restores(routed, routing: str, carrier: str) -> None:
     topo = generators.line(3)
     mesh, backend = up(routed, topo, routing)
     runner = EventRunner(mesh, backend, topo)
     assert reaches(mesh, "n0", "n2")
-    rec = runner.apply(Event(0.0, "link-down", link=("n1", "n0")))
+    rec = runner.apply(Event(0.0, "link-down", link=("n1", "n0"), carrier=carrier))
     assert rec["action"] == "link-down" and rec["target"] == "n1-n0"
+    assert rec["detail"]["carrier"] == carrier
     assert sorted(rec["detail"]["down"]) == ["n0", "n1"]  # both ends of the veth pair
     for node, (ifname,) in rec["detail"]["down"].items():
-        assert not if_up(mesh, node, ifname)
+        assert is_cut(runner, node, ifname, carrier)
     assert not reaches(mesh, "n0", "n2")
     assert not reaches(mesh, "n0", "n1")
     assert reaches(mesh, "n1", "n2")  # the other link is untouched
     rec = runner.apply(Event(1.0, "link-up", link=("n0", "n1")))
     assert sorted(rec["detail"]["up"]) == ["n0", "n1"]
     took = wait_reaches(mesh, [("n0", "n2"), ("n2", "n0"), ("n0", "n1")])
-    print(f"\n{routing}: line3 reachable {took:.2f} s after link-up")
+    print(f"\n{routing}, carrier {carrier}: line3 reachable {took:.2f} s after link-up")
 
 
-@pytest.mark.parametrize("routing", ["babeld", "batmand"])
-def test_node_crash_freezes_the_daemon_before_its_interfaces_go_down(routed, routing: str) -> None:
-    """A crashed node sends nothing: its daemon must not see its own interfaces go down
+@pytest.mark.parametrize(
+    ("routing", "carrier"), [("babeld", "keep"), ("babeld", "lose"), ("batmand", "keep")]
+)
+def test_node_crash_freezes_the_daemon_before_its_interfaces_go_down(
+    routed, routing: str, carrier: str
+) -> None:
+    """A crashed node sends nothing: its daemon must not see its own interfaces cut
     (a running babeld answers with retractions and seqno requests on the interfaces still
     up; downing a 78-link hub's interfaces takes 0.8-1.7 s)."""
     topo = generators.line(3)
@@ -99,15 +113,15 @@ def test_node_crash_freezes_the_daemon_before_its_interfaces_go_down(routed, rou
     runner = EventRunner(mesh, backend, topo)
     (daemon,) = [p for p in mesh.state.processes if p.node == "n1" and p.role == routing]
     seen: list[str] = []
-    real_send = runner._send
+    real_start = runner._start
 
-    def watching_send(*args, **kwargs):  # type: ignore[no-untyped-def]
-        # the one buffer that takes the node's interfaces down is about to go out
+    def watching_start(*args, **kwargs):  # type: ignore[no-untyped-def]
+        # the drop slot and the buffer that cut the node's interfaces are about to go out
         seen.append(psutil.Process(daemon.pid).status())
-        return real_send(*args, **kwargs)
+        return real_start(*args, **kwargs)
 
-    runner._send = watching_send  # type: ignore[method-assign]
-    rec = runner.apply(Event(1.0, "node-crash", node="n1"))
+    runner._start = watching_start  # type: ignore[method-assign]
+    rec = runner.apply(Event(1.0, "node-crash", node="n1", carrier=carrier))
     assert seen == [psutil.STATUS_STOPPED]
     assert rec["detail"]["killed"] == [daemon.pid] and not alive(daemon.pid, daemon.create_time)
 
@@ -120,12 +134,12 @@ def test_node_crash_kills_the_daemon_and_restart_brings_a_new_one(routed, routin
     (old,) = [p for p in mesh.state.processes if p.node == "n1" and p.role == routing]
     assert alive(old.pid, old.create_time)
 
-    rec = runner.apply(Event(2.0, "node-crash", node="n1"))
+    rec = runner.apply(Event(2.0, "node-crash", node="n1"))  # radio-like, the default
     assert rec["target"] == "n1" and rec["detail"]["killed"] == [old.pid]
     assert not alive(old.pid, old.create_time)  # SIGKILLed, by its recorded PID
     assert not [p for p in mesh.state.processes if p.node == "n1" and p.role == routing]
     for i in mesh.state.interfaces["n1"]:
-        assert not if_up(mesh, "n1", i["ifname"])
+        assert is_cut(runner, "n1", i["ifname"], "keep")
     others = [p for p in mesh.state.processes if p.role == routing]
     assert len(others) == 2 and all(alive(p.pid, p.create_time) for p in others)
     assert not reaches(mesh, "n0", "n2") and not reaches(mesh, "n2", "n0")
@@ -180,7 +194,7 @@ def test_partition_and_heal_on_a_grid(routed, routing: str) -> None:
     print(f"\n{routing}: grid 3x3 healed in {took:.2f} s")
     for me, other in (("n4", "n5"), ("n5", "n4")):  # not the heal's to bring back
         (ifname,) = [i["ifname"] for i in mesh.state.interfaces[me] if i["peer"] == other]
-        assert not if_up(mesh, me, ifname)
+        assert is_cut(runner, me, ifname, "keep")
 
 
 def test_run_timeline_on_a_live_mesh(routed) -> None:
@@ -193,12 +207,16 @@ def test_run_timeline_on_a_live_mesh(routed) -> None:
         Event(1.2, "node-crash", node="n2"),
         Event(30.0, "node-restart", node="n2"),  # never reached: stopped before
     ]
+    runner.prepare(events)  # as meshstress run does: the drop filters attached before t0
     stop = threading.Event()
-    seen: list[bool] = []
+    seen: list[tuple[float, float, bool]] = []  # (began, ended, reached) of each ping
 
-    def watch() -> None:  # between the down and the up, n0 cannot reach n2
-        time.sleep(0.5)
-        seen.append(reaches(mesh, "n0", "n1"))
+    def watch() -> None:  # between the down and the up, n0 cannot reach n1
+        time.sleep(0.3)
+        while time.monotonic() < t0 + 0.9:
+            began = time.monotonic()
+            ok = mesh.ping("n0", "n1", count=1, wait=0.2).ok
+            seen.append((began, time.monotonic(), ok))
 
     watcher = threading.Thread(target=watch)
     timer = threading.Timer(2.0, stop.set)
@@ -216,7 +234,10 @@ def test_run_timeline_on_a_live_mesh(routed) -> None:
         # late_s is how long after its time the event began (how late depends on the load)
         assert abs(rec["late_s"] - (rec["t"] - (t0 + ev.at))) < 1e-6, rec
     assert [r["t"] for r in records] == sorted(r["t"] for r in records)
-    assert seen == [False]
+    down, back = records[0]["t"] + records[0]["took_s"], records[1]["t"]
+    inside = [ok for began, ended, ok in seen if began >= down and ended <= back]
+    assert inside and not any(inside), (down - t0, back - t0, [(b - t0, e - t0, ok)
+                                                            for b, e, ok in seen])  # fmt: skip
     assert time.monotonic() < t0 + events[-1].at  # returned on `stop`, not at the 30 s event
     wait_reaches(mesh, [("n0", "n1")], timeout=5.0)  # the link came back
     assert not reaches(mesh, "n1", "n2")  # n2 crashed and was never restarted

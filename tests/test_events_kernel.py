@@ -16,6 +16,8 @@ from meshstress.routing.batman_adv import MESHIF, BatmanAdvBackend
 from meshstress.routing.testing import Routed, missing_handler, routed_meshes
 from meshstress.stress.events import Event, EventRunner
 
+IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
+
 
 @pytest.fixture
 def routed() -> Iterator[Callable[..., Routed]]:
@@ -56,9 +58,17 @@ def test_batman_adv_node_crash_and_restart(routed) -> None:
     (link,) = mesh.netlink("n1").get_links(old)
     mac = link.get_attr("IFLA_ADDRESS")
 
-    rec = runner.apply(Event(1.0, "node-crash", node="n1"))
+    rec = runner.apply(Event(1.0, "node-crash", node="n1"))  # radio-like, the default
+    assert rec["detail"]["carrier"] == "keep"
     assert len(rec["detail"]["down"]) == 2  # both of n1's hard interfaces
     assert meshif_index(mesh, "n1") is None  # bat0, and its originator table, are gone
+    # the hard interfaces stay up with carrier (the neighbours' ends too) and drop every
+    # frame: the clsact + cls_bpf filter on this kernel
+    for node, peer in (("n1", "n0"), ("n1", "n2"), ("n0", "n1"), ("n2", "n1")):
+        (ifname,) = [i["ifname"] for i in mesh.state.interfaces[node] if i["peer"] == peer]
+        (link,) = mesh.netlink(node).get_links(mesh.netlink(node).link_lookup(ifname=ifname)[0])
+        assert link["flags"] & IFF_UP and link["flags"] & IFF_LOWER_UP, (node, ifname)
+        assert runner.dropping(node, ifname) == (node == "n1"), (node, ifname)
     assert not reaches(mesh, "n0", "n2") and not reaches(mesh, "n2", "n0")
 
     rec = runner.apply(Event(3.0, "node-restart", node="n1"))

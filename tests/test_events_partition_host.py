@@ -1,8 +1,10 @@
 """A partition of half of Freifunk Ulm and its heal, on the host (root): read back from
-the kernel, the interfaces down after the partition are exactly the cut links' ends,
-their neighbour routes are gone and no ping crosses; after the heal exactly the same
-interfaces are up as before, with their routes. Also: an action runs SCHED_FIFO and
-gives its priority back. No timing is asserted (benchmarks/event_speed.py measures it)."""
+the kernel, with carrier = "lose" the interfaces down after the partition are exactly
+the cut links' ends, their neighbour routes are gone and no ping crosses; after the heal
+exactly the same interfaces are up as before, with their routes. Radio-like (the
+default) on the same mesh: exactly the cut links' ends drop, every interface stays up
+and every route stays. Also: an action runs SCHED_FIFO and gives its priority back. No
+timing is asserted (benchmarks/event_speed.py measures it)."""
 
 from __future__ import annotations
 
@@ -106,13 +108,15 @@ def partition_and_heal(topo: Topology, mesh: Mesh, backend: Backend) -> None:
                   and (link.a, link.b) in inner)  # fmt: skip
     downed_ends = set(link_interfaces(mesh.state.interfaces, downed.a, downed.b))
     runner = EventRunner(mesh, backend, topo)
-    partition = Event(1, "partition", groups=groups)
-    runner.prepare([Event(0, "link-down", link=(downed.a, downed.b)), partition,
-                    Event(2, "heal"), Event(9, "node-crash", node=hub)])  # fmt: skip
+    partition = Event(1, "partition", groups=groups, carrier="lose")
+    radio = Event(3, "partition", groups=groups)  # carrier "keep", the default
+    runner.prepare([Event(0, "link-down", link=(downed.a, downed.b), carrier="lose"),
+                    partition, Event(2, "heal"), radio,
+                    Event(9, "node-crash", node=hub, carrier="lose")])  # fmt: skip
     hub_groups = {link.get_attr("IFLA_GROUP") for link in mesh.netlink(hub).get_links()
                   if link.get_attr("IFLA_IFNAME") != "lo"}  # fmt: skip
     assert hub_groups == {MESH_GROUP}  # so its crash would be one group request
-    runner.apply(Event(0, "link-down", link=(downed.a, downed.b)))
+    runner.apply(Event(0, "link-down", link=(downed.a, downed.b), carrier="lose"))
     all_ifaces = {(n, i["ifname"]) for n in mesh.nodes for i in mesh.state.interfaces[n]}
     before_up = up_ifaces(mesh)
     assert before_up == all_ifaces - downed_ends
@@ -138,6 +142,29 @@ def partition_and_heal(topo: Topology, mesh: Mesh, backend: Backend) -> None:
     assert host_routes(mesh) == before_routes  # every neighbour route over the cut is back
     for a, b in cut[:3]:
         assert mesh.ping(a, b, count=3, interval=0.2, wait=2).received > 0, (a, b)
+
+    def dropping() -> set[tuple[str, str]]:
+        return {(n, i) for n, i in all_ifaces if runner.dropping(n, i)}
+
+    assert dropping() == set()
+    rec = runner.apply(radio)
+    assert rec["detail"]["carrier"] == "keep"
+    assert dropping() == ends  # exactly the cut drops
+    assert up_ifaces(mesh) == before_up  # nothing set down
+    assert host_routes(mesh) == before_routes  # nothing flushed
+    reported = {(n, i) for n, names in rec["detail"]["down"].items() for i in names}
+    assert reported == ends
+    for a, b in cut[:3]:
+        assert mesh.ping(a, b, count=1, wait=1).received == 0, (a, b)
+    for a, b in sorted(inner - {(downed.a, downed.b)})[:3]:
+        assert mesh.ping(a, b, count=2, interval=0.2, wait=2).received > 0, (a, b)
+    rec = runner.apply(Event(4, "heal"))
+    assert rec["detail"]["carrier"] == "keep" and dropping() == set()
+    reported = {(n, i) for n, names in rec["detail"]["up"].items() for i in names}
+    assert reported == ends
+    for a, b in cut[:3]:
+        assert mesh.ping(a, b, count=3, interval=0.2, wait=2).received > 0, (a, b)
+    runner.close()
 
 
 def scheduler(tid: int) -> int:

@@ -30,10 +30,18 @@ def ifname(mesh: LiveMesh, node: str, peer: str) -> str:
     return name
 
 
-def is_up(mesh: LiveMesh, node: str, peer: str) -> bool:
+def if_flags(mesh: LiveMesh, node: str, peer: str) -> int:
     ipr = mesh.netlink(node)
     (link,) = ipr.get_links(ipr.link_lookup(ifname=ifname(mesh, node, peer))[0])
-    return bool(link["flags"] & 1)
+    return int(link["flags"])
+
+
+def is_up(mesh: LiveMesh, node: str, peer: str) -> bool:
+    """Carries frames, read back from the kernel: set up (IFF_UP) and not dropping
+    (a radio-like cut's drop slot, mesh.events.dropping)."""
+    return bool(if_flags(mesh, node, peer) & 1) and not mesh.events.dropping(
+        node, ifname(mesh, node, peer)
+    )
 
 
 def root_qdisc(mesh: LiveMesh, node: str, peer: str) -> tuple[str, dict[str, int]]:
@@ -142,6 +150,9 @@ def test_bad_input_is_one_line_naming_the_field_and_changes_nothing(mesh_factory
         (lambda: mesh.impair("n0", "n1", loss=1.5), "mesh.impair: loss: "),
         (lambda: mesh.impair("n0", "n1", rate="1mbit", direction="up"), "mesh.impair: direction"),
         (lambda: mesh.crash("n9"), "mesh.crash: node: unknown node 'n9'"),
+        (lambda: mesh.crash("n1", carrier="off"), "mesh.crash: carrier: must be one of keep"),
+        (lambda: mesh.link_down("n0", "n1", carrier=1), "mesh.link_down: carrier: "),
+        (lambda: mesh.partition([["n0"]], carrier="drop"), "mesh.partition: carrier: "),
         (lambda: mesh.partition([["n0"], ["n0", "n1"]]), "mesh.partition: groups[1][0]"),
         (
             lambda: mesh.partition([["n0", "n1", "n2"]]),
@@ -173,6 +184,13 @@ def test_crash_kills_the_daemons_and_takes_the_interfaces_down_then_restarts(
             raise Boom
     (after,) = daemons(mesh, "n1")
     assert after != before
+    assert is_up(mesh, "n1", "n0") and is_up(mesh, "n1", "n2")
+    assert mesh.wait_until(lambda: mesh.ping("n0", "n2", count=1, wait=0.5).ok, timeout=60)
+    # radio-like (the default) kept the interfaces up; "lose" sets them down
+    assert [r["detail"]["carrier"] for r in mesh.records] == ["keep", "keep"]
+    with mesh.crash("n1", carrier="lose") as rec:
+        assert rec["detail"]["carrier"] == "lose"
+        assert not if_flags(mesh, "n1", "n0") & 1 and not if_flags(mesh, "n1", "n2") & 1
     assert is_up(mesh, "n1", "n0") and is_up(mesh, "n1", "n2")
     assert mesh.wait_until(lambda: mesh.ping("n0", "n2", count=1, wait=0.5).ok, timeout=60)
 

@@ -51,7 +51,11 @@ def test_good_scenario_parses() -> None:
         "flows.cbr.delivery_ratio",
         "events[1].recovery_s.cbr",
     ]
-    assert sc.needs() == []  # static routing, no impairments: a plain host runs it
+    # static routing, no impairments, a radio-like link-down (the drop filter: clsact and
+    # cls_bpf, in every stock kernel): a plain host runs it
+    assert sc.needs() == ["tc-bpf"]
+    lose = GOOD.replace('link = ["n0", "n1"]', 'link = ["n0", "n1"]\ncarrier = "lose"')
+    assert lose != GOOD and scenario.loads(lose, "cut.toml").needs() == []
 
 
 def test_default_scenario_is_the_mission() -> None:
@@ -68,10 +72,11 @@ def test_default_scenario_is_the_mission() -> None:
 
 
 def test_quick_scenario_needs_nothing_special() -> None:
-    # for hosts that can run the default neither natively nor in the VM lab
+    # for hosts that can run the default neither natively nor in the VM lab: no
+    # batman-adv, netem or BCC; its crash and partition cut radio-like (clsact, cls_bpf)
     sc = scenario.load(Path(__file__).parent.parent / "scenarios" / "quick.toml")
     assert sc.name == "quick" and sc.flows and sc.events and sc.assertions
-    assert sc.needs() == []
+    assert sc.needs() == ["tc-bpf"]
 
 
 def test_example_scenarios_are_valid() -> None:
@@ -90,7 +95,7 @@ def test_topology_file_is_relative_to_the_scenario(tmp_path: Path) -> None:
 
 def test_needs_names_what_the_kernel_must_offer(tmp_path: Path) -> None:
     text = GOOD.replace('routing = "static"', 'routing = "batman-adv"')
-    assert scenario.loads(text, "s.toml").needs() == ["batman-adv"]
+    assert scenario.loads(text, "s.toml").needs() == ["batman-adv", "tc-bpf"]
     link = '\n[[links]]\na = "a"\nb = "b"\n'
     (tmp_path / "rate.toml").write_text('nodes = ["a", "b"]' + link + 'rate = "2mbit"\n')
     (tmp_path / "loss.toml").write_text('nodes = ["a", "b"]' + link + 'loss = "5%"\n')
@@ -103,9 +108,9 @@ def test_needs_names_what_the_kernel_must_offer(tmp_path: Path) -> None:
     )
     assert ideal.needs() == []
     probes = scenario.loads('[scenario]\nprobes = ["drops"]\n' + GOOD.split("\n", 4)[4], "s.toml")
-    assert probes.probes == ["drops"] and probes.needs() == ["bcc+headers"]
+    assert probes.probes == ["drops"] and probes.needs() == ["tc-bpf", "bcc+headers"]
     ev = GOOD + '[[events]]\nat = "1s"\naction = "impair"\nlink = ["n4", "n5"]\ndelay = "5ms"\n'
-    assert scenario.loads(ev, "s.toml").needs() == ["netem"]
+    assert scenario.loads(ev, "s.toml").needs() == ["netem", "tc-bpf"]
 
 
 def _err(text: str, tmp_path: Path | None = None) -> InputError:

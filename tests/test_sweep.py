@@ -138,11 +138,12 @@ def test_curve_assertions_are_kept_apart_from_plain_ones() -> None:
 
 
 def test_needs_follow_the_axis() -> None:
-    # netem for loss: choose_where sends it to the lab; tbf alone for rate; nothing for
-    # failed links
+    # netem for loss: choose_where sends it to the lab; tbf alone for rate; failed links
+    # the drop filter of radio-like cuts (tc-bpf), nothing with carrier = "lose"
     assert "netem" in load('loss = ["0%", "5%"]').needs()
     assert load('rate = ["2mbit", "1mbit"]').needs() == ["tbf"]
-    assert load("failed_links = [0, 1]").needs() == []
+    assert load("failed_links = [0, 1]").needs() == ["tc-bpf"]
+    assert load('failed_links = [0, 1]\ncarrier = "lose"').needs() == []
     assert "netem" in load('delay = ["0ms", "5ms"]').needs()
 
 

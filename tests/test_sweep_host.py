@@ -260,3 +260,59 @@ def test_two_sweeps_one_after_another_with_a_process_curve(run_scenario) -> None
     assert [(c["axis"], c["passed"]) for c in r["checks"] if c.get("check")] == [
         ("failed_links", True), ("failed_links", True), ("rate", True), ("rate", True)]  # fmt: skip
     assert r["passed"], r["checks"]
+
+
+CHURN = """
+[scenario]
+name = "churn-sweep"
+warmup = "0.5s"
+
+[mesh]
+generate = "line 3"
+routing = "static"
+
+[[traffic]]
+name = "cbr"
+kind = "udp"
+from = "n0"
+to = "n2"
+rate = "100pps"
+size = 100
+
+[sweep]
+churn = [0, 12]
+nodes = ["n1"]
+churn_down = "2s"
+step = "10s"
+settle = "1s"
+CARRIER
+"""
+
+
+@pytest.mark.parametrize("carrier", ["keep", "lose"])
+def test_a_churn_sweep_cuts_the_flow_for_each_crash_radio_like(run_scenario, carrier) -> None:
+    """Two 2 s crashes of the line's middle node: radio-like (the default) each is one
+    outage from the crash to the restart; with carrier = "lose" the packets sent
+    meanwhile waited in n0's ARP queue and arrived late (docs/events.md), so no outage
+    spans a crash."""
+    text = CHURN.replace("CARRIER", "" if carrier == "keep" else 'carrier = "lose"')
+    r = run_scenario(text)
+    crashes = []
+    for w in r["sweep"]["windows"]:
+        for c in w.get("churn", []):
+            (change,) = c["changes"]
+            assert change["detail"]["carrier"] == carrier, change
+            crashes.append((c["t_rel"], change["action"]))
+    downs = [t for t, action in crashes if action == "node-crash"]
+    ups = [t for t, action in crashes if action == "node-restart"]
+    assert len(downs) == len(ups) == 2, crashes
+    outages = r["flows"]["cbr"]["outages"]
+    interval = 0.01  # of the flow
+    for down, up in zip(downs, ups, strict=True):
+        spans = [o for o in outages if o[0] <= down + interval + 0.002 and o[1] >= up - 0.002]
+        if carrier == "keep":
+            assert len(spans) == 1, (down, up, outages)
+        else:
+            assert spans == [], (down, up, outages)
+    if carrier == "lose":  # the late ones: up to the crash's length
+        assert r["flows"]["cbr"]["latency_ms"]["max"] > 1000, r["flows"]["cbr"]["latency_ms"]

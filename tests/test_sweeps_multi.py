@@ -161,9 +161,11 @@ class _Runner:
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
 
-    def set_links(self, down: list[object], up: list[object]) -> dict[str, object]:
+    def set_links(
+        self, down: list[object], up: list[object], carrier: str = "keep"
+    ) -> dict[str, object]:
         self.calls.append(("links", (list(down), list(up))))
-        return {"took_s": 0.001, "down": {}, "up": {}}
+        return {"took_s": 0.001, "down": {}, "up": {}, "carrier": carrier}
 
     def apply(self, ev: object) -> dict[str, object]:
         self.calls.append(("apply", ev))

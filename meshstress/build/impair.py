@@ -48,6 +48,7 @@ ROOT_HANDLE = "1:"
 NETEM_CHILD_PARENT = "1:1"  # netem's single class, where its child qdisc hangs
 CHILD_HANDLE = "10:"
 TC_H_ROOT = 0xFFFFFFFF
+TC_H_CLSACT = 0xFFFFFFF1  # clsact and ingress qdiscs (meshstress.build.drop): not ours here
 MIN_LIMIT = 1000  # netem's default queue, in packets
 ETH_HLEN = 14  # a veth frame is the MTU plus the Ethernet header, as tbf counts it
 TBF_QUEUE_S = 0.05  # tbf's default queue: 50 ms at the rate (at least TBF_MIN_PACKETS)
@@ -353,7 +354,7 @@ def _change_in_place(
     have = sorted(
         (q.get_attr("TCA_KIND"), q["handle"], q["parent"])
         for q in sock.get_qdiscs(index=index)
-        if q["index"] == index
+        if q["index"] == index and q["parent"] != TC_H_CLSACT  # not the drop filter's clsact
     )
     want = sorted(
         (sp.kind, _tc_handle(sp.handle),

@@ -109,6 +109,15 @@ class Scenario:
         """The first sweep (the only one of a plain [sweep]); None without a sweep."""
         return self.sweeps[0] if self.sweeps else None
 
+    def radio_cuts(self) -> bool:
+        """Whether an event or a sweep cuts radio-like (carrier "keep": the drop filter
+        of meshstress.build.drop)."""
+        cuts = ("link-down", "node-crash", "partition")
+        if any(ev.action in cuts and ev.carrier == "keep" for ev in self.events):
+            return True
+        return any(sw.axis in ("failed_links", "churn") and sw.carrier == "keep"
+                   for sw in self.sweeps)  # fmt: skip
+
     def needs(self) -> list[str]:
         """Doctor check names this scenario needs from the kernel, beyond netns and veth."""
         from meshstress.build import impair
@@ -128,6 +137,8 @@ class Scenario:
             if not imp.is_ideal():
                 kinds |= impair.needs(imp)
         out += sorted(kinds)
+        if self.radio_cuts():
+            out.append("tc-bpf")
         if self.probes:
             out.append("bcc+headers")
         return out

@@ -37,7 +37,10 @@ if TYPE_CHECKING:
 
 AXES = ("loss", "delay", "jitter", "rate", "failed_links", "churn")
 IMPAIR_AXES = ("loss", "delay", "jitter", "rate")
-KEYS = (*AXES, "links", "nodes", "step", "settle", "repeat", "fresh", "seed", "churn_down")
+KEYS = (*AXES, "links", "nodes", "step", "settle", "repeat", "fresh", "seed", "churn_down",
+        "carrier")  # fmt: skip
+# failed_links and churn: how a cut looks to the neighbours (stress.events.CARRIER_MODES)
+CARRIERS = ("keep", "lose")
 # the unit of each axis's stress, as meshstress.judge.curves names them
 AXIS_UNIT = {
     "loss": "fraction",
@@ -75,6 +78,7 @@ class Sweep:
     fresh: bool = False
     seed: int = 0
     churn_down: float = DEFAULT_CHURN_DOWN
+    carrier: str = "keep"  # failed_links, churn: the cuts' carrier mode (docs/events.md)
     index: int = 0  # position among the scenario's sweeps ([[sweep]]), in time order
     offset: float = 0.0  # seconds after t0 at which this sweep begins (the ones before it)
 
@@ -250,6 +254,12 @@ def parse_sweep(
         for key in ("nodes", "churn_down"):
             if key in raw:
                 raise _fail(source, f"{at}.{key}", "only a churn sweep takes it")
+    carrier = raw.get("carrier", "keep")
+    if "carrier" in raw and axis not in ("failed_links", "churn"):
+        raise _fail(source, f"{at}.carrier", "only a failed_links or churn sweep takes it")
+    if not isinstance(carrier, str) or carrier not in CARRIERS:
+        raise _fail(source, f"{at}.carrier",
+                    f"must be one of {', '.join(CARRIERS)}, got {carrier!r}")  # fmt: skip
     if axis == "churn" and "links" in raw:
         raise _fail(source, f"{at}.links", "a churn sweep crashes nodes: give nodes")
     values = _step_values(source, axis, raw[axis], len(links), at)
@@ -307,6 +317,7 @@ def parse_sweep(
         fresh=fresh,
         seed=seed,
         churn_down=down,
+        carrier=carrier,
     )
 
 
@@ -401,14 +412,17 @@ def expand(sw: Sweep, topo: Topology, ideal: bool = False) -> list[StepAction]:
                 Event(at=w.start, action="link-up", link=lk) for lk in failed if lk not in want
             ]
             events += [
-                Event(at=w.start, action="link-down", link=lk) for lk in want if lk not in failed
+                Event(at=w.start, action="link-down", link=lk, carrier=sw.carrier)
+                for lk in want
+                if lk not in failed
             ]
             failed = want
         out.append(StepAction(at=w.start, window=w.index, events=tuple(events), sweep=sw.index))
         if sw.axis == "churn":
             for t, node in churn_crashes(sw, w, value):
-                crash = Event(at=t, action="node-crash", node=node)
-                back = Event(at=t + sw.churn_down, action="node-restart", node=node)
+                crash = Event(at=t, action="node-crash", node=node, carrier=sw.carrier)
+                back = Event(at=t + sw.churn_down, action="node-restart", node=node,
+                             carrier=sw.carrier)  # fmt: skip
                 out.append(StepAction(t, w.index, (crash,), boundary=False, sweep=sw.index))
                 out.append(
                     StepAction(t + sw.churn_down, w.index, (back,), False, sweep=sw.index)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
-from meshstress.build import impair
+from meshstress.build import drop, impair
 from meshstress.errors import MeshstressError
 from meshstress.model import units
 from meshstress.model.topofile import _IMPAIR_KEYS, _Ctx
@@ -42,13 +42,20 @@ if TYPE_CHECKING:
 ACTIONS = ("link-down", "link-up", "node-crash", "node-restart", "partition", "heal", "impair",
            "inject")  # fmt: skip
 
+# How a cut looks to the neighbours (docs/events.md): "keep" (radio-like, the default):
+# the interfaces stay up with carrier and every frame in and out of them is dropped (a
+# BPF filter, meshstress.build.drop); "lose" (an unplugged cable): they are set down, so
+# the other end of each veth loses carrier.
+CARRIER_KEEP, CARRIER_LOSE = "keep", "lose"
+CARRIER_MODES = (CARRIER_KEEP, CARRIER_LOSE)
+
 # keys each action takes besides `at` and `action`
 _KEYS: dict[str, tuple[str, ...]] = {
-    "link-down": ("link", "for"),
+    "link-down": ("link", "for", "carrier"),
     "link-up": ("link",),
-    "node-crash": ("node", "for"),
+    "node-crash": ("node", "for", "carrier"),
     "node-restart": ("node",),
-    "partition": ("groups", "for"),
+    "partition": ("groups", "for", "carrier"),
     "heal": (),
     "impair": ("link", *_IMPAIR_KEYS, "a_to_b", "b_to_a"),
     "inject": ("node", "protocol", "attack", "rate", "for", "seed", "recover_within"),
@@ -73,6 +80,10 @@ class Event:
     ab: Impairment | None = None  # impair: new link[0]->link[1] impairment (None: as is)
     ba: Impairment | None = None  # impair: new link[1]->link[0] impairment
     inject: InjectSpec | None = None  # inject: what the hostile node sends, for how long
+    # link-down/node-crash/partition: CARRIER_KEEP (frames dropped, carrier kept) or
+    # CARRIER_LOSE (interfaces set down). An undo made by `for` carries its event's
+    # mode, but an undo ends a cut in the mode the cut was made with, whatever it says.
+    carrier: str = CARRIER_KEEP
 
 
 # --- parsing (pure) --------------------------------------------------------------------
@@ -107,6 +118,9 @@ def parse_events(raw: object, source: str, topo: Topology, field: str = "events"
             ev = replace(ev, node=_node(ctx, table["node"], f"{where}.node", names))
         if action == "partition":
             ev = replace(ev, groups=_groups(ctx, table["groups"], f"{where}.groups", topo))
+        if "carrier" in table:
+            ev = replace(ev, carrier=ctx.choice(table["carrier"], f"{where}.carrier",
+                                                CARRIER_MODES))  # fmt: skip
         if action == "impair":
             ab, ba = _impairments(ctx, table, where)
             ev = replace(ev, ab=ab, ba=ba)
@@ -358,15 +372,26 @@ class _Batch:
     what: list[list[tuple[str, str, bool]]]
 
 
+@dataclass
+class _Before:
+    """What the interfaces of some nodes were before an action changed the model."""
+
+    admin: dict[tuple[str, str], bool]  # (node, ifname) -> IFF_UP wanted
+    carrying: dict[tuple[str, str], bool]  # (node, ifname) -> carries frames
+
+
 class EventRunner:
     """Applies events to a live mesh and keeps track of what is down and why.
 
-    An interface is up when its node is not crashed and its link is neither downed by a
-    link-down nor cut by the partition in force. Every action computes which interfaces
-    change from that model and sets all of them at once: one netlink buffer per
-    namespace, every namespace's buffer sent before any ack is read, so an event is one
-    moment however many interfaces it touches (a crash of a node with 78 links, a
-    partition of a city). Records are stamped when the action begins."""
+    An interface carries frames when its node is not crashed and its link is neither
+    downed by a link-down nor cut by the partition in force. Each of those causes has
+    its carrier mode: "keep" (radio-like) drops every frame through the interface's BPF
+    filter (meshstress.build.drop: one slot per node and per link in one map), "lose"
+    sets the interface down. Every action computes from that model which drop slots and
+    which interfaces change and sets all of them at once: the map updates, then one
+    netlink buffer per namespace, every namespace's buffer sent before any ack is read,
+    so an event is one moment however many interfaces it touches (a crash of a node with
+    78 links, a partition of a city). Records are stamped when the action begins."""
 
     def __init__(self, mesh: Mesh, backend: Backend, topo: Topology) -> None:
         self.mesh = mesh
@@ -376,6 +401,17 @@ class EventRunner:
         self.cut: set[frozenset[str]] = set()  # links down by the partition in force
         self.crashed: set[str] = set()
         self.groups: tuple[tuple[str, ...], ...] | None = None
+        # the carrier mode of each cause: per crashed node, per downed link, the partition's
+        self.crash_carrier: dict[str, str] = {}
+        self.down_carrier: dict[frozenset[str], str] = {}
+        self.cut_carrier = CARRIER_KEEP
+        self._node_slot, self._link_slot, self._slots = drop.slot_numbers(
+            topo.node_names(), [(link.a, link.b) for link in topo.links]
+        )
+        self._drops: drop.DropMap | None = None  # made at the first need
+        self._dropping: set[int] = set()  # the slots set in the map now
+        self._filtered: set[tuple[str, str]] = set()  # (node, ifname) with the drop filter
+        self._slot_ifaces: dict[int, list[tuple[str, str]]] | None = None
         self.mtu = backend.mtu or 1500
         self._index: dict[str, dict[str, int]] = {}  # node -> ifname -> ifindex
         self._routes: dict[str, dict[str, str]] = {}  # node -> neighbour -> ifname
@@ -394,9 +430,11 @@ class EventRunner:
 
     def prepare(self, events: Sequence[Event]) -> None:
         """Open the netlink sockets and learn the interface indexes of every node the
-        events touch, so that nothing of this happens inside a timed event; put the mesh
-        interfaces of every node a node-crash names into MESH_GROUP (without that, its
-        crash sends one request per interface)."""
+        events touch, so that nothing of this happens inside a timed event; attach the
+        drop filter (meshstress.build.drop) to every interface a radio-like cut
+        (carrier "keep") may cut, so that such a cut is a map update only; put the mesh
+        interfaces of every node a node-crash with carrier "lose" names into MESH_GROUP
+        (without that, its crash sends one request per interface)."""
         nodes: set[str] = set()
         for ev in events:
             if ev.link is not None:
@@ -409,9 +447,11 @@ class EventRunner:
         for node in sorted(nodes):
             self._indexes(node)
             self._via(node)
-        crashing = {ev.node for ev in events if ev.action == "node-crash" and ev.node}
+        crashing = {ev.node for ev in events if ev.action == "node-crash" and ev.node
+                    and ev.carrier == CARRIER_LOSE}  # fmt: skip
         for node in sorted(crashing - self._grouped):
             self._group(node)
+        self._attach(self._keep_interfaces(events))
         for ev in events:  # the forged frames are generated now, not inside the event
             if ev.action == "inject":
                 self._inject_plans[id(ev)] = self._plan_inject(ev)
@@ -457,14 +497,25 @@ class EventRunner:
 
     # --- interface state ------------------------------------------------------
 
-    def _should_be_up(self, node: str, iface: dict[str, Any]) -> bool:
+    def _modes(self, node: str, iface: dict[str, Any]) -> list[str]:
+        """The carrier modes of every cause that cuts this interface now (none: it
+        carries frames)."""
+        out = []
         if node in self.crashed:
-            return False
+            out.append(self.crash_carrier.get(node, CARRIER_LOSE))
         peer = iface.get("peer")
         if peer is None:
-            return True  # a shared segment: partitions never split one (parse time)
+            return out  # a shared segment: partitions never split one (parse time)
         key = link_key(node, peer)
-        return key not in self.downed and key not in self.cut
+        if key in self.downed:
+            out.append(self.down_carrier.get(key, CARRIER_LOSE))
+        if key in self.cut:
+            out.append(self.cut_carrier)
+        return out
+
+    def _should_be_up(self, node: str, iface: dict[str, Any]) -> bool:
+        """IFF_UP: no cause in force with carrier "lose"."""
+        return CARRIER_LOSE not in self._modes(node, iface)
 
     def _wanted(self, nodes: Sequence[str]) -> dict[tuple[str, str], bool]:
         return {
@@ -472,6 +523,128 @@ class EventRunner:
             for node in dict.fromkeys(nodes)
             for i in self.mesh.state.interfaces.get(node, [])
         }
+
+    def _carrying(self, nodes: Sequence[str]) -> dict[tuple[str, str], bool]:
+        return {
+            (node, i["ifname"]): not self._modes(node, i)
+            for node in dict.fromkeys(nodes)
+            for i in self.mesh.state.interfaces.get(node, [])
+        }
+
+    def _before(self, nodes: Sequence[str]) -> _Before:
+        return _Before(self._wanted(nodes), self._carrying(nodes))
+
+    # --- radio-like cuts: the drop slots ------------------------------------------
+
+    def _drop_slots(self) -> set[int]:
+        """The slots that must drop now: each node crashed, link downed, link cut by
+        the partition in force, with carrier "keep"."""
+        out = {self._node_slot[n] for n in self.crashed
+               if self.crash_carrier.get(n, CARRIER_LOSE) == CARRIER_KEEP}  # fmt: skip
+        out |= {self._link_slot[k] for k in self.downed
+                if self.down_carrier.get(k, CARRIER_LOSE) == CARRIER_KEEP}  # fmt: skip
+        if self.cut_carrier == CARRIER_KEEP:
+            out |= {self._link_slot[k] for k in self.cut}
+        return out
+
+    def dropping(self, node: str, ifname: str) -> bool:
+        """Whether node's interface `ifname` drops every frame now: its filter is
+        attached and its node's or its link's slot is set, read back from the kernel's
+        map (tests, benchmarks)."""
+        if self._drops is None or (node, ifname) not in self._filtered:
+            return False
+        slots = [self._node_slot[node]]
+        for i in self.mesh.state.interfaces.get(node, []):
+            if i["ifname"] == ifname and i.get("peer") is not None:
+                slots.append(self._link_slot[link_key(node, i["peer"])])
+        return any(self._drops.get(slot) for slot in slots)
+
+    def _keep_interfaces(self, events: Sequence[Event]) -> list[tuple[str, str]]:
+        """(node, ifname) of every interface a radio-like cut of `events` may cut."""
+        out: list[tuple[str, str]] = []
+        for ev in events:
+            if ev.carrier != CARRIER_KEEP:
+                continue
+            if ev.action == "node-crash" and ev.node is not None:
+                out += [(ev.node, i["ifname"]) for i in self.mesh.state.interfaces.get(ev.node, [])]
+            elif ev.action == "link-down" and ev.link is not None:
+                out += link_interfaces(self.mesh.state.interfaces, *ev.link)
+            elif ev.action == "partition" and ev.groups is not None:
+                for a, b in partition_cuts(self.topo, ev.groups):
+                    out += link_interfaces(self.mesh.state.interfaces, a, b)
+        return out
+
+    def _drop_map(self) -> drop.DropMap:
+        if self._drops is None:
+            self._drops = drop.DropMap(self._slots)
+        return self._drops
+
+    def _attach(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """The drop filter on every interface of `pairs` that has none yet: one program
+        per interface (its node's slot and its link's), a clsact qdisc and the program
+        on ingress and egress, one netlink buffer per namespace."""
+        todo: dict[str, list[str]] = {}
+        for node, ifname in pairs:
+            if (node, ifname) not in self._filtered and ifname not in todo.get(node, []):
+                todo.setdefault(node, []).append(ifname)
+        if not todo:
+            return
+        m = self._drop_map()
+        for node, names in todo.items():
+            index = self._indexes(node)
+            peers = {i["ifname"]: i.get("peer") for i in self.mesh.state.interfaces.get(node, [])}
+            targets: list[tuple[str, int, int]] = []
+            try:
+                for ifname in names:
+                    if ifname not in index:
+                        raise MeshstressError(f"interface {ifname} of node {node} is gone")
+                    peer = peers.get(ifname)
+                    slots = [self._node_slot[node]]
+                    if peer is not None:
+                        slots.append(self._link_slot[link_key(node, peer)])
+                    targets.append((ifname, index[ifname], drop.load_program(m.fd, slots)))
+                drop.attach(self.mesh.rtnl(node), node, targets)
+            finally:
+                for _, _, fd in targets:  # the filters hold the programs now
+                    os.close(fd)
+            self._filtered.update((node, ifname) for ifname in names)
+
+    def _ifaces_of_slot(self, slot: int) -> list[tuple[str, str]]:
+        if self._slot_ifaces is None:
+            by: dict[int, list[tuple[str, str]]] = {}
+            for node, ifaces in self.mesh.state.interfaces.items():
+                if node not in self._node_slot:
+                    continue
+                for i in ifaces:
+                    by.setdefault(self._node_slot[node], []).append((node, i["ifname"]))
+                    if i.get("peer") is not None:
+                        key = link_key(node, i["peer"])
+                        if key in self._link_slot:
+                            by.setdefault(self._link_slot[key], []).append((node, i["ifname"]))
+            self._slot_ifaces = by
+        return self._slot_ifaces.get(slot, [])
+
+    def _set_drops(self) -> None:
+        """Bring the map in line with the model: the slots that must drop now set, the
+        others cleared; one bpf(2) update per changed slot. An interface without its
+        filter yet (no prepare) gets it first."""
+        want = self._drop_slots()
+        on, off = want - self._dropping, self._dropping - want
+        if not on and not off:
+            return
+        if on:
+            self._attach([p for slot in sorted(on) for p in self._ifaces_of_slot(slot)])
+        m = self._drop_map()
+        m.set(sorted(on), True)
+        m.set(sorted(off), False)
+        self._dropping = want
+
+    def close(self) -> None:
+        """Let go of the drop map (filters still attached keep it until their interfaces
+        are deleted, with every slot as it was last set)."""
+        if self._drops is not None:
+            self._drops.close()
+            self._drops = None
 
     def _indexes(self, node: str) -> dict[str, int]:
         if node not in self._index:
@@ -567,14 +740,31 @@ class EventRunner:
         self._links_done = time.monotonic()
         return down, up
 
-    def _change(
-        self, before: dict[tuple[str, str], bool]
+    def _start(self, before: _Before) -> list[_Batch]:
+        """The drop slots set (radio-like cuts), then the interface changes sent."""
+        self._set_drops()
+        return self._send(before.admin)
+
+    def _finish(
+        self, before: _Before, batches: Sequence[_Batch]
     ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-        """Send and collect; then the backend's own work on nodes with links back up."""
-        down, up = self._collect(self._send(before))
-        for node in up:
+        """Collect the acks; the backend's own work on nodes with interfaces set back up
+        (what the kernel flushed). Returns ({node: [ifname]} that stopped carrying
+        frames, ... that carry frames again), either carrier mode."""
+        _, came_up = self._collect(batches)
+        for node in came_up:
             self.backend.links_up(self.mesh, self.topo, node, neighbour_routes=False)
+        after = self._carrying(list(dict.fromkeys(n for n, _ in before.carrying)))
+        down: dict[str, list[str]] = {}
+        up: dict[str, list[str]] = {}
+        for (node, ifname), was in before.carrying.items():
+            now = after[(node, ifname)]
+            if now != was:
+                (up if now else down).setdefault(node, []).append(ifname)
         return down, up
+
+    def _change(self, before: _Before) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        return self._finish(before, self._start(before))
 
     # --- actions ------------------------------------------------------------------
 
@@ -611,68 +801,96 @@ class EventRunner:
             raise MeshstressError(f"{event.action} event without a node")
         return event.node
 
+    def _link_mode(self, key: frozenset[str]) -> str | None:
+        """The carrier mode that keeps link `key` down now (None: it is not down)."""
+        if key in self.downed:
+            return self.down_carrier.get(key, CARRIER_LOSE)
+        return self.cut_carrier if key in self.cut else None
+
     def _link_down(self, event: Event) -> dict[str, Any]:
         a, b = self._need_link(event)
-        before = self._wanted([a, b])
+        before = self._before([a, b])
         self.downed.add(link_key(a, b))
+        self.down_carrier[link_key(a, b)] = event.carrier
         self.cut.discard(link_key(a, b))  # a heal must not bring it back now
         down, _ = self._change(before)
-        return {"down": down}
+        return {"down": down, "carrier": event.carrier}
 
     def _link_up(self, event: Event) -> dict[str, Any]:
         a, b = self._need_link(event)
-        before = self._wanted([a, b])
+        before = self._before([a, b])
+        mode = self._link_mode(link_key(a, b))
         self.downed.discard(link_key(a, b))
         self.cut.discard(link_key(a, b))
         _, up = self._change(before)
-        return {"up": up}
+        return {"up": up, **({"carrier": mode} if mode else {})}
 
-    def set_links(self, down: Sequence[Link] = (), up: Sequence[Link] = ()) -> dict[str, Any]:
-        """Take links `down` and bring links `up` in one step (a sweep's failed_links
-        step): one netlink buffer per namespace as for any event, all sent before any
-        ack is read. Returns {"down": {node: [ifname]}, "up": {...}, "t", "took_s"}."""
+    def set_links(
+        self, down: Sequence[Link] = (), up: Sequence[Link] = (), carrier: str = CARRIER_KEEP
+    ) -> dict[str, Any]:
+        """Take links `down` (with `carrier`) and bring links `up` in one step (a sweep's
+        failed_links step): the drop slots, then one netlink buffer per namespace as for
+        any event, all sent before any ack is read. Returns {"down": {node: [ifname]},
+        "up": {...}, "carrier", "t", "took_s"}."""
         start = time.monotonic()
         nodes = sorted({n for link in (*down, *up) for n in link})
         with _urgent():
-            before = self._wanted(nodes)
+            before = self._before(nodes)
             for a, b in down:
                 self.downed.add(link_key(a, b))
+                self.down_carrier[link_key(a, b)] = carrier
                 self.cut.discard(link_key(a, b))
             for a, b in up:
                 self.downed.discard(link_key(a, b))
                 self.cut.discard(link_key(a, b))
             went_down, came_up = self._change(before)
-        return {"down": went_down, "up": came_up, "t": start,
+        return {"down": went_down, "up": came_up, "carrier": carrier, "t": start,
                 "took_s": time.monotonic() - start}  # fmt: skip
+
+    def recut(self, a: str, b: str) -> None:
+        """Link a-b, down by a link-down, is cut by the partition in force instead (the
+        pytest API ends a link_down block inside the partition that cut it): its state
+        follows the partition's carrier mode from now."""
+        key = link_key(a, b)
+        before = self._before([a, b])
+        self.downed.discard(key)
+        self.cut.add(key)
+        self._change(before)
 
     def _node_crash(self, event: Event) -> dict[str, Any]:
         node = self._need_node(event)
         role = self.backend.role
         mine = [p for p in self.mesh.state.processes if p.node == node and p.role == role]
-        before = self._wanted([node])
+        before = self._before([node])
         self.crashed.add(node)
-        # Freeze the daemons first (SIGSTOP, waited for), then take every interface down
-        # in one buffer, then SIGKILL by recorded PID before the acks are even read: a
-        # crashed node sends nothing. A daemon left running while its interfaces go down
-        # reacts on the ones still up, with retractions and requests a crashed node never
-        # sends. stop_node then reaps them (children too), forgets and cleans up.
+        self.crash_carrier[node] = event.carrier
+        # Freeze the daemons first (SIGSTOP, waited for), then cut the node: its drop
+        # slot set (carrier "keep": every frame in and out of its interfaces is dropped,
+        # they keep carrier) or every interface down in one buffer ("lose"); then SIGKILL
+        # by recorded PID before the acks are even read: a crashed node sends nothing. A
+        # daemon left running while its interfaces go down reacts on the ones still up,
+        # with retractions and requests a crashed node never sends. stop_node then reaps
+        # them (children too), forgets and cleans up.
         freeze_processes(live_records(self.mesh, node, role) if role else [])
-        batches = self._send(before)
+        batches = self._start(before)
         _kill(mine)
-        down, _ = self._collect(batches)
+        down, _ = self._finish(before, batches)
         self.backend.stop_node(self.mesh, node, kill=True)
-        return {"down": down.get(node, []), "killed": sorted(p.pid for p in mine)}
+        return {"down": down.get(node, []), "killed": sorted(p.pid for p in mine),
+                "carrier": event.carrier}  # fmt: skip
 
     def _node_restart(self, event: Event) -> dict[str, Any]:
         node = self._need_node(event)
-        before = self._wanted([node])
+        before = self._before([node])
+        mode = self.crash_carrier.get(node) if node in self.crashed else None
         self.crashed.discard(node)
         _, up = self._change(before)
         role = self.backend.role
         had = {p.pid for p in self.mesh.state.processes if p.node == node and p.role == role}
         self.backend.start_node(self.mesh, self.topo, node)
         after = {p.pid for p in self.mesh.state.processes if p.node == node and p.role == role}
-        return {"up": up.get(node, []), "started": sorted(after - had)}
+        return {"up": up.get(node, []), "started": sorted(after - had),
+                **({"carrier": mode} if mode else {})}  # fmt: skip
 
     def _partition(self, event: Event) -> dict[str, Any]:
         if event.groups is None:
@@ -680,14 +898,16 @@ class EventRunner:
         cuts = partition_cuts(self.topo, event.groups)
         fresh = [(a, b) for a, b in cuts if link_key(a, b) not in self.downed]
         old = self.cut
-        before = self._wanted(
+        before = self._before(
             sorted({n for key in old for n in key} | {n for ends in fresh for n in ends})
         )
         self.cut = {link_key(a, b) for a, b in fresh}
+        self.cut_carrier = event.carrier
         self.groups = event.groups
         # a partition in force is replaced in the same step: links cut by both stay down
         down, up = self._change(before)
-        detail: dict[str, Any] = {"cut": [f"{a}-{b}" for a, b in fresh], "down": down}
+        detail: dict[str, Any] = {"cut": [f"{a}-{b}" for a, b in fresh], "down": down,
+                                  "carrier": event.carrier}  # fmt: skip
         healed = sorted("-".join(sorted(key)) for key in old - self.cut)
         if healed:
             detail["healed_first"] = healed
@@ -695,12 +915,13 @@ class EventRunner:
         return detail
 
     def _heal(self, event: Event) -> dict[str, Any]:
-        before = self._wanted(sorted({n for key in self.cut for n in key}))
+        before = self._before(sorted({n for key in self.cut for n in key}))
         restored = sorted("-".join(sorted(key)) for key in self.cut)
+        mode = self.cut_carrier if self.cut else None
         self.cut = set()
         self.groups = None
         _, up = self._change(before)
-        return {"restored": restored, "up": up}
+        return {"restored": restored, "up": up, **({"carrier": mode} if mode else {})}
 
     def _plan_inject(self, event: Event) -> dict[str, Any]:
         """Generate the frames of an inject event and write its plan file

@@ -1,10 +1,10 @@
 """Stress a live mesh from a test: context managers that change it and put it back.
 
-    with mesh.link_down("n0", "n1") as cut:          # both veth ends down
+    with mesh.link_down("n0", "n1") as cut:          # both ends drop every frame
         took = recovery_time(lambda: ask(client), since=cut["t"], timeout=30)
     with mesh.impair("n0", "n1", rate="1mbit"):      # tbf on both ends (loss/delay: netem)
         ...
-    with mesh.crash("n2"):                           # daemons frozen+killed, interfaces down
+    with mesh.crash("n2"):                           # daemons frozen+killed, frames dropped
         ...
     with mesh.partition([["n0", "n1"]]):             # the rest is the other group
         ...
@@ -18,6 +18,10 @@ undo in reverse order, and an inner block puts back what the outer one set: a li
 taken down inside a partition that cuts it stays cut by the partition afterwards, an
 impairment inside another returns to the outer one, a partition inside another returns
 to the outer partition.
+
+A cut is radio-like by default: the interfaces keep carrier and every frame through them
+is dropped (`carrier="keep"`); `carrier="lose"` sets them down instead, as an unplugged
+cable (docs/events.md).
 
 `LiveMesh` is a build.Mesh (popen, run, ping, netlink...) that also knows its topology
 and routing backend; the pytest plugin's `mesh_factory` returns one. It adds `process`
@@ -45,7 +49,7 @@ from meshstress.errors import CapabilityError, InputError, MeshstressError
 from meshstress.judge.curves import Curve
 from meshstress.model import units
 from meshstress.model.topology import Impairment
-from meshstress.stress.events import Event, EventRunner, link_key
+from meshstress.stress.events import CARRIER_KEEP, CARRIER_MODES, Event, EventRunner, link_key
 
 if TYPE_CHECKING:
     from meshstress.build.state import RunState
@@ -184,12 +188,16 @@ class LiveMesh(build.Mesh):
         if not self._prepared:
             # learn every node's interfaces and neighbour routes while all is up (a link
             # coming back gets its neighbour routes back from what was learnt here)
-            every = [Event(0.0, "link-down", link=(lk.a, lk.b)) for lk in self.topo.links]
+            # (as "lose" cuts: learning attaches no drop filter; each event's own
+            # prepare below attaches the filters it needs)
+            every = [Event(0.0, "link-down", link=(lk.a, lk.b), carrier="lose")
+                     for lk in self.topo.links]  # fmt: skip
             self.events.prepare(every)
             self._prepared = True
         ev = Event(round(time.monotonic() - self._t0, 6), action, **kw)
-        if action == "node-crash":
-            self.events.prepare([ev])  # its interfaces in one device group: one request
+        if action in ("node-crash", "link-down", "partition"):
+            # its drop filters, or (carrier "lose") its interfaces in one device group
+            self.events.prepare([ev])
         record = self.events.apply(ev)
         self.records.append(record)
         return record
@@ -199,6 +207,17 @@ class LiveMesh(build.Mesh):
             raise InputError(source, field, f"unknown node {node!r}")
         return node
 
+    def close(self) -> None:
+        self.events.close()
+        super().close()
+
+    @staticmethod
+    def _carrier(carrier: object, source: str) -> str:
+        if not isinstance(carrier, str) or carrier not in CARRIER_MODES:
+            choices = ", ".join(CARRIER_MODES)
+            raise InputError(source, "carrier", f"must be one of {choices}, got {carrier!r}")
+        return carrier
+
     def _link(self, a: object, b: object, source: str, field: str = "link") -> Link:
         na = self._node(a, source, f"{field}[0]")
         nb = self._node(b, source, f"{field}[1]")
@@ -207,22 +226,26 @@ class LiveMesh(build.Mesh):
         return na, nb
 
     @contextlib.contextmanager
-    def link_down(self, a: str, b: str) -> Iterator[dict[str, Any]]:
+    def link_down(
+        self, a: str, b: str, carrier: str = CARRIER_KEEP
+    ) -> Iterator[dict[str, Any]]:
         """Link a-b down (both ends) for the block; yields the event record ("t": the
-        time.monotonic() when the cut began). A link already down stays as it is."""
+        time.monotonic() when the cut began). A link already down stays as it is.
+        `carrier`: "keep" (radio-like: frames dropped, carrier kept) or "lose" (the
+        interfaces set down)."""
         a, b = self._link(a, b, "mesh.link_down")
+        carrier = self._carrier(carrier, "mesh.link_down")
         key = link_key(a, b)
         if key in self.events.downed:
             yield {"action": "link-down", "target": f"{a}-{b}", "t": time.monotonic()}
             return
         groups = self.events.groups if key in self.events.cut else None
-        record = self._apply("link-down", link=(a, b))
+        record = self._apply("link-down", link=(a, b), carrier=carrier)
 
         def undo() -> None:
             if groups is not None and self.events.groups == groups:
                 # the partition that cut it is still in force: it stays down, cut again
-                self.events.downed.discard(key)
-                self.events.cut.add(key)
+                self.events.recut(a, b)
             else:
                 self._apply("link-up", link=(a, b))
 
@@ -230,31 +253,38 @@ class LiveMesh(build.Mesh):
             yield record
 
     @contextlib.contextmanager
-    def crash(self, node: str) -> Iterator[dict[str, Any]]:
+    def crash(self, node: str, carrier: str = CARRIER_KEEP) -> Iterator[dict[str, Any]]:
         """Crash `node` for the block as the node-crash event does (routing daemons
-        frozen then killed, every mesh interface down); restart it on exit (interfaces
-        up, daemons started again). A node already crashed stays as it is."""
+        frozen then killed, every frame of its mesh interfaces dropped, or with
+        carrier="lose" every mesh interface down); restart it on exit (frames pass or
+        interfaces up, daemons started again). A node already crashed stays as it is."""
         node = self._node(node, "mesh.crash", "node")
+        carrier = self._carrier(carrier, "mesh.crash")
         if node in self.events.crashed:
             yield {"action": "node-crash", "target": node, "t": time.monotonic()}
             return
-        record = self._apply("node-crash", node=node)
+        record = self._apply("node-crash", node=node, carrier=carrier)
         with _undoing(lambda: self._apply("node-restart", node=node)):
             yield record
 
     @contextlib.contextmanager
-    def partition(self, groups: Sequence[Sequence[str]]) -> Iterator[dict[str, Any]]:
+    def partition(
+        self, groups: Sequence[Sequence[str]], carrier: str = CARRIER_KEEP
+    ) -> Iterator[dict[str, Any]]:
         """Cut every link between the groups for the block (nodes in no group form one
-        more group); on exit heal, or put back the partition that was in force."""
+        more group); on exit heal, or put back the partition that was in force.
+        `carrier` as for link_down."""
         full = self._groups(groups)
+        carrier = self._carrier(carrier, "mesh.partition")
         before = self.events.groups
-        record = self._apply("partition", groups=full)
+        before_carrier = self.events.cut_carrier
+        record = self._apply("partition", groups=full, carrier=carrier)
 
         def undo() -> None:
             if before is None:
                 self._apply("heal")
             else:
-                self._apply("partition", groups=before)
+                self._apply("partition", groups=before, carrier=before_carrier)
 
         with _undoing(undo):
             yield record

@@ -89,14 +89,15 @@ class SweepApplier:
         ups = [ev.link for ev in (*item.restore, *item.events)
                if ev.action == "link-up" and ev.link]  # fmt: skip
         if downs or ups:
-            r = self.runner.set_links(down=downs, up=ups)
+            carrier = sw.carrier if sw.axis == "failed_links" else "keep"
+            r = self.runner.set_links(down=downs, up=ups, carrier=carrier)
             done.append(
                 {
                     "action": "links",
                     "down": [f"{a}-{b}" for a, b in downs],
                     "up": [f"{a}-{b}" for a, b in ups],
                     "took_s": round(r["took_s"], 6),
-                    "detail": {"down": r["down"], "up": r["up"]},
+                    "detail": {"down": r["down"], "up": r["up"], "carrier": r["carrier"]},
                 }
             )
         for ev in item.events:
@@ -323,7 +324,7 @@ def step_scenario(sc: Scenario, window: int) -> Scenario:
             from meshstress.stress.events import Event as Ev
 
             evs = [
-                Ev(at=0.0, action="link-down", link=lk)
+                Ev(at=0.0, action="link-down", link=lk, carrier=sw.carrier)
                 for lk in link_order(sw)[: int(sw.values[w.step])]
             ]
         else:
