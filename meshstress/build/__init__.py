@@ -48,6 +48,13 @@ HUB_SYSCTLS = {"net.ipv6.conf.default.disable_ipv6": "1", "net.ipv6.conf.all.dis
 # with gso_max_segs 1: 382, none larger than 1514 bytes. More in docs/topology.md.
 ONE_PACKET_PER_SKB: dict[str, int] = {"gso_max_segs": 1}
 
+# Every veth end gets one tx and one rx queue, which is what veth keeps anyway: without
+# the attributes the kernel allocates one queue per possible CPU, registers a sysfs
+# object for each, then cuts the real number down to one (veth_init_queues). Creating
+# and deleting those objects was 18% of the veth phase of a 4096-node build on our
+# 2-CPU host (docs/performance.md), and grows with the CPUs a host may have.
+VETH_QUEUES = 1
+
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
@@ -115,6 +122,7 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
                     ONE_PACKET_PER_SKB["gso_max_segs"],
                     v.mtu,
                     index[(v.a.ns, v.master_a)] if v.master_a else None,
+                    VETH_QUEUES,
                 )
                 b = rtnl.VethEnd(
                     v.b.ifname,
@@ -122,6 +130,7 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
                     index[(v.b.ns, v.b.ifname)],
                     ONE_PACKET_PER_SKB["gso_max_segs"],
                     v.mtu,
+                    queues=VETH_QUEUES,
                 )
                 batch.add(rtnl.veth_msg(a, b, batch.seq()), f"veth {v.a.ifname} in {v.a.ns}")
             if plan.witness:
