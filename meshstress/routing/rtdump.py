@@ -152,7 +152,7 @@ RTMGRP_IPV4_RULE = 0x80
 WATCH_GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE
 
 
-def open_route_socket(netns_path: str, groups: int = 0) -> socket.socket:
+def open_route_socket(netns_path: str, groups: int = 0, rcvbuf: int = 1 << 20) -> socket.socket:
     """An rtnetlink socket inside the namespace at `netns_path` (this thread goes there
     and back), bound (to the multicast `groups`, if any), with a receive timeout."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -168,7 +168,7 @@ def open_route_socket(netns_path: str, groups: int = 0) -> socket.socket:
         os.close(home)
     try:
         sock.settimeout(10)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.bind((0, groups))
     except OSError:
         sock.close()
@@ -251,13 +251,17 @@ class TableDumper:
         self._socks: dict[str, tuple[socket.socket, int]] = {}  # key -> (socket, port id)
         self._watchers: dict[str, socket.socket] = {}
         self._raw: dict[str, tuple[bytes, bytes]] = {}  # the last dump of each key
+        self._scratch = bytearray(1 << 16)  # notifications are read into it, and dropped
         self._pool: Any = None
         self.dumped = 0  # namespaces dumped by the last dump()
 
     def _watcher(self, key: str) -> socket.socket:
         got = self._watchers.get(key)
         if got is None:
-            got = open_route_socket(self.paths[key], WATCH_GROUPS)
+            # the smallest receive buffer the kernel allows: a few notifications queue,
+            # the rest are dropped (ENOBUFS), so a busy namespace is drained in a few
+            # system calls; that something happened is all that is read from them
+            got = open_route_socket(self.paths[key], WATCH_GROUPS, rcvbuf=1)
             got.setblocking(False)
             self._watchers[key] = got
         return got
@@ -271,14 +275,14 @@ class TableDumper:
         if sock is None:
             return True
         notified = False
+        scratch = self._scratch
         while True:
             try:
-                if not sock.recv(1 << 16):
-                    return True
+                sock.recv_into(scratch)
                 notified = True
             except BlockingIOError:
                 return notified
-            except OSError:  # ENOBUFS: notifications were lost
+            except OSError:  # ENOBUFS: notifications were dropped
                 notified = True
 
     def _sock(self, key: str) -> tuple[socket.socket, int]:
