@@ -25,6 +25,10 @@ tables really change, side by side with the unchanged case, one reader kept open
   back up), for `--changes-for` s; the daemons reroute around it;
 - `all_changed`: every namespace dumped and every table parsed again (the reader's
   memory of the last dumps cleared), the worst case of one snapshot.
+Three readers take turns (the order rotating): `watch`, the recorder's (a namespace
+is dumped only after a notification); `dump_all` (every namespace dumped each time, the
+same processing); `before` (every namespace dumped, a changed table parsed and put
+through select_routes destination by destination: the reader before this work).
 Per snapshot: wall seconds, the thread's CPU (`cpu_s`) and time waiting for a CPU
 (`runq_s`, from /proc/thread-self/schedstat), the dumps' wall and CPU seconds (the
 kernel filling them, in send/recv) against processing them (`process_s`: compare,
@@ -33,7 +37,9 @@ notification) and had changed (`changed`). Each phase gives median, 90th percent
 and maximum, for all its snapshots and for those that saw a change (`with_changes`).
 `dump_only` times the raw dump system calls of every namespace alone (no parsing).
 At the end, with the links back and the tables still, the reader's snapshot must equal
-the per-node one (`live_identical`).
+the per-node one (`live_identical`). `--fifo` runs each snapshot at SCHED_FIFO, so that
+it waits for no other task: what is left is the CPU it needs (a diagnostic; the run's
+recorder runs at normal priority).
 
     sudo .venv/bin/python benchmarks/route_snapshot.py [--routing babeld] [--repeat 9]
 """
@@ -57,8 +63,15 @@ from meshstress import build
 from meshstress.build import bringup
 from meshstress.model import topofile
 from meshstress.routing import wait_converged
-from meshstress.routing.base import KernelRouteReader
+from meshstress.routing.base import KernelRouteReader, select_routes
 from meshstress.routing.converge import snapshot, snapshot_per_node
+from meshstress.routing.rtdump import (
+    RTM_NEWROUTE,
+    RTM_NEWRULE,
+    iter_payloads,
+    parse_route,
+    parse_rule,
+)
 from meshstress.stress.events import EventRunner
 
 HERE = Path(__file__).resolve().parent
@@ -87,12 +100,21 @@ def sched() -> tuple[int, int]:
     return int(cpu), int(wait)
 
 
+FIFO = {"on": False}  # --fifo: each snapshot runs SCHED_FIFO (a diagnostic, see main)
+
+
 def timed_snapshot(mesh: Any, backend: Any, reader: KernelRouteReader) -> dict[str, Any]:
-    s0 = sched()
-    t = time.perf_counter()
-    snapshot(mesh, backend, reader)
-    wall = time.perf_counter() - t
-    s1 = sched()
+    if FIFO["on"]:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    try:
+        s0 = sched()
+        t = time.perf_counter()
+        snapshot(mesh, backend, reader)
+        wall = time.perf_counter() - t
+        s1 = sched()
+    finally:
+        if FIFO["on"]:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     c = reader.cost
     assert c is not None
     return {
@@ -136,7 +158,7 @@ def snapshots_for(
     interval: float, each: Any = None,
 ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     """Every `interval` s for `seconds` s a snapshot through each reader, one after the
-    other (the order alternating); each(t) before, if given."""
+    other (the order rotating); each(t) before, if given."""
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in readers}
     names = list(readers)
     t0 = time.monotonic()
@@ -145,7 +167,7 @@ def snapshots_for(
             each(now - t0)
         for name in names:
             rows[name].append(timed_snapshot(mesh, backend, readers[name]))
-        names.reverse()
+        names = names[1:] + names[:1]
         time.sleep(max(0.0, interval - (time.monotonic() - now)))
     return rows
 
@@ -164,14 +186,43 @@ def dump_only(reader: KernelRouteReader, repeat: int) -> dict[str, Any]:
     return {"s": med(walls), "cpu_s": med(cpus), "namespaces": len(reader.nodes)}
 
 
+class BeforeReader(KernelRouteReader):
+    """The reader as it was before the live work of issue 12: every namespace dumped each
+    time, a changed one parsed into KRoutes (cached per message) and put through
+    select_routes destination by destination."""
+
+    def __init__(self, mesh: Any) -> None:
+        super().__init__(mesh, watch=False)
+        self._kroutes: dict[bytes, Any] = {}
+
+    def _row(self, node: str, raw_routes: bytes, raw_rules: bytes) -> dict[str, str | None]:
+        cache = self._kroutes
+        routes = []
+        for p in iter_payloads(raw_routes, RTM_NEWROUTE, 1):
+            r = cache.get(p)
+            if r is None:
+                r = cache[p] = parse_route(p)
+            routes.append(r)
+        rules = sorted(
+            (parse_rule(p) for p in iter_payloads(raw_rules, RTM_NEWRULE, 2)),
+            key=lambda r: r.priority,
+        )
+        chosen = select_routes(routes, rules, self.owners, self.me[node])
+        return {dst: r.next_hop for dst, r in chosen.items()}
+
+
 def live(
     mesh: Any, backend: Any, topo: Any, args: argparse.Namespace, started: float
 ) -> dict[str, Any]:
     """The live phases (see the module's docstring); the daemons started at `started`.
-    Two readers side by side: `watch` (the recorder's: only notified namespaces dumped)
-    and `dump_all` (every namespace dumped each time, as before notifications)."""
+    Three readers side by side: `watch` (the recorder's: only notified namespaces
+    dumped), `dump_all` (every namespace dumped each time) and `before` (BeforeReader)."""
     out: dict[str, Any] = {}
-    readers = {"watch": KernelRouteReader(mesh), "dump_all": KernelRouteReader(mesh, watch=False)}
+    readers = {
+        "watch": KernelRouteReader(mesh),
+        "dump_all": KernelRouteReader(mesh, watch=False),
+        "before": BeforeReader(mesh),
+    }
     reader = readers["watch"]
 
     def phases(rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -311,7 +362,14 @@ def main() -> int:
     ap.add_argument("--converge-for", type=float, default=15.0, help="live: seconds")
     ap.add_argument("--changes-for", type=float, default=30.0, help="live: seconds")
     ap.add_argument("--change-every", type=float, default=2.0, help="live: seconds")
+    ap.add_argument(
+        "--fifo",
+        action="store_true",
+        help="live: each snapshot at SCHED_FIFO, so it waits for no other task (shows "
+        "what is left once the run queue is out of the way: the CPU it needs)",
+    )
     args = ap.parse_args()
+    FIFO["on"] = args.fifo
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 2
@@ -328,6 +386,7 @@ def main() -> int:
         "routing": topo.routing,
         "cpus": os.cpu_count(),
         "converged": bool(up.result and up.result.converged),
+        "fifo": args.fifo,
     }
     mesh = build.Mesh(up.state)
     readers: list[KernelRouteReader] = []
