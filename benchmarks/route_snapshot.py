@@ -18,6 +18,7 @@ the tables held still from one old snapshot to the next, `"compared"` times).
 
 `live` (with `--routing babeld`, or any daemon): the recorder's snapshots while the
 tables really change, side by side with the unchanged case, one reader kept open:
+- `first`: the first snapshot of each reader (it opens the sockets);
 - `converging`: from the moment the daemons start, a snapshot every `--interval` s for
   `--converge-for` s (most tables change from one snapshot to the next);
 - `unchanged`: after convergence, tables still (the daemons running);
@@ -229,6 +230,11 @@ def live(
         return {name: phase(r) for name, r in rows.items()}
 
     try:
+        # the first snapshot opens each reader's sockets (a setns per socket): apart
+        out["first"] = {
+            name: {k: round(v, 4) for k, v in timed_snapshot(mesh, backend, r).items()}
+            for name, r in readers.items()
+        }
         rows = snapshots_for(mesh, backend, readers, args.converge_for, args.interval)
         out["converging"] = phases(rows)
         result = wait_converged(mesh, backend, timeout=300)

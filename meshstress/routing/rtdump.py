@@ -252,6 +252,7 @@ class TableDumper:
         self._watchers: dict[str, socket.socket] = {}
         self._raw: dict[str, tuple[bytes, bytes]] = {}  # the last dump of each key
         self._scratch = bytearray(1 << 16)  # notifications are read into it, and dropped
+        netns.raise_fd_limit()  # two sockets per namespace: 8192 for a 4096-node mesh
         self._pool: Any = None
         self.dumped = 0  # namespaces dumped by the last dump()
 
