@@ -246,3 +246,12 @@ def test_link_dump_replies_give_index_flags_and_name() -> None:
     assert rtnl._has_done(data + rtnl.nlmsg(rtnl.NLMSG_DONE, 2, 1, struct.pack("=i", 0)))
     dump = decode(ifinfmsg, rtnl.link_dump_msg(5))
     assert dump["header"]["flags"] & rtnl.NLM_F_DUMP == rtnl.NLM_F_DUMP
+
+
+def test_create_many_raises_a_failed_sysctl_write_and_closes_what_it_made() -> None:
+    """The sysctl writer's error (here: the descriptors are not namespaces, so it cannot
+    enter them) comes out of create_many, after every namespace made is closed."""
+    factory = CountingFactory()
+    with pytest.raises(OSError, match="setns"):
+        factory.create_many([(f"n{k}", {"net.ipv4.ip_forward": "1"}) for k in range(5)])
+    assert factory.made and not any(is_open(fd) for fd in factory.made)

@@ -266,10 +266,26 @@ class SysctlWriter:
             return False
         return True
 
-    def _run(self) -> None:
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    def _remount(self) -> bool:
+        """A fresh procfs on /proc; False (the host's procfs shows again) on failure."""
+        if _libc.umount2(b"/proc", MNT_DETACH) != 0:
+            return False
         try:
-            self.private = self._setup()
+            self._mount()
+        except OSError:
+            return False
+        return True
+
+    def _run(self) -> None:
+        try:
+            home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException as exc:  # handed to finish()
+            self._errors.append(exc)
+            self.stop.set()
+            home = -1
+        try:
+            if home >= 0:
+                self.private = self._setup()
             since_mount = 0
             while (item := self._queue.get()) is not None:
                 if self._errors:
@@ -277,8 +293,7 @@ class SysctlWriter:
                 fd, sysctls = item
                 try:
                     if self.private and since_mount >= self.remount_every:
-                        _check(_libc.umount2(b"/proc", MNT_DETACH), "unmount a procfs")
-                        self._mount()
+                        self.private = self._remount()
                         since_mount = 0
                     setns(fd)
                     try:
@@ -292,7 +307,8 @@ class SysctlWriter:
                     self._errors.append(exc)
                     self.stop.set()
         finally:
-            os.close(home)
+            if home >= 0:
+                os.close(home)
 
 
 def delete(name: str) -> bool:
