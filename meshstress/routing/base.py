@@ -210,12 +210,15 @@ class SnapshotCost(NamedTuple):
 
 
 class KernelRouteReader(RouteReader):
-    """Every node's kernel routes as its policy rules pick them (select_routes), from one
-    route and one rule dump per namespace over sockets opened once (TableDumper).
+    """Every node's kernel routes as its policy rules pick them (select_routes), from at
+    most one route and one rule dump per namespace over sockets opened once
+    (TableDumper): with `watch`, only namespaces that sent a route, rule, link or address
+    notification since their last dump are dumped again.
 
     A namespace whose dump bytes equal the previous dump's gets the previous row back,
     the same dict object (callers must not change rows): nothing is parsed or selected
-    for it. A changed namespace is parsed with a cache of route messages seen before."""
+    for it. A changed namespace is read in one pass (_row), with a cache of the route
+    messages seen before. `cost` says what the last next_hops() cost."""
 
     CACHE_MAX = 1 << 19
 
