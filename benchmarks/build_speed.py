@@ -19,9 +19,12 @@ table sizes); they are put back at the end. Its namespaces ("switch" and "ns-ID"
 removed here by name, never with its `clear` (that deletes every namespace on the host),
 and the run refuses to start if one of those names exists already.
 
-Memory (`--memory`): peak RSS of the `up` command, and the kernel's memory per node from
-/proc/meminfo before and after it (MemAvailable, Slab, Percpu, ...), for grid4 10x10,
-32x32 and 64x64 by default. Other processes on a shared host move these too.
+Scaling and memory (`--memory`): for grid4 10x10, 32x32, 64x32 and 64x64 by default,
+the `up` command's wall and CPU time per node, each build phase per node (namespaces,
+veths, addresses), and `scaling`: those per-node times as multiples of the smallest
+size's; peak RSS of the `up` command, and the kernel's memory per node from
+/proc/meminfo before and after it (MemAvailable, Slab, Percpu, ...). `--settle S`
+rests S seconds before each build. Other processes on a shared host move these too.
 
     sudo .venv/bin/python benchmarks/build_speed.py --meshnet-lab /work/meshnet-lab-bench
 """
@@ -137,6 +140,7 @@ def meshstress_argv() -> list[str]:
 
 def timed_rusage(argv: list[str], cwd: str | None = None) -> tuple[float, int, str]:
     """Run argv to its end: (seconds from start to exit, its peak RSS in kB, its stdout).
+    The command's user and system CPU seconds go to LAST_CPU_S (0 without GNU time).
 
     The RSS comes from GNU time (when installed, else 0): a child forked from this
     process would count this process's pages, which it held until its exec, as its own
@@ -144,7 +148,7 @@ def timed_rusage(argv: list[str], cwd: str | None = None) -> tuple[float, int, s
     about a millisecond, the same for every command timed."""
     with tempfile.NamedTemporaryFile() as rss, tempfile.TemporaryFile() as out, \
             tempfile.TemporaryFile() as err:  # fmt: skip
-        wrap = [TIME, "-f", "%M", "-o", rss.name] if os.access(TIME, os.X_OK) else []
+        wrap = [TIME, "-f", "%U %S %M", "-o", rss.name] if os.access(TIME, os.X_OK) else []
         t0 = time.perf_counter()
         proc = subprocess.run([*wrap, *argv], cwd=cwd, stdout=out, stderr=err, check=False)
         seconds = time.perf_counter() - t0
@@ -155,7 +159,11 @@ def timed_rusage(argv: list[str], cwd: str | None = None) -> tuple[float, int, s
                 f"{argv[:3]} failed ({proc.returncode}): {err.read().decode()[-2000:]}"
             )
         text = Path(rss.name).read_text().split()
+        LAST_CPU_S[:] = [float(text[-3]), float(text[-2])] if wrap and text else [0.0, 0.0]
         return seconds, int(text[-1]) if wrap and text else 0, out.read().decode()
+
+
+LAST_CPU_S: list[float] = [0.0, 0.0]  # user, system seconds of the last timed command
 
 
 def up_meshstress(path: str) -> dict[str, Any]:
@@ -305,8 +313,12 @@ def meminfo() -> dict[str, int]:
     return out
 
 
-def memory(cases: list[tuple[str, str, int]], repeat: int) -> list[dict[str, Any]]:
-    """Peak RSS of `up`, and /proc/meminfo before `up` and after it returned, per node."""
+def memory(cases: list[tuple[str, str, int]], repeat: int, settle: float) -> list[dict[str, Any]]:
+    """For each size: the whole `up` command timed, per node too (wall, its CPU, each
+    build phase), its peak RSS, and /proc/meminfo before `up` and after it returned, per
+    node. Before each build the host gets `settle` seconds: the kernel destroys the last
+    mesh's namespaces in the background after `down`, and on a /run on ext4 without a
+    journal a file made soon after thousands were deleted costs more (docs/performance.md)."""
     rows = []
     for name, path, nodes in cases:
         deltas: list[dict[str, int]] = []
@@ -314,9 +326,11 @@ def memory(cases: list[tuple[str, str, int]], repeat: int) -> list[dict[str, Any
         loads = []
         ups: list[float] = []
         setups: list[float] = []
+        cpus: list[list[float]] = []
+        phases: list[dict[str, float]] = []
         for _ in range(repeat if nodes <= 1024 else 1):
             run_id = plan.new_run_id()
-            time.sleep(2.0)
+            time.sleep(settle)
             loads.append(load1())
             before = meminfo()
             try:
@@ -325,7 +339,10 @@ def memory(cases: list[tuple[str, str, int]], repeat: int) -> list[dict[str, Any
                 )
                 after = meminfo()
                 ups.append(round(seconds, 3))
-                setups.append(json.loads(out)["setup_s"])
+                info = json.loads(out)
+                setups.append(info["setup_s"])
+                phases.append(info.get("setup_phases_s", {}))
+                cpus.append(list(LAST_CPU_S))
             finally:
                 subprocess.run(
                     [*meshstress_argv(), "down", "--run", run_id],
@@ -338,6 +355,10 @@ def memory(cases: list[tuple[str, str, int]], repeat: int) -> list[dict[str, Any
             f"{k}_kb": round(statistics.median(d[k] for d in deltas) / nodes, 1)
             for k in MEMINFO_KEYS
         }
+
+        def ms_per_node(xs: list[float], nodes: int = nodes) -> float:
+            return round(statistics.median(xs) * 1000 / nodes, 3)
+
         row = {
             "topology": name,
             "nodes": nodes,
@@ -348,11 +369,36 @@ def memory(cases: list[tuple[str, str, int]], repeat: int) -> list[dict[str, Any
             "repeat": len(deltas),
             "up_all_s": ups,
             "setup_all_s": setups,
+            "up_ms_per_node": ms_per_node(ups),
+            "setup_ms_per_node": ms_per_node(setups),
+            "up_cpu_all_s": [[round(u, 2), round(k, 2)] for u, k in cpus],
+            "up_cpu_ms_per_node": ms_per_node([u + k for u, k in cpus]),
+            "phases_ms_per_node": {
+                k: ms_per_node([p[k] for p in phases if k in p])
+                for k in (phases[0] if phases else {})
+            },
             "load1_before": loads,
         }
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     return rows
+
+
+def scaling(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Time per node at each size, and as a multiple of the smallest size's."""
+    if not rows:
+        return {}
+    base = rows[0]
+    keys = ["up_ms_per_node", "setup_ms_per_node", "up_cpu_ms_per_node"]
+    out: dict[str, Any] = {"relative_to": base["topology"], "sizes": []}
+    for r in rows:
+        item: dict[str, Any] = {"topology": r["topology"], "nodes": r["nodes"]}
+        for k in keys:
+            item[k] = r[k]
+            item[k.replace("_ms_per_node", "_x")] = round(r[k] / base[k], 2) if base[k] else None
+        item["phases_ms_per_node"] = r["phases_ms_per_node"]
+        out["sizes"].append(item)
+    return out
 
 
 def grid_json(directory: str, w: int, h: int) -> tuple[str, str, int]:
@@ -379,8 +425,14 @@ def main() -> int:
     ap.add_argument("--no-up", action="store_true", help="skip the whole-command runs")
     ap.add_argument(
         "--memory",
-        default="10x10,32x32,64x64",
-        help="grid4 sizes for the memory runs ('' for none)",
+        default="10x10,32x32,64x32,64x64",
+        help="grid4 sizes for the scaling and memory runs ('' for none)",
+    )
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        help="seconds of rest before each build of the scaling and memory runs",
     )
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -432,7 +484,10 @@ def main() -> int:
                 )
             if args.memory:
                 sizes = [tuple(int(x) for x in s.split("x")) for s in args.memory.split(",")]
-                out["memory"] = memory([grid_json(tmp, w, h) for w, h in sizes], args.repeat)
+                out["memory"] = memory(
+                    [grid_json(tmp, w, h) for w, h in sizes], args.repeat, args.settle
+                )
+                out["scaling"] = scaling(out["memory"])
         finally:
             with contextlib.suppress(OSError):
                 write_sysctls(saved)

@@ -111,9 +111,21 @@ def test_a_failed_build_is_undone(monkeypatch) -> None:
     assert leftovers(run_id) == []
 
 
+def read_sysctl(key: str) -> str:
+    """A net.* sysctl of the calling thread's namespace, through the host's /proc."""
+    with open("/proc/sys/" + key.replace(".", "/")) as f:
+        return f.read().strip()
+
+
+def want_sysctls(p: plan.Plan, node: str | None) -> dict[str, str]:
+    return dict(p.sysctls) if node is not None else dict(build.HUB_SYSCTLS)
+
+
 def test_kernel_state_is_what_the_plan_says(mesh_factory) -> None:
-    """Every interface has the plan's ifindex, master, MTU, one packet per skb and state
-    up; every address and neighbour route is there as `ip` would add it, nothing more."""
+    """Every interface has the plan's ifindex, master, MTU, one packet per skb, one queue
+    each way and state up; every address and neighbour route is there as `ip` would add
+    it, nothing more; every namespace has its sysctls, and each node interface got the
+    namespace's defaults (no DAD, no reverse-path filter)."""
     from pyroute2 import IPRoute
 
     topo = line(4)
@@ -128,8 +140,18 @@ def test_kernel_state_is_what_the_plan_says(mesh_factory) -> None:
             try:
                 with factory.inside(fd):
                     ipr = IPRoute(groups=0)
+                    sysctls = {k: read_sysctl(k) for k in want_sysctls(p, spec.node)}
+                    confs = {
+                        (fam, ifname): read_sysctl(f"net.{fam}.conf.{ifname}.{key}")
+                        for ifname in {i for (ns, i) in index if ns == spec.name}
+                        for fam, key in (("ipv4", "rp_filter"), ("ipv6", "accept_dad"))
+                        if spec.node is not None
+                    }
             finally:
                 os.close(fd)
+            assert sysctls == want_sysctls(p, spec.node), spec.name
+            # the defaults were in place before the interfaces were made
+            assert set(confs.values()) <= {"0"}, (spec.name, confs)
             with ipr:
                 links = {link.get_attr("IFLA_IFNAME"): link for link in ipr.get_links()}
                 addrs = {
@@ -154,6 +176,8 @@ def test_kernel_state_is_what_the_plan_says(mesh_factory) -> None:
                 assert link.get_attr("IFLA_MTU") == 1500
                 if not ifname.endswith("br"):
                     assert link.get_attr("IFLA_GSO_MAX_SEGS") == 1
+                    assert link.get_attr("IFLA_NUM_TX_QUEUES") == 1
+                    assert link.get_attr("IFLA_NUM_RX_QUEUES") == 1
                 if ifname[len(p.prefix)] == "p":
                     assert link.get_attr("IFLA_MASTER") == index[(spec.name, p.prefix + "br")]
             want_addrs = {
@@ -327,3 +351,40 @@ def test_plugin_fixture_example_from_its_docstring(mesh_factory) -> None:
     mesh = mesh_factory(generators.line(3), routing="static")
     r = mesh.ping("n0", "n2", count=5)
     assert r.loss == 0 and r.ttl == 63  # one router between the ends
+
+
+def proc_mounts() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if " - proc " in line]
+
+
+@pytest.mark.parametrize("remount_every", [1, 3, 64])
+def test_sysctls_of_many_namespaces_through_a_private_procfs(remount_every: int) -> None:
+    """create_many writes each namespace's sysctls through the writer thread's own procfs
+    (remounted every `remount_every` namespaces): read back through the host's /proc,
+    every namespace has them; the host's own values and mounts are as they were."""
+    pre = f"ms-sysw{os.getpid()}-"
+    names = [f"{pre}{k}" for k in range(10)]
+    want = {**plan.NODE_SYSCTLS, "net.ipv4.conf.default.rp_filter": "0"}
+    host_before = {k: read_sysctl(k) for k in want}
+    mounts_before = proc_mounts()
+    writer = netns.SysctlWriter(remount_every=remount_every)
+    fds: dict[str, int] = {}
+    factory = netns.NetnsFactory()
+    try:
+        fds = factory.create_many([(n, want) for n in names], writer=writer)
+        writer.finish()
+        assert writer.private is True
+        assert writer.written == len(names)
+        assert writer.mounts == 1 + (len(names) - 1) // remount_every
+        for name in names:
+            with factory.inside(fds[name]):
+                assert {k: read_sysctl(k) for k in want} == want, name
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+        for name in names:
+            netns.delete(name)
+        factory.close()
+    assert {k: read_sysctl(k) for k in want} == host_before
+    assert proc_mounts() == mounts_before

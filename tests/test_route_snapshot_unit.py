@@ -12,14 +12,17 @@ from typing import Any
 
 import pytest
 
-from meshstress.routing.base import KernelRouteReader
+from meshstress.routing.base import KernelRouteReader, select_routes
 from meshstress.routing.converge import RouteSnapshot, hops_table, route_changes
 from meshstress.routing.rtdump import (
     NLMSG_DONE,
     NLMSG_ERROR,
     RTM_NEWROUTE,
+    RTM_NEWRULE,
     _read_dump,
     iter_payloads,
+    parse_route,
+    parse_rule,
 )
 
 PORT = 4242
@@ -38,8 +41,11 @@ def attr(kind: int, value: bytes) -> bytes:
     return struct.pack("=HH", 4 + len(value), kind) + value
 
 
-def route(dst: str, gateway: str | None = None, table: int = 254, priority: int = 0) -> bytes:
-    rtm = struct.pack("=BBBBBBBBI", socket.AF_INET, 32, 0, 0, table, 4, 0, 1, 0)
+def route(
+    dst: str, gateway: str | None = None, table: int = 254, priority: int = 0,
+    dst_len: int = 32, rtype: int = 1,
+) -> bytes:  # fmt: skip
+    rtm = struct.pack("=BBBBBBBBI", socket.AF_INET, dst_len, 0, 0, min(table, 255), 4, 0, rtype, 0)
     attrs = attr(15, struct.pack("=I", table)) + attr(1, socket.inet_aton(dst))
     if priority:
         attrs += attr(6, struct.pack("=I", priority))
@@ -200,3 +206,72 @@ def test_route_changes_match_the_reference_with_shared_rows(seed: int) -> None:
         snaps.append(RouteSnapshot(float(t), next_hops=new))
         rows = new
     assert route_changes(snaps) == route_changes_reference(snaps)
+
+
+def rule(
+    priority: int, table: int, action: int = 1, dst: str | None = None, dst_len: int = 0,
+    iif: str | None = None,
+) -> bytes:  # fmt: skip
+    """struct fib_rule_hdr and attributes, as the kernel dumps an IPv4 rule."""
+    hdr = struct.pack("=BBBBBBBBI", socket.AF_INET, dst_len if dst else 0, 0, 0,
+                      min(table, 255), 0, 0, action, 0)  # fmt: skip
+    attrs = attr(15, struct.pack("=I", table)) + attr(6, struct.pack("=I", priority))
+    if dst:
+        attrs += attr(1, socket.inet_aton(dst))
+    if iif:
+        attrs += attr(3, iif.encode() + b"\0")
+    return hdr + attrs
+
+
+def random_dumps(rng: random.Random, mesh: FakeMesh, node: str) -> tuple[bytes, bytes]:
+    """A namespace's route and rule dumps with what select_routes must weigh: several
+    tables, priorities with ties, throw/unreachable routes, gateways of no node, routes
+    that are not /32 or not to a node, its own address; rules with and without
+    selectors, or none (the kernel's defaults)."""
+    addrs = [mesh.address(n) for n in mesh.nodes] + ["10.9.9.9"]
+    tables = [254, 253, 66, 65, 1000]
+    routes = []
+    for _ in range(rng.randrange(0, 40)):
+        routes.append(route(
+            rng.choice(addrs),
+            rng.choice([None, None, *addrs]),
+            table=rng.choice(tables),
+            priority=rng.choice([0, 0, 1, 2, 5, 1024]),
+            dst_len=rng.choice([32] * 8 + [24, 16]),
+            rtype=rng.choice([1] * 8 + [9, 9, 7, 6]),  # unicast, throw, unreachable, blackhole
+        ))  # fmt: skip
+    rules = []
+    kind = rng.randrange(4)
+    if kind > 0:  # kind 0: no rules at all
+        for prio in sorted(rng.sample(range(0, 40000), rng.randrange(1, 6))):
+            rules.append(rule(
+                prio, rng.choice([*tables, 255]), action=rng.choice([1, 1, 1, 2]),
+                dst="10.0.0.0" if kind == 3 and rng.random() < 0.5 else None,
+                dst_len=rng.choice([8, 30]),
+                iif="eth0" if rng.random() < 0.2 else None,
+            ))  # fmt: skip
+        rng.shuffle(rules)  # the kernel's order is by priority: the reader sorts too
+    rdump = b"".join(nlmsg(RTM_NEWROUTE, 1, r) for r in routes) + done(1)
+    ldump = b"".join(nlmsg(RTM_NEWRULE, 2, r) for r in rules) + done(2)
+    return rdump, ldump
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_reader_rows_are_what_select_routes_picks(seed: int) -> None:
+    """The reader's one-pass selection (a cache of route messages, tables merged from
+    the last to the first) gives select_routes' next hops for every namespace, also when
+    the same messages come again in other dumps (cache hits)."""
+    rng = random.Random(seed)
+    mesh = FakeMesh(rng.randrange(2, 9))
+    reader = KernelRouteReader(mesh)  # type: ignore[arg-type]
+    for _ in range(3):
+        for node in mesh.nodes:
+            rdump, ldump = random_dumps(rng, mesh, node)
+            routes = [parse_route(p) for p in iter_payloads(rdump, RTM_NEWROUTE, 1)]
+            rules = sorted((parse_rule(p) for p in iter_payloads(ldump, RTM_NEWRULE, 2)),
+                           key=lambda r: r.priority)  # fmt: skip
+            want = {
+                dst: r.next_hop
+                for dst, r in select_routes(routes, rules, reader.owners, reader.me[node]).items()
+            }
+            assert reader._row(node, rdump, ldump) == want

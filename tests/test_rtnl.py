@@ -26,8 +26,8 @@ def flags(data: bytes) -> int:
 
 
 def test_veth_pair_is_made_inside_both_namespaces_with_its_indexes() -> None:
-    a = rtnl.VethEnd("ms-x-p0", 7, index=3, gso_max_segs=1, mtu=1400, master=2)
-    b = rtnl.VethEnd("ms-x-i1", 9, index=4, gso_max_segs=1, mtu=1400)
+    a = rtnl.VethEnd("ms-x-p0", 7, index=3, gso_max_segs=1, mtu=1400, master=2, queues=1)
+    b = rtnl.VethEnd("ms-x-i1", 9, index=4, gso_max_segs=1, mtu=1400, queues=1)
     data = rtnl.veth_msg(a, b, seq=42)
     msg = decode(ifinfmsg, data)
     assert msg["header"]["type"] == rtnl.RTM_NEWLINK and msg["header"]["sequence_number"] == 42
@@ -43,10 +43,13 @@ def test_veth_pair_is_made_inside_both_namespaces_with_its_indexes() -> None:
     assert peer["index"] == 4 and peer.get_attr("IFLA_IFNAME") == "ms-x-i1"
     assert peer.get_attr("IFLA_NET_NS_FD") == 9 and peer.get_attr("IFLA_GSO_MAX_SEGS") == 1
     assert peer.get_attr("IFLA_MASTER") is None
+    for end in (msg, peer):  # one queue each way, on both ends
+        assert end.get_attr("IFLA_NUM_TX_QUEUES") == end.get_attr("IFLA_NUM_RX_QUEUES") == 1
     witness = decode(
         ifinfmsg, rtnl.veth_msg(rtnl.VethEnd("w", 3), rtnl.VethEnd("wp", 5), 1, up=False)
     )
     assert witness["index"] == 0 and witness["change"] == 0 and witness.get_attr("IFLA_MTU") is None
+    assert witness.get_attr("IFLA_NUM_TX_QUEUES") is None  # the kernel's choice
 
 
 def test_bridge_floods_like_a_hub() -> None:
@@ -243,3 +246,12 @@ def test_link_dump_replies_give_index_flags_and_name() -> None:
     assert rtnl._has_done(data + rtnl.nlmsg(rtnl.NLMSG_DONE, 2, 1, struct.pack("=i", 0)))
     dump = decode(ifinfmsg, rtnl.link_dump_msg(5))
     assert dump["header"]["flags"] & rtnl.NLM_F_DUMP == rtnl.NLM_F_DUMP
+
+
+def test_create_many_raises_a_failed_sysctl_write_and_closes_what_it_made() -> None:
+    """The sysctl writer's error (here: the descriptors are not namespaces, so it cannot
+    enter them) comes out of create_many, after every namespace made is closed."""
+    factory = CountingFactory()
+    with pytest.raises(OSError, match="setns"):
+        factory.create_many([(f"n{k}", {"net.ipv4.ip_forward": "1"}) for k in range(5)])
+    assert factory.made and not any(is_open(fd) for fd in factory.made)

@@ -48,6 +48,13 @@ HUB_SYSCTLS = {"net.ipv6.conf.default.disable_ipv6": "1", "net.ipv6.conf.all.dis
 # with gso_max_segs 1: 382, none larger than 1514 bytes. More in docs/topology.md.
 ONE_PACKET_PER_SKB: dict[str, int] = {"gso_max_segs": 1}
 
+# Every veth end gets one tx and one rx queue, which is what veth keeps anyway: without
+# the attributes the kernel allocates one queue per possible CPU, registers a sysfs
+# object for each, then cuts the real number down to one (veth_init_queues). Creating
+# and deleting those objects was 18% of the veth phase of a 4096-node build on our
+# 2-CPU host (docs/performance.md), and grows with the CPUs a host may have.
+VETH_QUEUES = 1
+
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
@@ -61,8 +68,15 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = None) -> None:
-    """Create every namespace, bridge, veth, address and route of the plan.
+def apply(
+    plan: Plan,
+    state: RunState,
+    progress: Callable[[str], None] | None = None,
+    phases: dict[str, float] | None = None,
+) -> None:
+    """Create every namespace, bridge, veth, address and route of the plan; the wall
+    seconds of each phase go into `phases` ("namespaces", "veths", "addresses"), when
+    given.
 
     On any error or interrupt the caller tears down using `state`, which already
     lists every namespace before the first one is made.
@@ -73,7 +87,14 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
     per namespace with its links up, addresses and routes, which needs no dump of what
     is there. Impairments (qdiscs, offloads) still go through pyroute2, only where a
     link is impaired."""
-    say = progress or (lambda msg: None)
+    said = progress or (lambda msg: None)
+    timing: list[tuple[str, float]] = []
+
+    def say(msg: str, phase: str = "") -> None:
+        if phase:
+            timing.append((phase, time.monotonic()))
+        said(msg)
+
     state.namespaces = [ns.name for ns in plan.namespaces]
     state.host_links = [plan.witness] if plan.witness else []
     state.node_ns = dict(plan.node_ns)
@@ -89,7 +110,7 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
     fds: dict[str, int] = {}
     with netns.NetnsFactory() as factory:
         try:
-            say(f"namespaces: {len(plan.namespaces)}")
+            say(f"namespaces: {len(plan.namespaces)}", "namespaces")
             specs = [
                 (spec.name, plan.sysctls if spec.node is not None else HUB_SYSCTLS)
                 for spec in plan.namespaces
@@ -104,7 +125,7 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
                           f"lo up in {br.ns}")  # fmt: skip
                 _send_inside(factory, fds[br.ns], batch)
 
-            say(f"veth pairs: {len(plan.veths)}")
+            say(f"veth pairs: {len(plan.veths)}", "veths")
             batch = rtnl.Batch()
             for v in plan.veths:
                 # One packet per skb on every end (see ONE_PACKET_PER_SKB).
@@ -115,6 +136,7 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
                     ONE_PACKET_PER_SKB["gso_max_segs"],
                     v.mtu,
                     index[(v.a.ns, v.master_a)] if v.master_a else None,
+                    VETH_QUEUES,
                 )
                 b = rtnl.VethEnd(
                     v.b.ifname,
@@ -122,6 +144,7 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
                     index[(v.b.ns, v.b.ifname)],
                     ONE_PACKET_PER_SKB["gso_max_segs"],
                     v.mtu,
+                    queues=VETH_QUEUES,
                 )
                 batch.add(rtnl.veth_msg(a, b, batch.seq()), f"veth {v.a.ifname} in {v.a.ns}")
             if plan.witness:
@@ -141,7 +164,7 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
             with contextlib.closing(rtnl.open_socket()) as root:
                 batch.send(root)
 
-            say("addresses, routes and impairments")
+            say("addresses, routes and impairments", "addresses")
             per_ns: dict[str, rtnl.Batch] = {}
             for spec in plan.namespaces:
                 if spec.node is not None:
@@ -182,6 +205,10 @@ def apply(plan: Plan, state: RunState, progress: Callable[[str], None] | None = 
             for fd in fds.values():
                 with contextlib.suppress(OSError):
                     os.close(fd)
+    if phases is not None:
+        timing.append(("", time.monotonic()))
+        for (name, t), (_, t2) in zip(timing, timing[1:], strict=False):
+            phases[name] = round(t2 - t, 3)
     state.status = "up"
     state.save()
 

@@ -85,8 +85,10 @@ def bring_up(
     try:
         with build.sigterm_as_interrupt():
             t0 = time.monotonic()
-            build.apply(p, st, progress=say)
+            phases: dict[str, float] = {}
+            build.apply(p, st, progress=say, phases=phases)
             info["setup_s"] = round(time.monotonic() - t0, 3)
+            info["setup_phases_s"] = phases
             mesh = build.Mesh(st)
             try:
                 t1 = time.monotonic()

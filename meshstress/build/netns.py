@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import queue
 import resource
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -106,19 +107,26 @@ class NetnsFactory:
         return os.open(p, os.O_RDONLY | os.O_CLOEXEC)
 
     def create_many(
-        self, specs: Sequence[tuple[str, dict[str, str] | None]], threads: int = 1
+        self,
+        specs: Sequence[tuple[str, dict[str, str] | None]],
+        threads: int = 1,
+        writer: SysctlWriter | None = None,
     ) -> dict[str, int]:
         """Create namespaces (name, sysctls) on `threads` threads, the calling one
         included; {name: fd}. A namespace belongs to the thread that unshares it, so the
         threads do not disturb each other, and most of the work is the kernel's, done
-        outside the GIL. On an error or an interrupt no thread starts another namespace;
-        once all have stopped the fds are closed and the first error is raised (the
-        caller tears down by name what was made)."""
+        outside the GIL. The sysctls are written by a SysctlWriter (`writer`, or one of
+        this call's) while the next namespaces are made, and are all in place when this
+        returns. On an error or an interrupt no thread starts another namespace; once
+        all have stopped the fds are closed and the first error is raised (the caller
+        tears down by name what was made)."""
         fds: dict[str, int] = {}
         todo = iter(specs)
         lock = threading.Lock()
         stop = threading.Event()
         errors: list[BaseException] = []
+        own = writer is None
+        sysctl_writer = SysctlWriter(stop) if writer is None else writer
 
         def work() -> None:
             while not stop.is_set():
@@ -127,13 +135,15 @@ class NetnsFactory:
                 if item is None:
                     return
                 try:
-                    fd = self.create(*item)
+                    fd = self.create(item[0])
                 except BaseException as exc:  # handed to the calling thread
                     errors.append(exc)
                     stop.set()
                     return
                 with lock:
                     fds[item[0]] = fd
+                if item[1]:
+                    sysctl_writer.submit(fd, item[1])
 
         helpers = [
             threading.Thread(target=work, name="meshstress-netns", daemon=True)
@@ -149,6 +159,11 @@ class NetnsFactory:
             stop.set()
             for t in helpers:
                 t.join()
+            try:
+                if own:
+                    sysctl_writer.finish()  # every submitted fd written (or failed)
+            except BaseException as exc:
+                errors.append(exc)
             if not ok or errors:
                 for fd in fds.values():
                     with contextlib.suppress(OSError):
@@ -181,6 +196,119 @@ def write_sysctl(key: str, value: str) -> None:
         os.write(fd, value.encode())
     finally:
         os.close(fd)
+
+
+# A fresh procfs instance of the writer's every this many namespaces: its dentry chains
+# (see SysctlWriter) grow with the namespaces written through it, a mount and unmount
+# costs about 0.15 ms.
+PROC_REMOUNT_EVERY = 64
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+
+class SysctlWriter:
+    """Writes the net.* sysctls of namespaces from a thread of its own, through a procfs
+    instance that thread mounts on /proc in a mount namespace of its own.
+
+    Why: a path under /proc/sys/net is looked up in the dcache of the proc mount, where
+    every namespace that ever looked up the same name has its own dentry under the same
+    parent, and the lookup compares them one by one (proc_sys_compare). So through the
+    host's /proc a write costs in proportion to the namespaces alive on the host
+    (measured: 0.07 ms for seven writes with none, 2.3 ms with 3000; a 4096-node build
+    spent half its time there). A procfs instance has dentries of its own; remounted
+    every PROC_REMOUNT_EVERY namespaces, its chains stay short: 0.08 ms for the seven
+    writes with 3000 namespaces alive.
+
+    The thread's mount namespace is its own (unshare, then / made private, so nothing it
+    mounts reaches the host's) and ends with the thread. Where procfs cannot be mounted
+    (a container that refuses it), the writes go through the shared /proc instead
+    (`private` is False). submit() hands over a namespace fd, which the caller keeps
+    open until finish() has returned; finish() waits for every write and raises the
+    first error. A write that fails sets `stop` (shared with create_many's threads)."""
+
+    def __init__(self, stop: threading.Event | None = None, remount_every: int = 0) -> None:
+        self.stop = stop if stop is not None else threading.Event()
+        self.remount_every = remount_every or PROC_REMOUNT_EVERY
+        self.private: bool | None = None  # known once the thread has started
+        self.written = 0  # namespaces whose sysctls are all written
+        self.mounts = 0  # procfs instances mounted
+        self._queue: queue.SimpleQueue[tuple[int, dict[str, str]] | None] = queue.SimpleQueue()
+        self._errors: list[BaseException] = []
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fd: int, sysctls: dict[str, str]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="meshstress-sysctl", daemon=True)
+            self._thread.start()
+        self._queue.put((fd, dict(sysctls)))
+
+    def finish(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._errors:
+            raise self._errors[0]
+
+    def _mount(self) -> None:
+        _check(_libc.mount(b"proc", b"/proc", b"proc", 0, None), "mount a procfs")
+        self.mounts += 1
+
+    def _setup(self) -> bool:
+        """This thread's own mount namespace and procfs; False where that is refused."""
+        if _libc.unshare(CLONE_NEWNS) != 0:
+            return False
+        if _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+            return False  # unshared but not private: mount nothing here
+        try:
+            self._mount()
+        except OSError:
+            return False
+        return True
+
+    def _remount(self) -> bool:
+        """A fresh procfs on /proc; False (the host's procfs shows again) on failure."""
+        if _libc.umount2(b"/proc", MNT_DETACH) != 0:
+            return False
+        try:
+            self._mount()
+        except OSError:
+            return False
+        return True
+
+    def _run(self) -> None:
+        try:
+            home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException as exc:  # handed to finish()
+            self._errors.append(exc)
+            self.stop.set()
+            home = -1
+        try:
+            if home >= 0:
+                self.private = self._setup()
+            since_mount = 0
+            while (item := self._queue.get()) is not None:
+                if self._errors:
+                    continue  # drain the queue: finish() waits for its end
+                fd, sysctls = item
+                try:
+                    if self.private and since_mount >= self.remount_every:
+                        self.private = self._remount()
+                        since_mount = 0
+                    setns(fd)
+                    try:
+                        for key, value in sysctls.items():
+                            write_sysctl(key, value)
+                    finally:
+                        setns(home)
+                    since_mount += 1
+                    self.written += 1
+                except BaseException as exc:  # handed to finish()
+                    self._errors.append(exc)
+                    self.stop.set()
+        finally:
+            if home >= 0:
+                os.close(home)
 
 
 def delete(name: str) -> bool:

@@ -125,8 +125,9 @@ class Plan:
 
     def impaired(self) -> list[IfSpec]:
         """Node-side interfaces whose egress is not ideal: each gets a netem qdisc."""
+        nodes = set(self.node_ns.values())
         ends = [end for v in self.veths for end in (v.a, v.b)]
-        return [e for e in ends if e.ns in self.node_ns.values() and not e.egress.is_ideal()]
+        return [e for e in ends if e.ns in nodes and not e.egress.is_ideal()]
 
     def ifindexes(self) -> dict[tuple[str, str], int]:
         """{(namespace, ifname): ifindex} for every bridge and veth end the plan makes.

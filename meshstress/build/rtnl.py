@@ -45,6 +45,8 @@ IFLA_MASTER = 10
 IFLA_LINKINFO = 18
 IFLA_IFALIAS = 20
 IFLA_NET_NS_FD = 28
+IFLA_NUM_TX_QUEUES = 31
+IFLA_NUM_RX_QUEUES = 32
 IFLA_GSO_MAX_SEGS = 40
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
@@ -115,11 +117,14 @@ class VethEnd:
     gso_max_segs: int | None = None
     mtu: int | None = None
     master: int | None = None  # ifindex of a bridge in the same namespace
+    queues: int | None = None  # tx and rx queues (None: the kernel's, one per possible CPU)
 
     def attrs(self) -> bytes:
         out = _str(IFLA_IFNAME, self.ifname) + struct.pack("=HHi", 8, IFLA_NET_NS_FD, self.ns_fd)
         if self.mtu:
             out += _u32(IFLA_MTU, self.mtu)
+        if self.queues:
+            out += _u32(IFLA_NUM_TX_QUEUES, self.queues) + _u32(IFLA_NUM_RX_QUEUES, self.queues)
         if self.gso_max_segs is not None:
             out += _u32(IFLA_GSO_MAX_SEGS, self.gso_max_segs)
         if self.master:

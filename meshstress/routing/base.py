@@ -7,6 +7,7 @@ import ipaddress
 import os
 import shutil
 import signal
+import struct
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -187,62 +188,161 @@ class PerNodeReader(RouteReader):
         }
 
 
+_MISSING: Any = object()
+_NLHDR = struct.Struct("=IHxxI")  # nlmsghdr: length, type, (flags), sequence
+
+
+class SnapshotCost(NamedTuple):
+    """What one KernelRouteReader.next_hops() cost: wall seconds in all, then the dumps'
+    wall and CPU seconds (the calling thread's CPU: the kernel fills a dump in the
+    thread that reads it) and those of reading them (comparing, parsing, selecting);
+    namespaces dumped (the others sent no notification), changed (dump bytes not equal
+    to the previous ones: parsed and selected again), and in all."""
+
+    seconds: float
+    dump_s: float
+    dump_cpu_s: float
+    process_s: float
+    process_cpu_s: float
+    dumped: int
+    changed: int
+    nodes: int
+
+
 class KernelRouteReader(RouteReader):
-    """Every node's kernel routes as its policy rules pick them (select_routes), from one
-    route and one rule dump per namespace over sockets opened once (TableDumper).
+    """Every node's kernel routes as its policy rules pick them (select_routes), from at
+    most one route and one rule dump per namespace over sockets opened once
+    (TableDumper): with `watch`, only namespaces that sent a route, rule, link or address
+    notification since their last dump are dumped again.
 
     A namespace whose dump bytes equal the previous dump's gets the previous row back,
     the same dict object (callers must not change rows): nothing is parsed or selected
-    for it. A changed namespace is parsed with a cache of route messages seen before."""
+    for it. A changed namespace is read in one pass (_row), with a cache of the route
+    messages seen before. `cost` says what the last next_hops() cost."""
 
     CACHE_MAX = 1 << 19
 
-    def __init__(self, mesh: Mesh, workers: int = 1) -> None:
+    def __init__(self, mesh: Mesh, workers: int = 1, watch: bool = True) -> None:
         self.nodes = mesh.nodes
         self.owners = addr_to_node(mesh)
         self.me = {n: mesh.address(n) for n in self.nodes}
-        self.dumper = TableDumper({n: netns.path(mesh.ns(n)) for n in self.nodes}, workers)
+        paths = {n: netns.path(mesh.ns(n)) for n in self.nodes}
+        self.dumper = TableDumper(paths, workers, watch=watch)
         self._last: dict[str, tuple[bytes, bytes, dict[str, str | None]]] = {}
-        self._parsed: dict[bytes, KRoute] = {}
+        self._parsed: dict[bytes, Any] = {}  # route message -> _entry() of it
+        self._orders: dict[bytes, list[int] | None] = {}  # rule dump -> _order() of it
         self.selected = 0  # namespaces parsed and selected (their tables changed)
         self.reused = 0  # namespaces whose tables had not changed
+        self.cost: SnapshotCost | None = None  # what the last next_hops() cost
 
     def next_hops(self) -> dict[str, dict[str, str | None]]:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        raw = self.dumper.dump(self.nodes)
+        t1, c1 = time.perf_counter(), time.thread_time()
         out: dict[str, dict[str, str | None]] = {}
-        for node, (raw_routes, raw_rules) in self.dumper.dump(self.nodes).items():
+        changed = 0
+        for node, (raw_routes, raw_rules) in raw.items():
             last = self._last.get(node)
             if last is not None and last[0] == raw_routes and last[1] == raw_rules:
                 out[node] = last[2]
                 self.reused += 1
                 continue
-            row = {
-                dst: r.next_hop
-                for dst, r in select_routes(
-                    self._routes(raw_routes),
-                    sorted(
-                        (parse_rule(p) for p in iter_payloads(raw_rules, RTM_NEWRULE, 2)),
-                        key=lambda r: r.priority,
-                    ),
-                    self.owners,
-                    self.me[node],
-                ).items()
-            }
+            changed += 1
+            row = self._row(node, raw_routes, raw_rules)
             self._last[node] = (raw_routes, raw_rules, row)
             out[node] = row
             self.selected += 1
+        t2, c2 = time.perf_counter(), time.thread_time()
+        self.cost = SnapshotCost(
+            t2 - t0, t1 - t0, c1 - c0, t2 - t1, c2 - c1,
+            getattr(self.dumper, "dumped", len(raw)), changed, len(raw),
+        )  # fmt: skip
         return out
 
-    def _routes(self, raw: bytes) -> list[KRoute]:
+    def _order(self, raw_rules: bytes) -> list[int] | None:
+        """The tables a lookup walks, in order, from a rule dump (select_routes' order);
+        None when a rule selects by destination (then select_routes decides)."""
+        got = self._orders.get(raw_rules, _MISSING)
+        if got is _MISSING:
+            rules = sorted(
+                (parse_rule(p) for p in iter_payloads(raw_rules, RTM_NEWRULE, 2)),
+                key=lambda r: r.priority,
+            )
+            lookups = [
+                rule for rule in rules
+                if rule.action == FR_ACT_TO_TBL and not rule.selective and rule.table != LOCAL_TABLE
+            ]  # fmt: skip
+            if not rules:
+                got = [t for _prio, t in DEFAULT_RULES_TABLES if t != LOCAL_TABLE]
+            elif any(rule.dst for rule in lookups):
+                got = None
+            else:
+                got = [rule.table for rule in lookups]
+            if len(self._orders) > 4 * len(self.nodes) + 64:
+                self._orders.clear()
+            self._orders[raw_rules] = got
+        return got
+
+    def _entry(self, payload: bytes) -> tuple[str, int, int, int, str | None] | None:
+        """What a route message means for selection, namespace aside: (destination node,
+        table, priority, type, next hop node), or None for a route select_routes never
+        counts (not a /32, not to a node)."""
+        r = parse_route(payload)
+        if r.dst_len != 32 or r.dst is None:
+            return None
+        dst_node = self.owners.get(r.dst)
+        if dst_node is None:
+            return None
+        nh = self.owners.get(r.gateway) if r.gateway is not None else dst_node
+        return (dst_node, r.table, r.priority, r.type, nh)
+
+    def _row(self, node: str, raw_routes: bytes, raw_rules: bytes) -> dict[str, str | None]:
+        """node's next hops from its dumps, as select_routes picks them: the route
+        messages are walked once, each looked up in a cache of messages seen before
+        (parsed only when new), keeping the lowest priority per table and destination
+        (the first listed on a tie); then the tables are merged from the last one the
+        rules walk to the first, so the first table with an entry for a destination
+        decides (a throw route passes it on)."""
+        order = self._order(raw_rules)
+        if order is None:
+            routes = [parse_route(p) for p in iter_payloads(raw_routes, RTM_NEWROUTE, 1)]
+            rules = sorted(
+                (parse_rule(p) for p in iter_payloads(raw_rules, RTM_NEWRULE, 2)),
+                key=lambda r: r.priority,
+            )
+            chosen = select_routes(routes, rules, self.owners, self.me[node])
+            return {dst: r.next_hop for dst, r in chosen.items()}
         cache = self._parsed
         if len(cache) > self.CACHE_MAX:
             cache.clear()
-        out = []
-        for p in iter_payloads(raw, RTM_NEWROUTE, 1):
-            r = cache.get(p)
-            if r is None:
-                r = cache[p] = parse_route(p)
-            out.append(r)
-        return out
+        best: dict[int, dict[str, tuple[str, int, int, int, str | None]]] = {}
+        unpack = _NLHDR.unpack_from
+        pos, end = 0, len(raw_routes)
+        while pos + 16 <= end:
+            length, msg_type, seq = unpack(raw_routes, pos)
+            if length < 16:
+                break
+            if msg_type == RTM_NEWROUTE and seq == 1:
+                p = raw_routes[pos + 16 : pos + length]
+                e = cache.get(p, _MISSING)
+                if e is _MISSING:
+                    e = cache[p] = self._entry(p)
+                if e is not None and e[0] != node:
+                    table = best.get(e[1])
+                    if table is None:
+                        table = best[e[1]] = {}
+                    held = table.get(e[0])
+                    if held is None or e[2] < held[2]:
+                        table[e[0]] = e
+            pos += (length + 3) & ~3
+        row: dict[str, str | None] = {}
+        for t in reversed(order):
+            for dst_node, e in best.get(t, {}).items():
+                if e[3] == RTN_UNICAST:
+                    row[dst_node] = e[4]
+                elif e[3] != RTN_THROW:
+                    row.pop(dst_node, None)
+        return row
 
     def close(self) -> None:
         self.dumper.close()

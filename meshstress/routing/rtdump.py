@@ -142,9 +142,19 @@ def _dump(netns_path: str, request: int, reply: int) -> list[bytes]:
 # --- repeated dumps: one socket per namespace, opened once ------------------------
 
 
-def open_route_socket(netns_path: str) -> socket.socket:
+# What can change which route a namespace's kernel picks, as rtnetlink multicast groups:
+# routes and rules, and links and addresses, because IPv4 drops or disables the routes
+# of a link that goes down, or of an address that goes, without a route notification.
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV4_RULE = 0x80
+WATCH_GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE
+
+
+def open_route_socket(netns_path: str, groups: int = 0, rcvbuf: int = 1 << 20) -> socket.socket:
     """An rtnetlink socket inside the namespace at `netns_path` (this thread goes there
-    and back), bound, with a receive timeout."""
+    and back), bound (to the multicast `groups`, if any), with a receive timeout."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     target = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -158,8 +168,8 @@ def open_route_socket(netns_path: str) -> socket.socket:
         os.close(home)
     try:
         sock.settimeout(10)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind((0, 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.bind((0, groups))
     except OSError:
         sock.close()
         raise
@@ -225,13 +235,56 @@ class TableDumper:
     The bytes are the kernel's replies as received: equal bytes mean equal tables (the
     sequence numbers and port id are fixed per socket). With workers > 1 the dumps run
     in that many threads (the kernel fills the replies in the receiving thread, with
-    the GIL released)."""
+    the GIL released).
 
-    def __init__(self, paths: dict[str, str], workers: int = 1) -> None:
+    With `watch` (the default) each namespace also has a socket that listens to its
+    route, rule, link and address notifications (WATCH_GROUPS); a namespace that sent
+    none since its last dump is not dumped again: its previous bytes (the same object)
+    are returned. The listener is drained before the dump, so a change made during the
+    dump is seen by the next call; a listener that overflowed (ENOBUFS) counts as a
+    change. `dumped` says how many namespaces the last call dumped."""
+
+    def __init__(self, paths: dict[str, str], workers: int = 1, watch: bool = True) -> None:
         self.paths = dict(paths)
         self.workers = max(1, workers)
+        self.watch = watch
         self._socks: dict[str, tuple[socket.socket, int]] = {}  # key -> (socket, port id)
+        self._watchers: dict[str, socket.socket] = {}
+        self._raw: dict[str, tuple[bytes, bytes]] = {}  # the last dump of each key
+        self._scratch = bytearray(1 << 16)  # notifications are read into it, and dropped
+        netns.raise_fd_limit()  # two sockets per namespace: 8192 for a 4096-node mesh
         self._pool: Any = None
+        self.dumped = 0  # namespaces dumped by the last dump()
+
+    def _watcher(self, key: str) -> socket.socket:
+        got = self._watchers.get(key)
+        if got is None:
+            # the smallest receive buffer the kernel allows: a few notifications queue,
+            # the rest are dropped (ENOBUFS), so a busy namespace is drained in a few
+            # system calls; that something happened is all that is read from them
+            got = open_route_socket(self.paths[key], WATCH_GROUPS, rcvbuf=1)
+            got.setblocking(False)
+            self._watchers[key] = got
+        return got
+
+    def stale(self, key: str) -> bool:
+        """Whether `key` must be dumped: never dumped, not watched, or notified since
+        (the notifications are read and dropped here)."""
+        if not self.watch or key not in self._raw:
+            return True
+        sock = self._watchers.get(key)
+        if sock is None:
+            return True
+        notified = False
+        scratch = self._scratch
+        while True:
+            try:
+                sock.recv_into(scratch)
+                notified = True
+            except BlockingIOError:
+                return notified
+            except OSError:  # ENOBUFS: notifications were dropped
+                notified = True
 
     def _sock(self, key: str) -> tuple[socket.socket, int]:
         got = self._socks.get(key)
@@ -241,6 +294,8 @@ class TableDumper:
         return got
 
     def dump_one(self, key: str) -> tuple[bytes, bytes]:
+        if self.watch and key not in self._watchers:
+            self._watcher(key)  # listening before the first dump: nothing falls between
         sock, port = self._sock(key)
         try:
             sock.send(_ROUTE_REQUEST)
@@ -248,8 +303,10 @@ class TableDumper:
             sock.send(_RULE_REQUEST)
             rules = _read_dump(sock, 2, port)
         except BaseException:
-            # a dump cut short leaves replies queued: start the next one on a new socket
+            # a dump cut short leaves replies queued: start the next one on a new socket,
+            # and dump this namespace again next time, notified or not
             self._socks.pop(key, None)
+            self._raw.pop(key, None)
             sock.close()
             raise
         return routes, rules
@@ -259,25 +316,35 @@ class TableDumper:
 
     def dump(self, keys: list[str] | None = None) -> dict[str, tuple[bytes, bytes]]:
         keys = list(self.paths) if keys is None else keys
-        if self.workers == 1 or len(keys) < 2 * self.workers:
-            return dict(zip(keys, self._dump_keys(keys), strict=True))
+        todo = [k for k in keys if self.stale(k)]
+        self.dumped = len(todo)
+        raw = self._raw
+        if self.workers == 1 or len(todo) < 2 * self.workers:
+            for k in todo:
+                raw[k] = self.dump_one(k)
+            return {k: raw[k] for k in keys}
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="meshstress-rtdump")
         # open missing sockets here: setns is per thread, and the pool's threads are ours
-        for k in keys:
+        for k in todo:
+            if self.watch:
+                self._watcher(k)
             self._sock(k)
-        chunks = [keys[i :: self.workers] for i in range(self.workers)]
-        out: dict[str, tuple[bytes, bytes]] = {}
+        chunks = [todo[i :: self.workers] for i in range(self.workers)]
         for chunk, got in zip(chunks, self._pool.map(self._dump_keys, chunks), strict=True):
-            out.update(zip(chunk, got, strict=True))
-        return out
+            raw.update(zip(chunk, got, strict=True))
+        return {k: raw[k] for k in keys}
 
     def close(self) -> None:
         for sock, _port in self._socks.values():
             sock.close()
         self._socks.clear()
+        for sock in self._watchers.values():
+            sock.close()
+        self._watchers.clear()
+        self._raw.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
