@@ -251,10 +251,11 @@ def test_doctor_json_covers_every_capability_and_names_remedies() -> None:
     assert r.returncode == 0, r.stderr
     checks = {c["name"]: c for c in json.loads(r.stdout)}
     assert set(checks) == {
-        "root", "netns", "veth", "bridge", "batman-adv", "netem", "tbf", "htb",
+        "root", "netns", "veth", "bridge", "batman-adv", "netem", "tbf", "htb", "tc-bpf",
         "bcc+headers", "tracefs", "kprobes", "batctl", "babeld", "batmand", "qemu",
     }
     assert checks["root"]["ok"] and checks["netns"]["ok"] and checks["veth"]["ok"]
+    assert checks["tc-bpf"]["ok"]  # radio-like cuts need it; our hosts have clsact + cls_bpf
     for c in checks.values():
         assert c["ok"] or c["remedy"], f"{c['name']} is missing without a remedy"
     # the doctor's verdicts match what the kernel does when asked directly

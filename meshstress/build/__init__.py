@@ -126,8 +126,13 @@ def apply(
                 _send_inside(factory, fds[br.ns], batch)
 
             say(f"veth pairs: {len(plan.veths)}", "veths")
-            batch = rtnl.Batch()
+            # Each pair is requested from a socket inside the namespace of its end `a`:
+            # older kernels (Debian 12's 6.1 in the lab) look the request's ifindex up in
+            # the socket's own namespace (__rtnl_newlink), so from the host's, where
+            # ifindex 2 is a real NIC (or an earlier run's witness), it came back EEXIST.
+            by_ns: dict[str, rtnl.Batch] = {}
             for v in plan.veths:
+                batch = by_ns.setdefault(v.a.ns, rtnl.Batch())
                 # One packet per skb on every end (see ONE_PACKET_PER_SKB).
                 a = rtnl.VethEnd(
                     v.a.ifname,
@@ -147,7 +152,10 @@ def apply(
                     queues=VETH_QUEUES,
                 )
                 batch.add(rtnl.veth_msg(a, b, batch.seq()), f"veth {v.a.ifname} in {v.a.ns}")
+            for ns, batch in by_ns.items():
+                _send_inside(factory, fds[ns], batch)
             if plan.witness:
+                batch = rtnl.Batch()
                 batch.add(
                     rtnl.veth_msg(
                         rtnl.VethEnd(plan.witness, factory.home),
@@ -161,8 +169,8 @@ def apply(
                     rtnl.link_set_msg(0, batch.seq(), alias=alias, ifname=plan.witness),
                     f"alias of {plan.witness}",
                 )
-            with contextlib.closing(rtnl.open_socket()) as root:
-                batch.send(root)
+                with contextlib.closing(rtnl.open_socket()) as root:
+                    batch.send(root)
 
             say("addresses, routes and impairments", "addresses")
             per_ns: dict[str, rtnl.Batch] = {}
