@@ -76,3 +76,33 @@ def test_run_check_estimates_the_scenario_and_strict_refuses(tmp_path) -> None: 
     no = cli("run", "--check", "--strict", "--calibration", calibration(tmp_path, 1.0), str(sc))
     assert no.returncode == 3
     assert no.stderr.strip().splitlines()[-1].startswith("meshstress: capacity: ")
+
+
+def test_a_run_in_the_lab_is_estimated_with_the_labs_costs_and_vcpus(tmp_path, grid) -> None:  # type: ignore[no-untyped-def]
+    sc = tmp_path / "s.toml"
+    sc.write_text(
+        '[scenario]\nname = "est"\nduration = "5s"\n[mesh]\ngenerate = "grid4 3 3"\n'
+        'routing = "batman-adv"\n'
+    )
+    lab = cli("run", "--check", "--where", "lab", str(sc))  # the host runs it in the lab
+    assert lab.returncode == 0, lab.stderr
+    assert "calibration-lab.json" in lab.stderr.splitlines()[0]  # stored or packaged
+    assert "(VM lab: its own per-unit costs" in lab.stderr
+    from meshstress.model import capacity
+
+    cores, mem, _ = capacity.lab_capacity(capacity.load_calibration(None, "lab"))
+    # the guest's vCPUs and memory as the lab's calibration recorded them, not this host's
+    assert f"host: {cores} cores (0.00 in use now), {mem:.0f} MB available" in lab.stderr
+    assert "routing batman-adv (no calibration" not in lab.stderr
+    # inside the guest (meshstress lab run -- meshstress up ...): the lab's costs too
+    env = dict(os.environ, MESHSTRESS_LAB_GUEST="1")
+    inside = subprocess.run([sys.executable, "-m", "meshstress", "up", grid, "--routing",
+                             "batman-adv", "--dry-run"], capture_output=True, text=True,
+                            timeout=120, env=env)  # fmt: skip
+    assert inside.returncode == 0, inside.stderr
+    assert "calibration-lab.json" in inside.stderr
+    env.pop("MESHSTRESS_LAB_GUEST")
+    env.pop("MESHSTRESS_WHERE_LABEL", None)
+    host = subprocess.run([sys.executable, "-m", "meshstress", "up", grid, "--dry-run"],
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert "calibration-lab.json" not in host.stderr and "calibration.json" in host.stderr

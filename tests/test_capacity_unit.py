@@ -155,3 +155,56 @@ def test_without_a_stored_file_the_packaged_default_is_used(monkeypatch, tmp_pat
     assert set(got.routing) >= {"static", "babeld", "batmand", "batman-adv"}
     est = estimate(generators.line(2), [], got)
     assert "(packaged default)" in est.lines()[0]
+
+
+# --- the VM lab's own costs ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("chosen", "env", "where"),
+    [
+        (None, {}, "host"),
+        ("host", {}, "host"),
+        ("lab", {}, "lab"),  # the host runs it in the lab: the lab's costs
+        (None, {"MESHSTRESS_LAB_GUEST": "1"}, "lab"),  # inside the guest (meshstress lab run)
+        ("host", {"MESHSTRESS_WHERE_LABEL": "lab"}, "lab"),  # the runner's lab run, inside
+        (None, {"MESHSTRESS_LAB_GUEST": "0", "MESHSTRESS_WHERE_LABEL": "host"}, "host"),
+    ],
+)
+def test_a_run_in_the_lab_uses_the_lab_costs(
+    chosen: str | None, env: dict[str, str], where: str
+) -> None:
+    assert capacity.where_of(chosen, env) == where
+
+
+def test_the_lab_guest_mark_is_the_one_the_lab_sets() -> None:
+    from meshstress.lab import guest, runner
+
+    assert capacity.LAB_GUEST_ENV == guest.GUEST_ENV
+    assert runner.guest_env({"PATH": "/bin", "GITHUB_TOKEN": "x"}) == {
+        "PATH": "/bin", capacity.LAB_GUEST_ENV: "1"
+    }  # fmt: skip
+
+
+def test_the_lab_and_the_host_each_load_their_own_file(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    host, lab = tmp_path / "host.json", tmp_path / "lab.json"
+    monkeypatch.setattr(capacity, "STORED", str(host))
+    monkeypatch.setattr(capacity, "STORED_LAB", str(lab))
+    # nothing stored: each place's packaged default
+    assert load_calibration(where="lab").source == "meshstress/data/calibration-lab.json"
+    assert load_calibration(where="host").source == "meshstress/data/calibration.json"
+    capacity.store_calibration(cal(), str(lab))
+    assert load_calibration(where="lab").source == str(lab)
+    assert load_calibration(where="host").default  # the host's is not the lab's
+    capacity.store_calibration(cal(), str(host))
+    assert load_calibration().source == str(host)
+    assert capacity.stored_path("lab") == str(lab) and capacity.stored_path("host") == str(host)
+
+
+def test_the_lab_capacity_is_the_guests_as_calibrated() -> None:
+    c = cal()
+    assert capacity.lab_capacity(c) == (2, 1500.0, 0.0)  # not recorded: the lab's defaults
+    c.host = {"cpus": 4, "mem_available_mb": 1700}
+    assert capacity.lab_capacity(c) == (4, 1700.0, 0.0)
+    c.host = {"cpus": "two", "mem_available_mb": -1}
+    assert capacity.lab_capacity(c) == (2, 1500.0, 0.0)

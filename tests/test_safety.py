@@ -320,7 +320,9 @@ def test_lab_guest_gets_only_allow_listed_environment(tmp_path: Path) -> None:
     text = (run.xchg / "env").read_text()
     got = {line.split("=", 1)[0].removeprefix("export ") for line in text.splitlines()}
     assert got == {"PATH", "HOME", "LANG", "LC_ALL", "TERM", "MESHSTRESS_REQUIRE", "PYTHONPATH",
-                   "PYTEST_ADDOPTS", "CI", "VIRTUAL_ENV"}  # fmt: skip
+                   "PYTEST_ADDOPTS", "CI", "VIRTUAL_ENV",
+                   guest.GUEST_ENV}  # fmt: skip  (the lab's own mark: it runs in the lab)
+    assert f"export {guest.GUEST_ENV}='1'" in text or f"export {guest.GUEST_ENV}=1" in text
     assert "secret" not in text and "evil" not in text
     assert guest.env_file({"A": "b"})  # the quoting itself is unchanged
 

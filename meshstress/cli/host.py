@@ -140,7 +140,8 @@ def _capacity(topo: Topology, calibration: str | None, strict: bool) -> None:
     from meshstress.model import capacity
     from meshstress.observe.cpu import host_capacity
 
-    est = capacity.estimate(topo, [], capacity.load_calibration(calibration), route_interval=None)
+    cal = capacity.load_calibration(calibration, capacity.where_of(None, os.environ))
+    est = capacity.estimate(topo, [], cal, route_interval=None)
     lines, refuse = capacity.verdict(est, *host_capacity())
     for line in lines:
         _echo_err(f"meshstress: {line}")

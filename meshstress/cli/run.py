@@ -168,12 +168,16 @@ def capacity_check(sc: Any, calibration: str | None, strict: bool, lab: bool = F
     from meshstress.model import capacity
     from meshstress.observe.cpu import host_capacity
 
-    cal = capacity.load_calibration(calibration)
+    where = capacity.where_of("lab" if lab else None, os.environ)
+    cal = capacity.load_calibration(calibration, where)
     est = capacity.estimate_scenario(sc, cal)
-    cores, mem, busy = host_capacity()
+    if lab:  # from the host, for a run in the lab: the guest's vCPUs and memory
+        cores, mem, busy = capacity.lab_capacity(cal)
+    else:  # this host, or inside the guest: what it has
+        cores, mem, busy = host_capacity()
     lines, refuse = capacity.verdict(est, cores, mem, busy, sc.host_limits.max_host_busy)
-    if lab:
-        lines.append("(the VM lab has its own, emulated CPU: this host's figures are a guide)")
+    if where == "lab":
+        lines.append("(VM lab: its own per-unit costs, an emulated CPU, measured in the lab)")
     for line in lines:
         _say(line)
     if refuse and strict:

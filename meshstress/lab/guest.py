@@ -37,11 +37,14 @@ GUEST_MODULES = (
 )
 
 
+
 def inside() -> bool:
     """Whether this process runs inside a VM-lab guest (whose kernel is the run's own)."""
     return os.path.exists(f"{GUEST_XCHG}/stage2.sh")
 
 
+# set to "1" in COMMAND's environment: it runs inside the lab (meshstress.model.capacity)
+GUEST_ENV = "MESHSTRESS_LAB_GUEST"
 OUT_PORT = "ms.out"
 ERR_PORT = "ms.err"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

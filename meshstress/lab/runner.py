@@ -98,6 +98,12 @@ def lab_env(env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def guest_env(env: Mapping[str, str]) -> dict[str, str]:
+    """What the guest's COMMAND gets: lab_env(env), and GUEST_ENV=1 (it runs in the
+    lab: the capacity estimate uses the lab's costs there). Pure."""
+    return lab_env(env) | {guest.GUEST_ENV: "1"}
+
+
 # ---------------------------------------------------------------- pure helpers
 
 
@@ -367,7 +373,7 @@ def _prepare(
     shares = [(SHARE_TAG, share)] if share else []
     (run.xchg / "boot.conf").write_text(guest.boot_conf(k.bind_mounts(), shares))
     (run.xchg / "stage2.sh").write_text(guest.stage2_script(argv, cwd))
-    (run.xchg / "env").write_bytes(guest.env_file(lab_env(env)))
+    (run.xchg / "env").write_bytes(guest.env_file(guest_env(env)))
     return shares
 
 

@@ -43,6 +43,12 @@ from meshstress.model import units
 
 CALIBRATION_VERSION = 1
 STORED = "/var/lib/meshstress/calibration.json"  # root-owned, benchmarks/calibrate.py
+# the VM lab's own costs (an emulated CPU: `benchmarks/calibrate.py --lab`); a run in
+# the lab (chosen for it, or inside the guest) uses these, every other run STORED
+STORED_LAB = "/var/lib/meshstress/calibration-lab.json"
+PACKAGED = {"host": "calibration.json", "lab": "calibration-lab.json"}
+# set in the lab guest's environment by meshstress.lab (and by the runner's lab runs)
+LAB_GUEST_ENV = "MESHSTRESS_LAB_GUEST"
 # routing setting that sets each backend's cost-driving interval
 INTERVAL_SETTING = {
     "babeld": "hello_interval",
@@ -351,28 +357,55 @@ def estimate_scenario(sc: Any, cal: Calibration) -> Estimate:
 # --- where the costs come from -----------------------------------------------------
 
 
-def packaged_default() -> Calibration:
-    """meshstress/data/calibration.json: measured on the project's own 2-core host."""
+def where_of(chosen: str | None, env: Mapping[str, str]) -> str:
+    """Whose costs a run uses: "lab" when it runs in the VM lab (`chosen` "lab", or
+    this process is inside the lab's guest: LAB_GUEST_ENV, or the runner's lab label),
+    else "host". Pure."""
+    if chosen == "lab" or env.get(LAB_GUEST_ENV) == "1":
+        return "lab"
+    return "lab" if env.get("MESHSTRESS_WHERE_LABEL") == "lab" else "host"
+
+
+def stored_path(where: str = "host") -> str:
+    """Where calibrate.py stores the costs of `where` ("host" or "lab")."""
+    return STORED_LAB if where == "lab" else STORED
+
+
+def packaged_default(where: str = "host") -> Calibration:
+    """meshstress/data/calibration.json: measured on the project's own 2-core host;
+    calibration-lab.json: in the VM lab on that host (software-emulated, 2 vCPUs)."""
     from importlib import resources
 
-    res = resources.files("meshstress") / "data" / "calibration.json"
-    cal = parse_calibration(res.read_text(), "meshstress/data/calibration.json")
+    name = PACKAGED["lab" if where == "lab" else "host"]
+    res = resources.files("meshstress") / "data" / name
+    cal = parse_calibration(res.read_text(), f"meshstress/data/{name}")
     cal.default = True
     return cal
 
 
-def load_calibration(path: str | None = None) -> Calibration:
-    """The calibration at `path`; without one, the stored one (STORED) when there is
-    one, else the packaged default (Calibration.default is then True). A file that is
-    not ours (a symlink, not owned by root or by us, writable by others) or that does
-    not parse raises InputError naming it."""
+def lab_capacity(cal: Calibration) -> tuple[int, float, float]:
+    """(cores, MB available, cores busy now) of the VM lab as its calibration recorded
+    them (the guest's vCPUs and MemAvailable; nobody else uses a guest). Pure."""
+    cpus = cal.host.get("cpus")
+    mem = cal.host.get("mem_available_mb")
+    cores = cpus if isinstance(cpus, int) and cpus > 0 else 2
+    avail = float(mem) if isinstance(mem, int | float) and mem > 0 else 1500.0
+    return cores, avail, 0.0
+
+
+def load_calibration(path: str | None = None, where: str = "host") -> Calibration:
+    """The calibration at `path`; without one, the stored one of `where` (STORED, or
+    STORED_LAB for "lab") when there is one, else that place's packaged default
+    (Calibration.default is then True). A file that is not ours (a symlink, not owned
+    by root or by us, writable by others) or that does not parse raises InputError
+    naming it."""
     import os
 
     from meshstress import safefs
 
-    target = path or STORED
+    target = path or stored_path(where)
     if path is None and not os.path.lexists(target):
-        return packaged_default()
+        return packaged_default(where)
     try:
         st = os.lstat(target)
     except OSError as exc:
