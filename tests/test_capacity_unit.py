@@ -208,3 +208,22 @@ def test_the_lab_capacity_is_the_guests_as_calibrated() -> None:
     assert capacity.lab_capacity(c) == (4, 1700.0, 0.0)
     c.host = {"cpus": "two", "mem_available_mb": -1}
     assert capacity.lab_capacity(c) == (2, 1500.0, 0.0)
+
+
+def test_a_backend_can_give_its_own_recorder_cost_per_table_entry(tmp_path: Path) -> None:
+    topo = generators.grid4(3, 3)  # 9 nodes: 72 entries (node, other node)
+    topo.routing = "babeld"
+    c = cal()
+    plain = part(estimate(topo, [], c, route_interval=0.5), "recorder").cores
+    assert plain == pytest.approx(9 * 1e-3 / 0.5)  # costs.snapshot_node_core_s
+    c.routing["babeld"] |= {"snapshot_node_core_s": 2e-3, "snapshot_entry_core_s": 1e-4}
+    own = part(estimate(topo, [], c, route_interval=0.5), "recorder").cores
+    assert own == pytest.approx((9 * 2e-3 + 72 * 1e-4) / 0.5)
+    path = tmp_path / "cal.json"  # kept in the file, checked when read
+    capacity.store_calibration(c, str(path))
+    assert load_calibration(str(path)).routing["babeld"]["snapshot_entry_core_s"] == 1e-4
+    path.write_text(calib_json(routing={"babeld": {**BABELD, "snapshot_entry_core_s": -1}}))
+    with pytest.raises(InputError, match=r"routing\.babeld\.snapshot_entry_core_s"):
+        load_calibration(str(path))
+    path.write_text(calib_json())  # without them: valid, and the costs' figure is used
+    assert "snapshot_entry_core_s" not in load_calibration(str(path)).routing["babeld"]

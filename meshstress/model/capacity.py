@@ -24,7 +24,10 @@ The model, per unit (every number is a calibration field, `costs.*`):
   two agents per flow (`agent_mb` each);
 - probes (BCC): each adds `probe_packet_share` to every packet's cost, `probe_mb`;
 - the route recorder: `snapshot_node_core_s` per node per snapshot, every
-  route_interval seconds;
+  route_interval seconds; a backend whose tables are read entry by entry (batman-adv:
+  a genl dump of every node's originators, parsed each time) can give its own
+  `snapshot_node_core_s` and a `snapshot_entry_core_s` per node per other node in its
+  routing row (ROUTING_OPTIONAL);
 - meshstress itself: `meshstress_mb` and `meshstress_node_mb` per node;
 - the scenario's own processes ([[process]]) are not estimated: they are listed.
 """
@@ -56,6 +59,8 @@ INTERVAL_SETTING = {
     "batman-adv": "orig_interval",
 }
 ROUTING_FIELDS = ("interval_s", "iface_cores", "iface_node_cores", "daemon_mb")
+# optional per backend: its route recorder's cost, when it is not the kernel table reader's
+ROUTING_OPTIONAL = ("snapshot_node_core_s", "snapshot_entry_core_s")
 COST_FIELDS = (
     "namespace_mb",
     "interface_mb",
@@ -118,6 +123,9 @@ def parse_calibration(text: str, source: str) -> Calibration:
         out_routing[name] = {
             k: _number(row, k, source, f"routing.{name}") for k in ROUTING_FIELDS
         }
+        for k in ROUTING_OPTIONAL:
+            if k in row:
+                out_routing[name][k] = _number(row, k, source, f"routing.{name}")
         if out_routing[name]["interval_s"] <= 0:
             raise InputError(source, f"routing.{name}.interval_s", "must be more than 0")
     host = data.get("host") or {}
@@ -337,8 +345,11 @@ def estimate(
     if probes:
         parts.append(Part("probes", 0.0, len(probes) * c["probe_mb"], ", ".join(probes)))
     if route_interval is not None:  # None: no run, no recorder (`meshstress up`)
+        rec = row or {}
+        per_snapshot = n * rec.get("snapshot_node_core_s", c["snapshot_node_core_s"])
+        per_snapshot += n * (n - 1) * rec.get("snapshot_entry_core_s", 0.0)
         parts.append(
-            Part("recorder", n * c["snapshot_node_core_s"] / max(route_interval, 1e-3), 0.0,
+            Part("recorder", per_snapshot / max(route_interval, 1e-3), 0.0,
                  f"a snapshot every {route_interval:g} s")
         )  # fmt: skip
     parts.append(Part("meshstress", 0.0, c["meshstress_mb"] + n * c["meshstress_node_mb"]))
