@@ -227,3 +227,16 @@ def test_a_backend_can_give_its_own_recorder_cost_per_table_entry(tmp_path: Path
         load_calibration(str(path))
     path.write_text(calib_json())  # without them: valid, and the costs' figure is used
     assert "snapshot_entry_core_s" not in load_calibration(str(path)).routing["babeld"]
+
+
+def test_batman_adv_pays_per_node_and_per_interface_of_the_mesh() -> None:
+    topo = generators.grid4(3, 3)  # 9 nodes, 24 interfaces
+    topo.routing = "batman-adv"
+    c = cal()
+    c.routing["batman-adv"] = {"interval_s": 1.0, "iface_cores": 0.0, "iface_node_cores": 0.0,
+                               "daemon_mb": 0.0, "iface_node_iface_cores": 1e-7}  # fmt: skip
+    r = part(estimate(topo, [], c), "routing")
+    assert r.cores == pytest.approx(24 * 1e-7 * 9 * 24)  # n x I^2
+    big = generators.grid4(6, 6)  # 36 nodes, 120 interfaces: 4 x 5^2 = 100 times the cost
+    big.routing = "batman-adv"
+    assert part(estimate(big, [], c), "routing").cores == pytest.approx(100 * r.cores)

@@ -14,7 +14,10 @@ The model, per unit (every number is a calibration field, `costs.*`):
 - routing: per node, per mesh interface, at the backend's interval (babeld
   hello_interval, batmand and batman-adv orig_interval; `interval_s` is the interval
   it was measured at, the cost scales with its inverse): `iface_cores` plus
-  `iface_node_cores` for every node of the mesh (updates carry a route per node); a
+  `iface_node_cores` for every node of the mesh (updates carry a route per node), and
+  (optional, batman-adv) `iface_node_iface_cores` for every node and every mesh
+  interface: batman-adv walks one global list of all its interfaces, in every
+  namespace, for each OGM it receives (costfit.global_list_fit); a
   daemon's memory (`daemon_mb`, per node; batman-adv and static run none). The
   kernel's share of the routing packets (softirq) is in these numbers;
 - traffic: per packet, its two ends (`packet_end_core_s`: the flow agents' send and
@@ -60,7 +63,7 @@ INTERVAL_SETTING = {
 }
 ROUTING_FIELDS = ("interval_s", "iface_cores", "iface_node_cores", "daemon_mb")
 # optional per backend: its route recorder's cost, when it is not the kernel table reader's
-ROUTING_OPTIONAL = ("snapshot_node_core_s", "snapshot_entry_core_s")
+ROUTING_OPTIONAL = ("snapshot_node_core_s", "snapshot_entry_core_s", "iface_node_iface_cores")
 COST_FIELDS = (
     "namespace_mb",
     "interface_mb",
@@ -322,6 +325,7 @@ def estimate(
             mine = (node.settings.get("routing") or {}).get(key) if key else None
             interval = _interval(mine, base)
             per_if = row["iface_cores"] + row["iface_node_cores"] * n
+            per_if += row.get("iface_node_iface_cores", 0.0) * n * n_if
             cores += ifaces[node.name] * per_if * row["interval_s"] / max(interval, 1e-3)
         routing.cores = cores
         routing.memory_mb += n * row["daemon_mb"]
