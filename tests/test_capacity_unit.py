@@ -201,6 +201,16 @@ def test_the_lab_and_the_host_each_load_their_own_file(monkeypatch, tmp_path) ->
     assert capacity.stored_path("lab") == str(lab) and capacity.stored_path("host") == str(host)
 
 
+def test_the_packaged_lab_costs_were_measured_in_the_lab_with_batman_adv() -> None:
+    lab = capacity.packaged_default("lab")
+    host = capacity.packaged_default("host")
+    assert lab.host["where"] == "lab"
+    assert "routing.batman-adv" not in lab.host["kept"]  # measured there, not a guess
+    assert "routing.batman-adv" in host.host["kept"]  # the host has no batman-adv
+    assert lab.routing["batman-adv"] != host.routing["batman-adv"]
+    assert lab.routing["batman-adv"]["iface_node_iface_cores"] > 0  # the global list
+
+
 def test_the_lab_capacity_is_the_guests_as_calibrated() -> None:
     c = cal()
     assert capacity.lab_capacity(c) == (2, 1500.0, 0.0)  # not recorded: the lab's defaults
