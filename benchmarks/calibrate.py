@@ -34,10 +34,13 @@ What it measures (a few minutes; print JSON, the stored file included):
   (the kernel forwards a packet across all the veths inside the sending call, in
   softirq run in the sender's context), the difference of the medians over 15 hops;
   the last node's receive counter says the packets crossed;
-- a packet's ends (`packet_end_core_s`): a UDP flow of --udp-pps over 1 hop and 4 hops
-  (`meshstress run`, its results' CPU breakdown, the agents' CPU per packet; lab: two
-  rounds, 1, 4, 4, 1), each less its hops, the median; `udp_check` puts the model (ends +
-  4 hops) next to the 4-hop runs' median; a flow agent's resident memory;
+- a flow's own cost and a packet's ends (`flow_cores`, `packet_end_core_s`): a UDP
+  flow over 1 hop at two rates (--udp-pps LOW,HIGH) and over 4 hops at the high one
+  (`meshstress run`, its results' CPU breakdown: the agents' cores; lab: two rounds,
+  the order turned, medians); the two 1-hop rates give the flow's own cores and the
+  cost per packet, less the one hop its ends (the agents have timers and loops of
+  their own: at 200 pps that is about half of what they use); `udp_check` puts the
+  model next to the 4-hop runs; a flow agent's resident memory;
 - meshstress's own memory (this process, before and after a 144-node mesh).
 Not measured (packaged values kept, and said so in "kept"): BCC probes, uncapped TCP;
 batman-adv on the host (no module: --lab), babeld and batmand in the lab unless
@@ -125,13 +128,17 @@ def idle(seconds: float) -> dict[str, Any]:
             "busy_cores": costfit.private_busy_cores(b)}  # fmt: skip
 
 
-def settle(limit: float = 0.02, window: float = 5.0, most: float = 120.0) -> list[float]:
-    """On a private machine: idle windows until one is quiet (busy below `limit` cores,
-    less ours): a torn-down mesh's namespaces are freed later, by kworkers. The figures."""
+def settle(
+    limit: float = 0.02, window: float = 5.0, most: float = 120.0, what: str = "busy_cores"
+) -> list[float]:
+    """Idle windows until one is quiet (`what` below `limit` cores): a torn-down mesh's
+    namespaces are freed later, by kworkers and RCU callbacks in softirq. On a private
+    machine (the lab) its whole busy time less ours; on a shared host its softirq
+    (others' busy time never settles). The figures seen."""
     seen = []
     end = time.monotonic() + most
     while time.monotonic() < end:
-        seen.append(round(idle(window)["busy_cores"], 4))
+        seen.append(round(idle(window)[what], 4))
         if seen[-1] < limit:
             break
     return seen
@@ -143,12 +150,12 @@ def routing_cost(
     """A grid's routing cost. Host: the daemons' CPU plus softirq above `base_softirq`.
     `private` (the VM lab): the guest's busy time less ours, above an idle window
     measured just before (once the last mesh's teardown has settled)."""
-    settled = settle() if private else []
+    settled = settle() if private else settle(0.005, 3.0, 30.0, "softirq_cores")
     idle_now = idle(10.0) if private else None
     topo = generators.grid4(side, side)
     topo.routing = backend
     mem0 = mem_available_mb()
-    up = bringup.bring_up(topo, wait=True, timeout=600, impair=False)
+    up = bringup.bring_up(topo, wait=True, timeout=CONVERGE_S, impair=False)
     try:
         time.sleep(10.0 if private else 2.0)  # past the first burst of updates
         mem1 = mem_available_mb()
@@ -330,6 +337,7 @@ def udp_cost(hops: int, pps: int, seconds: float, base_softirq: float, tmp: Path
         "hops": hops, "pps": pps, "sent": sent, "window_s": window,
         "traffic_cpu_s": traffic, "softirq_cpu_s": round(softirq, 3),
         "agents_core_s": traffic / max(1, sent), "softirq_core_s": softirq / max(1, sent),
+        "agents_cores": traffic / window,
         "recorder_cpu_s": cpu["by"]["recorder"]["cpu_s"],
         "snapshots": r["routing"]["snapshots"],
     }  # fmt: skip
@@ -347,6 +355,7 @@ def agent_mb() -> float:
 
 
 LAB = False  # this process runs inside the VM lab (--in-lab)
+CONVERGE_S = 120.0  # --converge-timeout: a routing grid that has not converged is measured anyway
 HOST_BACKENDS = "babeld,batmand"
 LAB_BACKENDS = "batman-adv"
 
@@ -459,27 +468,31 @@ def measure_all(args: Any) -> dict[str, Any]:
         kept.append("packet_hop_core_s")  # lost in noise: keep the packaged figure
     else:
         costs["packet_hop_core_s"] = round(hop["hop_core_s"], 9)
-    say(f"udp: {args.udp_pps} pps over 1 and 4 hops, {args.udp_rounds} rounds")
-    runs: dict[int, list[dict[str, Any]]] = {1: [], 4: []}
+    low, high = (int(x) for x in args.udp_pps.split(","))
+    say(f"udp: {low} and {high} pps over 1 hop, {high} over 4, {args.udp_rounds} rounds")
+    kinds = [(1, low), (1, high), (4, high)]
+    runs: dict[tuple[int, int], list[dict[str, Any]]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory(prefix="meshstress-calibrate-") as tmp:
-        for i in range(args.udp_rounds):  # side by side: 1, 4, then 4, 1, ...
-            for hops in ((1, 4) if i % 2 == 0 else (4, 1)):
+        for i in range(args.udp_rounds):  # side by side, the order turned each round
+            for hops, pps in (kinds if i % 2 == 0 else kinds[::-1]):
                 if private:
                     settle()
-                runs[hops].append(retried(udp_cost, hops, args.udp_pps, args.udp_seconds,
-                                          base_softirq, Path(tmp)))  # fmt: skip
-    raw["udp"] = runs[1] + runs[4]
+                runs[(hops, pps)].append(retried(udp_cost, hops, pps, args.udp_seconds,
+                                                 base_softirq, Path(tmp)))  # fmt: skip
+    raw["udp"] = [r for k in kinds for r in runs[k]]
     hop_s = costs["packet_hop_core_s"]
-    four = statistics.median(r["agents_core_s"] for r in runs[4])
-    # every run gives the ends: its agents' CPU per packet less its hops (the lab's
-    # agents vary 1.5x from run to run, the hops are a few µs)
-    end = statistics.median(
-        costfit.packet_end(r["agents_core_s"], r["hops"] * hop_s) for r in raw["udp"]
-    )
+
+    def cores(k: tuple[int, int]) -> float:
+        return statistics.median(r["agents_cores"] for r in runs[k])
+
+    # the agents' cores = a flow's own + pps x (ends + hops): two rates over one hop
+    flow, per_packet = costfit.flow_fit((low, cores((1, low))), (high, cores((1, high))))
+    end = costfit.packet_end(per_packet, hop_s)
+    costs["flow_cores"] = round(flow, 6)
     costs["packet_end_core_s"] = round(end, 9)
     raw["udp_check"] = {  # the model against the 4-hop runs
-        "model_4hop_core_s": round(end + 4 * costs["packet_hop_core_s"], 9),
-        "measured_4hop_core_s": round(four, 9),
+        "model_4hop_cores": round(flow + high * (end + 4 * hop_s), 5),
+        "measured_4hop_cores": round(cores((4, high)), 5),
     }
     costs["agent_mb"] = round(agent_mb(), 1)
 
@@ -537,27 +550,32 @@ def main() -> int:
                          "[default: 4,8; lab 4,6,8]")  # fmt: skip
     ap.add_argument("--seconds", type=float, default=None,
                     help="routing measurement window [default: 10, lab 30]")
+    ap.add_argument("--converge-timeout", type=float, default=None,
+                    help="routing grids: measure after this many seconds even when not "
+                         "converged (said in the row) [default: 120, lab 300]")  # fmt: skip
     ap.add_argument("--skip-memory", action="store_true",
                     help="keep the packaged memory and recorder figures (faster)")
     ap.add_argument("--hop-far", type=int, default=16, help="hops of the far node")
     ap.add_argument("--hop-pps", type=int, default=None, help="[default: 4000, lab 500]")
     ap.add_argument("--hop-seconds", type=float, default=2.0)
     ap.add_argument("--hop-rounds", type=int, default=6)
-    ap.add_argument("--udp-pps", type=int, default=None, help="[default: 2000, lab 200]")
+    ap.add_argument("--udp-pps", default=None,
+                    help="LOW,HIGH: the two rates of the flow [default: 200,2000; lab 20,200]")
     ap.add_argument("--udp-seconds", type=float, default=None, help="[default: 6, lab 15]")
     ap.add_argument("--udp-rounds", type=int, default=None, help="[default: 1, lab 2]")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 2
-    global LAB
+    global LAB, CONVERGE_S
     LAB = lab = args.lab or args.in_lab
+    CONVERGE_S = args.converge_timeout or (300.0 if lab else 120.0)
     args.backends = args.backends or (LAB_BACKENDS if lab else HOST_BACKENDS)
     args.seconds = args.seconds or (30.0 if lab else 10.0)
     args.grids = args.grids or ("4,6,8" if lab else "4,8")
     args.udp_rounds = args.udp_rounds or (2 if lab else 1)
     args.hop_pps = args.hop_pps or (500 if lab else 4000)
-    args.udp_pps = args.udp_pps or (200 if lab else 2000)
+    args.udp_pps = args.udp_pps or ("20,200" if lab else "200,2000")
     args.udp_seconds = args.udp_seconds or (15.0 if lab else 6.0)
     if args.lab and not args.in_lab:
         passed = [a for a in sys.argv[1:] if a not in ("--lab", "--no-store")]

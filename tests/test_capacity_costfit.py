@@ -70,3 +70,14 @@ def test_global_list_fit_never_gives_a_negative_coefficient() -> None:
     assert c == 0.0 and b == pytest.approx(0.6 / (64 * 224))
     with pytest.raises(ValueError):
         costfit.global_list_fit((16, 48, 0.1), (16, 48, 0.2))
+
+
+def test_flow_fit_separates_a_flows_own_cost_from_its_packets() -> None:
+    flow, per_packet = costfit.flow_fit((200, 0.005 + 200 * 35e-6), (2000, 0.005 + 2000 * 35e-6))
+    assert flow == pytest.approx(0.005) and per_packet == pytest.approx(35e-6)
+    # noise: cheaper at the higher rate; all per packet through the higher rate
+    assert costfit.flow_fit((200, 0.02), (2000, 0.01)) == (0.0, pytest.approx(0.01 / 2000))
+    # steeper than through 0: no negative per-flow cost either
+    assert costfit.flow_fit((200, 0.001), (2000, 0.1)) == (0.0, pytest.approx(0.1 / 2000))
+    with pytest.raises(ValueError):
+        costfit.flow_fit((2000, 0.1), (200, 0.01))

@@ -250,3 +250,17 @@ def test_batman_adv_pays_per_node_and_per_interface_of_the_mesh() -> None:
     big = generators.grid4(6, 6)  # 36 nodes, 120 interfaces: 4 x 5^2 = 100 times the cost
     big.routing = "batman-adv"
     assert part(estimate(big, [], c), "routing").cores == pytest.approx(100 * r.cores)
+
+
+def test_a_flow_costs_its_own_share_besides_its_packets(tmp_path: Path) -> None:
+    topo = generators.line(2)
+    flows = [FlowSpec("a", "udp", "n0", "n1", rate_pps=100), FlowSpec("b", "tcp", "n0", "n1")]
+    c = cal()
+    c.costs["flow_cores"] = 0.01
+    t = part(estimate(topo, flows, c), "traffic")
+    assert t.cores == pytest.approx(0.01 + 100 * (1e-4 + 1e-5) + 1.0)  # tcp: bulk alone
+    path = tmp_path / "cal.json"
+    capacity.store_calibration(c, str(path))
+    assert load_calibration(str(path)).costs["flow_cores"] == 0.01
+    path.write_text(calib_json())  # an older file without it: no per-flow cost
+    assert "flow_cores" not in load_calibration(str(path)).costs

@@ -20,7 +20,8 @@ The model, per unit (every number is a calibration field, `costs.*`):
   namespace, for each OGM it receives (costfit.global_list_fit); a
   daemon's memory (`daemon_mb`, per node; batman-adv and static run none). The
   kernel's share of the routing packets (softirq) is in these numbers;
-- traffic: per packet, its two ends (`packet_end_core_s`: the flow agents' send and
+- traffic: per flow (`flow_cores`, optional: its two agents' own cost at any rate) and
+  per packet, its two ends (`packet_end_core_s`: the flow agents' send and
   receive) and each hop it crosses (`packet_hop_core_s`: the kernel forwards it);
   pps per flow as the flow says (udp rate, ping and rr rates; rr counts request and
   response); a tcp flow without a rate cap takes what it can get (`tcp_bulk_cores`);
@@ -64,6 +65,10 @@ INTERVAL_SETTING = {
 ROUTING_FIELDS = ("interval_s", "iface_cores", "iface_node_cores", "daemon_mb")
 # optional per backend: its route recorder's cost, when it is not the kernel table reader's
 ROUTING_OPTIONAL = ("snapshot_node_core_s", "snapshot_entry_core_s", "iface_node_iface_cores")
+# optional costs (0 when a file has none): a flow's own cost at any rate, its two agents'
+# timers and loops (measured at two rates: the per-packet figure alone misses it at low
+# rates)
+OPTIONAL_COSTS = ("flow_cores",)
 COST_FIELDS = (
     "namespace_mb",
     "interface_mb",
@@ -116,6 +121,9 @@ def parse_calibration(text: str, source: str) -> Calibration:
     if not isinstance(costs, dict):
         raise InputError(source, "costs", "missing or not an object")
     out_costs = {k: _number(costs, k, source, "costs") for k in COST_FIELDS}
+    for k in OPTIONAL_COSTS:
+        if k in costs:
+            out_costs[k] = _number(costs, k, source, "costs")
     routing = data.get("routing")
     if not isinstance(routing, dict):
         raise InputError(source, "routing", "missing or not an object")
@@ -342,6 +350,7 @@ def estimate(
             continue
         h = hops(adj, f.src, f.dst) or 0
         pps_total += pps
+        traffic.cores += c.get("flow_cores", 0.0)
         traffic.cores += pps * (c["packet_end_core_s"] + h * c["packet_hop_core_s"]) * share
     if flows:
         traffic.note += f", {pps_total:.0f} pps"

@@ -51,6 +51,20 @@ def global_list_fit(
     return b, c
 
 
+def flow_fit(low: tuple[float, float], high: tuple[float, float]) -> tuple[float, float]:
+    """(cores per flow, CPU seconds per packet) through a flow's cost at two rates, each
+    given as (pps, the agents' cores). Neither below 0: a cost that fell with the rate
+    (noise) is all per packet, through the higher rate."""
+    (p0, c0), (p1, c1) = low, high
+    if p1 <= p0:
+        raise ValueError("the high rate must be higher than the low one")
+    per_packet = (c1 - c0) / (p1 - p0)
+    flow = c0 - per_packet * p0
+    if per_packet < 0 or flow < 0:
+        return 0.0, max(0.0, c1 / p1)
+    return flow, per_packet
+
+
 def per_hop(
     near: Sequence[float], far: Sequence[float], near_hops: int, far_hops: int
 ) -> float:
