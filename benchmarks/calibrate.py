@@ -12,8 +12,10 @@ What it measures (a few minutes; print JSON, the stored file included):
 - kernel memory per namespace and per mesh interface: MemAvailable before and after
   building `line 100` and `grid4 10x10` without routing;
 - kernel memory per route: `grid4 12x12` with static routing against none;
-- the route recorder: CPU per node per snapshot (a KernelRouteReader on that grid, 20
-  snapshots); a backend with its own tables (batman-adv: genl originator dumps) gets
+- the route recorder: CPU per snapshot on static grid4 8x8 and 16x16 (a
+  KernelRouteReader, 20 snapshots, tables unchanged: every namespace is dumped, none
+  parsed), fitted per node as a + b x (nodes - 1) (`snapshot_node_core_s`,
+  `snapshot_entry_core_s`); a backend with its own tables (batman-adv: genl originator dumps) gets
   its own figure from its routing grids, per node and per table entry (node x other
   node), fitted through the smallest and largest grid;
 - routing, per backend (host: babeld, batmand; lab: batman-adv): on grids `--grids`
@@ -212,6 +214,30 @@ def routing_cost(
         build.teardown(up.state, timeout=300)
 
 
+def recorder_cost(side: int) -> dict[str, Any]:
+    """The kernel table reader's CPU per snapshot on a static grid (20 snapshots, the
+    tables unchanged: every namespace dumped, none parsed)."""
+    topo = generators.grid4(side, side)
+    topo.routing = "static"
+    up = bringup.bring_up(topo, wait=True, timeout=CONVERGE_S, impair=False)
+    try:
+        mesh = build.Mesh(up.state)
+        reader = open_reader(mesh, up.backend)
+        try:
+            snapshot(mesh, up.backend, reader)
+            t = time.thread_time()
+            for _ in range(20):
+                snapshot(mesh, up.backend, reader)
+            per_snap = (time.thread_time() - t) / 20
+        finally:
+            reader.close()
+            mesh.close()
+    finally:
+        build.teardown(up.state, timeout=300)
+    n = len(topo.nodes)
+    return {"nodes": n, "snapshot_core_s": round(per_snap, 6), "per_node_core_s": per_snap / n}
+
+
 def _rx_packets(mesh: Any, node: str) -> int:
     """Packets the node's mesh interfaces received (the kernel's counters)."""
     total = 0
@@ -274,7 +300,7 @@ def hop_cost(far: int, pps: int, seconds: float, rounds: int) -> dict[str, Any]:
         softirq: dict[int, list[float]] = {1: [], far: []}
         crossed: dict[int, list[float]] = {1: [], far: []}
         for i in range(rounds):
-            for hops in ((1, far) if i % 2 == 0 else (far, 1)):
+            for hops in (1, far) if i % 2 == 0 else (far, 1):
                 node = near_node if hops == 1 else far_node
                 rx0, st0 = _rx_packets(mesh, node), parse_host_stat(_host_ticks())
                 sent, cpu = _send_paced(tx, dsts[hops], pps, seconds)
@@ -406,7 +432,6 @@ def measure_all(args: Any) -> dict[str, Any]:
                 mesh.close()
         finally:
             build.teardown(up.state, timeout=300)
-        costs["snapshot_node_core_s"] = round(per_snap / 144, 8)
         costs["meshstress_node_mb"] = round(max(0.0, (rss1 - rss0) / 144), 4)
         costs["meshstress_mb"] = round(rss0, 1)
         raw["routes"] = {"grid12_none_mb": round(mem_none, 1),
@@ -414,7 +439,19 @@ def measure_all(args: Any) -> dict[str, Any]:
                          "snapshot_s_cpu_144_nodes": round(per_snap, 5)}  # fmt: skip
     else:
         kept += ["namespace_mb", "interface_mb", "route_kb", "meshstress_mb",
-                 "meshstress_node_mb", "snapshot_node_core_s"]  # fmt: skip
+                 "meshstress_node_mb"]  # fmt: skip
+
+    # the recorder (kernel tables): per node and per table entry, two static grids
+    sides = [int(x) for x in args.recorder_grids.split(",")]
+    say(f"recorder: static grid4 {sides[0]}x{sides[0]} and {sides[1]}x{sides[1]}")
+    small_r, big_r = (retried(recorder_cost, g) for g in sides)
+    raw["recorder"] = [small_r, big_r]
+    node_s, entry_s = costfit.per_interface_fit(  # per node: a + b x (nodes - 1)
+        (small_r["nodes"] - 1, small_r["per_node_core_s"]),
+        (big_r["nodes"] - 1, big_r["per_node_core_s"]),
+    )
+    costs["snapshot_node_core_s"] = round(node_s, 8)
+    costs["snapshot_entry_core_s"] = round(entry_s, 10)
 
     # routing
     backends = [b for b in (args.backends or "").split(",") if b]
@@ -427,9 +464,12 @@ def measure_all(args: Any) -> dict[str, Any]:
         small, big = rows[0], rows[-1]  # the fit; a grid between them checks it
         c = 0.0
         if backend == "batman-adv":  # per OGM a walk of the global interface list
-            a, (b, c) = 0.0, costfit.global_list_fit(
-                (small["nodes"], small["interfaces"], small["cores"]),
-                (big["nodes"], big["interfaces"], big["cores"]),
+            a, (b, c) = (
+                0.0,
+                costfit.global_list_fit(
+                    (small["nodes"], small["interfaces"], small["cores"]),
+                    (big["nodes"], big["interfaces"], big["cores"]),
+                ),
             )
         else:
             a, b = costfit.per_interface_fit(
@@ -474,7 +514,7 @@ def measure_all(args: Any) -> dict[str, Any]:
     runs: dict[tuple[int, int], list[dict[str, Any]]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory(prefix="meshstress-calibrate-") as tmp:
         for i in range(args.udp_rounds):  # side by side, the order turned each round
-            for hops, pps in (kinds if i % 2 == 0 else kinds[::-1]):
+            for hops, pps in kinds if i % 2 == 0 else kinds[::-1]:
                 if private:
                     settle()
                 runs[(hops, pps)].append(retried(udp_cost, hops, pps, args.udp_seconds,
@@ -539,28 +579,47 @@ def main() -> int:
                     help="where to store [default: /var/lib/meshstress/calibration.json, "
                          "with --lab calibration-lab.json]")  # fmt: skip
     ap.add_argument("--no-store", action="store_true")
-    ap.add_argument("--lab", action="store_true",
-                    help="measure inside the VM lab (batman-adv), store as the lab's costs")
+    ap.add_argument(
+        "--lab",
+        action="store_true",
+        help="measure inside the VM lab (batman-adv), store as the lab's costs",
+    )
     ap.add_argument("--in-lab", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--lab-timeout", type=float, default=3600.0)
     ap.add_argument("--backends", default=None,
-                    help=f"routing backends [default: {HOST_BACKENDS}; --lab {LAB_BACKENDS}]")
+                    help=f"routing backends, '' for none "
+                         f"[default: {HOST_BACKENDS}; --lab {LAB_BACKENDS}]")  # fmt: skip
     ap.add_argument("--grids", default=None,
                     help="routing grids (side), the first and last fitted, others checked "
                          "[default: 4,8; lab 4,6,8]")  # fmt: skip
-    ap.add_argument("--seconds", type=float, default=None,
-                    help="routing measurement window [default: 10, lab 30]")
+    ap.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="routing measurement window [default: 10, lab 30]",
+    )
     ap.add_argument("--converge-timeout", type=float, default=None,
                     help="routing grids: measure after this many seconds even when not "
                          "converged (said in the row) [default: 120, lab 300]")  # fmt: skip
-    ap.add_argument("--skip-memory", action="store_true",
-                    help="keep the packaged memory and recorder figures (faster)")
+    ap.add_argument(
+        "--skip-memory",
+        action="store_true",
+        help="keep the packaged memory and recorder figures (faster)",
+    )
+    ap.add_argument(
+        "--recorder-grids",
+        default=None,
+        help="static grids for the recorder's cost [default: 8,16; lab 4,8]",
+    )
     ap.add_argument("--hop-far", type=int, default=16, help="hops of the far node")
     ap.add_argument("--hop-pps", type=int, default=None, help="[default: 4000, lab 500]")
     ap.add_argument("--hop-seconds", type=float, default=2.0)
     ap.add_argument("--hop-rounds", type=int, default=6)
-    ap.add_argument("--udp-pps", default=None,
-                    help="LOW,HIGH: the two rates of the flow [default: 200,2000; lab 20,200]")
+    ap.add_argument(
+        "--udp-pps",
+        default=None,
+        help="LOW,HIGH: the two rates of the flow [default: 200,2000; lab 20,200]",
+    )
     ap.add_argument("--udp-seconds", type=float, default=None, help="[default: 6, lab 15]")
     ap.add_argument("--udp-rounds", type=int, default=None, help="[default: 1, lab 2]")
     args = ap.parse_args()
@@ -570,9 +629,11 @@ def main() -> int:
     global LAB, CONVERGE_S
     LAB = lab = args.lab or args.in_lab
     CONVERGE_S = args.converge_timeout or (300.0 if lab else 120.0)
-    args.backends = args.backends or (LAB_BACKENDS if lab else HOST_BACKENDS)
+    if args.backends is None:  # "": no routing grids
+        args.backends = LAB_BACKENDS if lab else HOST_BACKENDS
     args.seconds = args.seconds or (30.0 if lab else 10.0)
     args.grids = args.grids or ("4,6,8" if lab else "4,8")
+    args.recorder_grids = args.recorder_grids or ("4,8" if lab else "8,16")
     args.udp_rounds = args.udp_rounds or (2 if lab else 1)
     args.hop_pps = args.hop_pps or (500 if lab else 4000)
     args.udp_pps = args.udp_pps or ("20,200" if lab else "200,2000")

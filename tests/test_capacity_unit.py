@@ -264,3 +264,13 @@ def test_a_flow_costs_its_own_share_besides_its_packets(tmp_path: Path) -> None:
     assert load_calibration(str(path)).costs["flow_cores"] == 0.01
     path.write_text(calib_json())  # an older file without it: no per-flow cost
     assert "flow_cores" not in load_calibration(str(path)).costs
+
+
+def test_the_recorders_cost_per_entry_applies_to_every_backend_without_its_own() -> None:
+    topo = generators.grid4(3, 3)  # 9 nodes: 72 entries
+    c = cal()
+    c.costs["snapshot_entry_core_s"] = 1e-5
+    assert part(estimate(topo, [], c), "recorder").cores == pytest.approx(9 * 1e-3 + 72 * 1e-5)
+    topo.routing = "babeld"
+    c.routing["babeld"]["snapshot_entry_core_s"] = 1e-4  # the backend's own wins
+    assert part(estimate(topo, [], c), "recorder").cores == pytest.approx(9 * 1e-3 + 72 * 1e-4)

@@ -67,8 +67,9 @@ ROUTING_FIELDS = ("interval_s", "iface_cores", "iface_node_cores", "daemon_mb")
 ROUTING_OPTIONAL = ("snapshot_node_core_s", "snapshot_entry_core_s", "iface_node_iface_cores")
 # optional costs (0 when a file has none): a flow's own cost at any rate, its two agents'
 # timers and loops (measured at two rates: the per-packet figure alone misses it at low
-# rates)
-OPTIONAL_COSTS = ("flow_cores",)
+# rates); the recorder's cost per table entry (node x other node) per snapshot: the
+# kernel reader dumps every route of every namespace, even when it parses none
+OPTIONAL_COSTS = ("flow_cores", "snapshot_entry_core_s")
 COST_FIELDS = (
     "namespace_mb",
     "interface_mb",
@@ -360,7 +361,8 @@ def estimate(
     if route_interval is not None:  # None: no run, no recorder (`meshstress up`)
         rec = row or {}
         per_snapshot = n * rec.get("snapshot_node_core_s", c["snapshot_node_core_s"])
-        per_snapshot += n * (n - 1) * rec.get("snapshot_entry_core_s", 0.0)
+        entry = rec.get("snapshot_entry_core_s", c.get("snapshot_entry_core_s", 0.0))
+        per_snapshot += n * (n - 1) * entry
         parts.append(
             Part("recorder", per_snapshot / max(route_interval, 1e-3), 0.0,
                  f"a snapshot every {route_interval:g} s")

@@ -65,9 +65,7 @@ def flow_fit(low: tuple[float, float], high: tuple[float, float]) -> tuple[float
     return flow, per_packet
 
 
-def per_hop(
-    near: Sequence[float], far: Sequence[float], near_hops: int, far_hops: int
-) -> float:
+def per_hop(near: Sequence[float], far: Sequence[float], near_hops: int, far_hops: int) -> float:
     """CPU seconds per packet per hop: the difference of the medians of the per-packet
     costs of the same sender to a node `far_hops` away and one `near_hops` away (taken
     in alternating rounds), over the hops between. Not clamped: a negative figure is
