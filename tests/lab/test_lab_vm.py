@@ -75,14 +75,14 @@ def test_output_exit_code_and_mesh_kernel_features(state_dir: Path) -> None:
     timings: dict[str, float] = {}
     script = (
         "uname -r; ip link add b0 type batadv && tc qdisc add dev lo root netem delay 1ms "
-        "&& echo ok; echo hi; echo oops >&2; exit 7"
+        "&& echo ok; echo \"guest=$MESHSTRESS_LAB_GUEST\"; echo hi; echo oops >&2; exit 7"
     )
     rc = run_in_lab(["sh", "-c", script], cwd="/", share=False, stdout=out, stderr=err,
                     timeout=120, timings=timings)  # fmt: skip
     lines = out.getvalue().decode().splitlines()
     assert rc == 7, (lines, err.getvalue())
     assert lines[0] != os.uname().release and lines[0].startswith("6.1."), lines
-    assert lines[1:] == ["ok", "hi"]
+    assert lines[1:] == ["ok", "guest=1", "hi"]  # the lab marks its guest (capacity)
     assert err.getvalue() == b"oops\n"
     # the boot was timed (how long it took is benchmarks/lab_boot.py's business)
     assert 0 < timings["boot"] <= timings["total"], timings
@@ -93,9 +93,10 @@ def test_cli_runs_in_cwd_with_venv_env_and_results_come_back(tmp_path: Path) -> 
     (proj / ".git").mkdir(parents=True)
     weird = 'it\'s "odd" $x\nline2'
     code = (
-        "import os, sys, meshstress; "
+        "import os, sys, meshstress; from meshstress.model import capacity; "
         "open('results/out.txt', 'w').write(os.environ['MESHSTRESS_TEST_WEIRD']); "
-        "print(sys.executable, os.getcwd(), meshstress.__file__)"
+        "print(sys.executable, os.getcwd(), meshstress.__file__, "
+        "capacity.where_of(None, os.environ))"
     )
     (proj / "results").mkdir()
     env = {**os.environ, "MESHSTRESS_TEST_WEIRD": weird, "PYTHONPATH": str(REPO)}
@@ -104,8 +105,9 @@ def test_cli_runs_in_cwd_with_venv_env_and_results_come_back(tmp_path: Path) -> 
         cwd=proj, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
-    exe, cwd, mod = res.stdout.split()
+    exe, cwd, mod, where = res.stdout.split()
     assert exe == sys.executable and cwd == str(proj)
+    assert where == "lab"  # the estimate in the guest uses the lab's own costs
     assert mod.startswith(str(REPO))
     assert (proj / "results" / "out.txt").read_text() == weird  # written in the guest
 
