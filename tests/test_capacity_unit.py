@@ -274,3 +274,11 @@ def test_the_recorders_cost_per_entry_applies_to_every_backend_without_its_own()
     topo.routing = "babeld"
     c.routing["babeld"]["snapshot_entry_core_s"] = 1e-4  # the backend's own wins
     assert part(estimate(topo, [], c), "recorder").cores == pytest.approx(9 * 1e-3 + 72 * 1e-4)
+
+
+def test_the_packaged_lab_costs_hold_only_what_was_measured_in_the_lab() -> None:
+    lab = capacity.packaged_default("lab")
+    assert set(lab.routing) == {"static", "batman-adv"}  # not the host's babeld, batmand
+    topo = generators.line(2)
+    topo.routing = "babeld"
+    assert estimate(topo, [], lab).not_estimated == ["routing babeld (no calibration for it)"]
