@@ -37,7 +37,6 @@ GUEST_MODULES = (
 )
 
 
-
 def inside() -> bool:
     """Whether this process runs inside a VM-lab guest (whose kernel is the run's own)."""
     return os.path.exists(f"{GUEST_XCHG}/stage2.sh")

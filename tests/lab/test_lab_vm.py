@@ -75,7 +75,7 @@ def test_output_exit_code_and_mesh_kernel_features(state_dir: Path) -> None:
     timings: dict[str, float] = {}
     script = (
         "uname -r; ip link add b0 type batadv && tc qdisc add dev lo root netem delay 1ms "
-        "&& echo ok; echo \"guest=$MESHSTRESS_LAB_GUEST\"; echo hi; echo oops >&2; exit 7"
+        '&& echo ok; echo "guest=$MESHSTRESS_LAB_GUEST"; echo hi; echo oops >&2; exit 7'
     )
     rc = run_in_lab(["sh", "-c", script], cwd="/", share=False, stdout=out, stderr=err,
                     timeout=120, timings=timings)  # fmt: skip
