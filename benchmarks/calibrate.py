@@ -214,6 +214,22 @@ def routing_cost(
         build.teardown(up.state, timeout=300)
 
 
+def snapshot_cpu(up: Any, count: int = 20) -> float:
+    """This thread's CPU seconds per route snapshot of the mesh `up` (one warm-up, then
+    `count` snapshots)."""
+    mesh = build.Mesh(up.state)
+    reader = open_reader(mesh, up.backend)
+    try:
+        snapshot(mesh, up.backend, reader)
+        t = time.thread_time()
+        for _ in range(count):
+            snapshot(mesh, up.backend, reader)
+        return (time.thread_time() - t) / count
+    finally:
+        reader.close()
+        mesh.close()
+
+
 def recorder_cost(side: int) -> dict[str, Any]:
     """The kernel table reader's CPU per snapshot on a static grid (20 snapshots, the
     tables unchanged: every namespace dumped, none parsed)."""
@@ -221,17 +237,7 @@ def recorder_cost(side: int) -> dict[str, Any]:
     topo.routing = "static"
     up = bringup.bring_up(topo, wait=True, timeout=CONVERGE_S, impair=False)
     try:
-        mesh = build.Mesh(up.state)
-        reader = open_reader(mesh, up.backend)
-        try:
-            snapshot(mesh, up.backend, reader)
-            t = time.thread_time()
-            for _ in range(20):
-                snapshot(mesh, up.backend, reader)
-            per_snap = (time.thread_time() - t) / 20
-        finally:
-            reader.close()
-            mesh.close()
+        per_snap = snapshot_cpu(up)
     finally:
         build.teardown(up.state, timeout=300)
     n = len(topo.nodes)
@@ -419,17 +425,7 @@ def measure_all(args: Any) -> dict[str, Any]:
             rss1 = psutil.Process().memory_info().rss / 2**20
             routes = 144 * 143
             costs["route_kb"] = round(max(0.0, (mem_static - mem_none) * 1024 / routes), 4)
-            mesh = build.Mesh(up.state)
-            reader = open_reader(mesh, up.backend)
-            try:
-                snapshot(mesh, up.backend, reader)
-                t = time.thread_time()
-                for _ in range(20):
-                    snapshot(mesh, up.backend, reader)
-                per_snap = (time.thread_time() - t) / 20
-            finally:
-                reader.close()
-                mesh.close()
+            per_snap = snapshot_cpu(up)
         finally:
             build.teardown(up.state, timeout=300)
         costs["meshstress_node_mb"] = round(max(0.0, (rss1 - rss0) / 144), 4)
