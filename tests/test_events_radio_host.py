@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sweep_scenarios import cbr_line
 
 from meshstress import runner
 from meshstress.build import Mesh
@@ -31,24 +32,9 @@ NUD_INCOMPLETE, NUD_FAILED = 0x01, 0x20
 PPS = 100
 MARGIN = 0.1  # packets sent this close to the crash or the restart are not judged
 
-LINE_CRASH = f"""
-[scenario]
-name = "line-crash"
-duration = "5s"
-warmup = "0.5s"
-
-[mesh]
-generate = "line 3"
-routing = "static"
-
-[[traffic]]
-name = "cbr"
-kind = "udp"
-from = "n0"
-to = "n2"
-rate = "{PPS}pps"
-size = 100
-
+LINE_CRASH = (
+    cbr_line("line-crash", rate=f"{PPS}pps", size=100, head='duration = "5s"\nwarmup = "0.5s"\n')
+    + """
 [[events]]
 at = "1.5s"
 action = "node-crash"
@@ -56,6 +42,7 @@ node = "n1"
 for = "2s"
 CARRIER
 """
+)
 
 
 def bpf_map_fds() -> int:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sweep_scenarios import cbr_sweep
+from sweep_scenarios import cbr_line, cbr_sweep
 
 from meshstress.build import impair, state
 from meshstress.model import scenario
@@ -262,23 +262,9 @@ def test_two_sweeps_one_after_another_with_a_process_curve(run_scenario) -> None
     assert r["passed"], r["checks"]
 
 
-CHURN = """
-[scenario]
-name = "churn-sweep"
-warmup = "0.5s"
-
-[mesh]
-generate = "line 3"
-routing = "static"
-
-[[traffic]]
-name = "cbr"
-kind = "udp"
-from = "n0"
-to = "n2"
-rate = "100pps"
-size = 100
-
+CHURN = (
+    cbr_line("churn-sweep", size=100, head='warmup = "0.5s"\n')
+    + """
 [sweep]
 churn = [0, 12]
 nodes = ["n1"]
@@ -287,6 +273,7 @@ step = "10s"
 settle = "1s"
 CARRIER
 """
+)
 
 
 @pytest.mark.parametrize("carrier", ["keep", "lose"])
